@@ -1,0 +1,322 @@
+r"""The one training loop every chapter uses: minimise a loss with Optax, jit-compiled.
+
+Every chapter ends the same way: an objective :math:`\mathcal{L}(\theta)` (almost always an
+estimate of a KL divergence :math:`I[P;Q_\theta]` plus named terms such as rate and
+distortion) is minimised by stochastic gradient steps
+
+.. math:: \theta_{t+1} = \theta_t + \mathrm{update}\big(\nabla_\theta \hat{\mathcal{L}}(\theta_t;\, k_t,\, b_t)\big),
+   \qquad k_t = \mathrm{fold\_in}(k, t),
+
+where the minibatch :math:`b_t` holds ``batch_size`` i.i.d. draws from the empirical
+distribution of ``data`` (the world as it is, appendix B), keyed by the same step key.
+:func:`fit` runs that loop as a ``lax.scan`` over chunks of steps: one compilation, one
+Python round trip per chunk (when the progress bar moves), and a clear
+:class:`NonFiniteLossError` naming the step and the term the moment the loss, a term or the
+gradient stops being finite. :func:`evaluate` averages the loss and its terms over a dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from klbook.divergence import check_key
+
+__all__ = ["fit", "evaluate", "FitResult", "NonFiniteLossError"]
+
+LossFn = Callable[[Any, jax.Array, Any], Any]
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+        params: the trained parameters, the same pytree (or Equinox module) type as given.
+        history: ``name -> float array [num_steps]``: ``"loss"`` and every named term, per step.
+        opt_state: the optimiser state, to continue training with ``fit(..., opt_state=...)``.
+    """
+
+    params: Any
+    history: dict[str, np.ndarray]
+    opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss, a named term or the gradient became NaN or infinite at ``step``.
+
+    Attributes:
+        step: the 0-based step whose evaluation was not finite.
+        name: ``"loss"``, the term's name, or ``"gradient"``.
+        params: the parameters at that step (all earlier updates applied, none after), finite.
+        history: ``name -> array [step + 1]``, up to and including the bad step.
+    """
+
+    def __init__(self, message: str, *, step: int, name: str, params: Any, history: dict):
+        super().__init__(message)
+        self.step, self.name, self.params, self.history = step, name, params, history
+
+
+def _check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def _data_size(data: Any) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("data must be a pytree of arrays with a shared leading axis; got no arrays")
+    sizes = set()
+    for leaf in leaves:
+        if not hasattr(leaf, "shape") or len(leaf.shape) == 0:
+            raise ValueError(f"every leaf of data must be an array with a leading example axis; got {leaf!r}")
+        sizes.add(leaf.shape[0])
+    if len(sizes) != 1:
+        raise ValueError(f"data leaves must share their leading axis (one row per example); got sizes {sorted(sizes)}")
+    (n,) = sizes
+    if n == 0:
+        raise ValueError("data has no examples (leading axis of size 0)")
+    return n
+
+
+def _call(loss_fn: LossFn, params: Any, key: jax.Array, batch: Any) -> tuple[jax.Array, dict]:
+    """``loss_fn``'s output as ``(loss, terms)``; a bare scalar loss has no terms."""
+    out = loss_fn(params, key, batch)
+    loss, terms = (out[0], out[1]) if isinstance(out, tuple) and len(out) == 2 else (out, {})
+    return loss, dict(terms)
+
+
+def _check_output(loss_fn: LossFn, params: Any, key: jax.Array, batch: Any) -> list[str]:
+    """Trace ``loss_fn`` once (no FLOPs) and check it returns a scalar loss and scalar terms."""
+    out = eqx.filter_eval_shape(loss_fn, params, key, batch)
+    if not (isinstance(out, tuple) and len(out) == 2) and not hasattr(out, "shape"):
+        raise TypeError(
+            "loss_fn(params, key, batch) must return a scalar loss or a tuple (loss, terms) with "
+            f"terms a dict of scalars; got {type(out).__name__}"
+        )
+    loss, terms = (out[0], out[1]) if isinstance(out, tuple) else (out, {})
+    if not isinstance(terms, dict):
+        raise TypeError(f"loss_fn's terms must be a dict name -> scalar; got {type(terms).__name__}")
+    for name, value in [("loss", loss), *terms.items()]:
+        if not isinstance(name, str) or (name == "loss" and value is not loss):
+            raise ValueError(f"term names must be strings other than 'loss'; got {name!r}")
+        if getattr(value, "shape", None) != () or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(
+                f"loss_fn must return real scalars; {name} has shape {getattr(value, 'shape', None)} "
+                f"and dtype {getattr(value, 'dtype', type(value).__name__)}"
+            )
+    return list(terms)
+
+
+def _sample_batch(key: jax.Array, data: Any, n: int, batch_size: int | None) -> Any:
+    """``batch_size`` i.i.d. rows of ``data`` (the empirical distribution), or all of it."""
+    if data is None or batch_size is None:
+        return data
+    idx = jax.random.randint(key, (batch_size,), 0, n)
+    return jax.tree.map(lambda leaf: leaf[idx], data)
+
+
+def fit(
+    key: jax.Array,
+    loss_fn: LossFn,
+    params: Any,
+    *,
+    num_steps: int,
+    optimizer: optax.GradientTransformation | None = None,
+    data: Any = None,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    opt_state: Any = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> FitResult:
+    r"""Minimise ``loss_fn`` over ``params`` for ``num_steps`` Optax steps, compiled once.
+
+    Step :math:`t` (0-based) calls ``loss_fn(params, k_loss, batch)`` with
+    ``k_loss, k_batch = split(fold_in(key, t))``; ``batch`` holds ``batch_size`` rows of
+    ``data`` drawn uniformly with replacement using ``k_batch`` (all of ``data`` when
+    ``batch_size`` is None, ``None`` when there is no data). Only floating-point arrays in
+    ``params`` are trained; integer arrays and non-array leaves (an Equinox module's activation
+    function, say) are kept as they are. The steps run as a ``lax.scan`` over chunks of
+    ``chunk_size`` steps inside one ``jax.jit``: nothing recompiles while training.
+
+    Args:
+        key: JAX PRNG key; the same key gives the same result.
+        loss_fn: ``(params, key, batch) -> (loss, terms)``: a scalar loss to minimise and a dict
+            of named scalar terms (e.g. ``rate``, ``distortion``) to record, or a bare scalar.
+        params: any pytree of arrays, including Equinox modules.
+        num_steps: number of optimiser steps.
+        optimizer: an Optax transformation; default ``optax.adam(1e-3)``.
+        data: pytree of arrays sharing a leading example axis ``[N, ...]``, or ``None``.
+        batch_size: rows per step (``1 <= batch_size``); ``None`` uses the full data each step.
+        chunk_size: at most this many steps per compiled chunk (the progress bar and the
+            finiteness check run once per chunk; chunks are balanced so the last one is barely
+            padded); default about ``num_steps / 50``.
+        opt_state: optimiser state to continue from (``FitResult.opt_state``); default fresh.
+        progress: show a ``tqdm.auto`` progress bar (a widget in notebooks, text in logs).
+        desc: label for the progress bar.
+
+    Returns:
+        :class:`FitResult` with the trained ``params``, ``history`` (``name -> [num_steps]``:
+        ``"loss"`` and every term) and ``opt_state``.
+
+    Raises:
+        NonFiniteLossError: (a ``FloatingPointError``) after the chunk in which the loss, a term
+            or the gradient first became NaN or infinite; its message names the step and the
+            quantity, e.g. ``"step 37: rate is inf (loss=-37, rate=inf)"``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> x = jnp.array([1.0, 2.0, 6.0])
+        >>> loss = lambda mu, key, batch: 0.5 * jnp.mean((batch - mu) ** 2)
+        >>> res = fit(jax.random.key(0), loss, jnp.array(0.0), num_steps=100,
+        ...           optimizer=optax.sgd(0.5), data=x, progress=False)
+        >>> round(float(res.params), 4)  # the sample mean
+        3.0
+    """
+    check_key(key)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, key, batch); got {type(loss_fn).__name__}")
+    num_steps = _check_positive_int(num_steps, "num_steps")
+    optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer).__name__}")
+    n = 0
+    if data is not None:
+        n = _data_size(data)
+        if batch_size is not None:
+            batch_size = _check_positive_int(batch_size, "batch_size")
+    elif batch_size is not None:
+        raise ValueError("batch_size was given but data is None; pass the data to draw batches from")
+    if chunk_size is None:
+        chunk_size = math.ceil(num_steps / 50)
+    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), num_steps)
+    chunk_size = math.ceil(num_steps / math.ceil(num_steps / chunk_size))  # balance: little padding
+
+    # Trainable: floating arrays. Frozen: other arrays (passed in, not baked into the program).
+    train, rest = eqx.partition(params, eqx.is_inexact_array)
+    frozen, static = eqx.partition(rest, eqx.is_array)
+    if not jax.tree.leaves(train):
+        raise ValueError("params holds no floating-point arrays to train")
+    for leaf in jax.tree.leaves(train):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError("params must be finite before training; got NaN or inf in an initial value")
+
+    def full(train_):
+        return eqx.combine(train_, frozen, static)
+
+    k0 = jax.random.fold_in(key, 0)
+    names = _check_output(loss_fn, params, k0, _sample_batch(k0, data, n, batch_size))
+    opt_state = optimizer.init(train) if opt_state is None else opt_state
+
+    def step(carry, t):
+        def real(carry):
+            train_, opt_state_, ok = carry
+            k_loss, k_batch = jax.random.split(jax.random.fold_in(key, t))
+            batch = _sample_batch(k_batch, data, n, batch_size)
+            objective = lambda tr: _call(loss_fn, full(tr), k_loss, batch)  # noqa: E731
+            (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(train_)
+            values = jnp.stack([loss, *(terms[k] for k in names)]).astype(jnp.float32)
+            grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+            go = ok & jnp.all(jnp.isfinite(values)) & grads_ok  # stop updating at the first bad step
+            updates, new_state = optimizer.update(grads, opt_state_, train_)
+            new_train = optax.apply_updates(train_, updates)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)  # noqa: E731
+            row = jnp.where(ok, values, jnp.nan)
+            return (keep(new_train, train_), keep(new_state, opt_state_), go), (row, grads_ok)
+
+        def padding(carry):  # steps past num_steps in the last chunk: do nothing
+            return carry, (jnp.full(len(names) + 1, jnp.nan, jnp.float32), jnp.array(True))
+
+        return jax.lax.cond(t < num_steps, real, padding, carry)
+
+    @jax.jit
+    def run_chunk(train_, opt_state_, start):
+        steps = start + jnp.arange(chunk_size)
+        (train_, opt_state_, ok), rows = jax.lax.scan(step, (train_, opt_state_, jnp.array(True)), steps)
+        return train_, opt_state_, ok, rows
+
+    columns = ["loss", *names]
+    rows: list[np.ndarray] = []
+    bar = tqdm(total=num_steps, desc=desc, disable=not progress, leave=True)
+    try:
+        for start in range(0, num_steps, chunk_size):
+            train, opt_state, ok, (chunk_rows, grads_ok) = run_chunk(train, opt_state, jnp.asarray(start))
+            chunk_rows, grads_ok = np.asarray(chunk_rows), np.asarray(grads_ok)
+            count = min(chunk_size, num_steps - start)
+            if not bool(ok):
+                bad = np.flatnonzero(~(np.all(np.isfinite(chunk_rows), axis=1) & grads_ok))[0]
+                rows.append(chunk_rows[: bad + 1])
+                history = dict(zip(columns, np.concatenate(rows).T))
+                values = chunk_rows[bad]
+                culprit = next((c for c, v in zip(columns, values) if not np.isfinite(v)), "gradient")
+                shown = culprit if culprit != "gradient" else "the gradient"
+                state = "not finite" if culprit == "gradient" else f"{values[columns.index(culprit)]}"
+                listed = ", ".join(f"{c}={v:.4g}" for c, v in zip(columns, values))
+                raise NonFiniteLossError(
+                    f"step {start + bad}: {shown} is {state} ({listed})",
+                    step=start + bad,
+                    name=culprit,
+                    params=full(train),
+                    history=history,
+                )
+            rows.append(chunk_rows[:count])
+            if progress:
+                bar.set_postfix_str(f"loss={chunk_rows[count - 1, 0]:.3g}", refresh=False)
+            bar.update(count)
+    finally:
+        bar.close()
+    history = dict(zip(columns, np.concatenate(rows).T.copy()))
+    return FitResult(full(train), history, opt_state)
+
+
+def evaluate(key: jax.Array, loss_fn: LossFn, params: Any, data: Any, batch_size: int) -> dict[str, float]:
+    r"""Average the loss and its named terms over every example of ``data``.
+
+    The data is cut into consecutive batches of ``batch_size`` rows (the last one smaller if
+    ``batch_size`` does not divide ``N``); batch :math:`i` is scored with key
+    ``fold_in(key, i)`` and the per-batch values are averaged with weights proportional to the
+    batch sizes, so for a ``loss_fn`` that returns batch means the result is the mean over all
+    :math:`N` examples. At most two compilations (full batches and the remainder).
+
+    Args:
+        key: JAX PRNG key for stochastic losses.
+        loss_fn: ``(params, key, batch) -> (loss, terms)`` as in :func:`fit`.
+        params: the parameters (any pytree or Equinox module).
+        data: pytree of arrays sharing a leading axis ``[N, ...]``.
+        batch_size: rows per batch, ``1 <= batch_size``.
+
+    Returns:
+        ``name -> float``: ``"loss"`` and every term, averaged over the data.
+    """
+    check_key(key)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}")
+    n = _data_size(data)
+    batch_size = min(_check_positive_int(batch_size, "batch_size"), n)
+    names = _check_output(loss_fn, params, key, jax.tree.map(lambda a: a[:batch_size], data))
+    dynamic, static = eqx.partition(params, eqx.is_array)
+
+    @jax.jit
+    def score(dyn, batches, first):
+        def one(i, batch):
+            loss, terms = _call(loss_fn, eqx.combine(dyn, static), jax.random.fold_in(key, i), batch)
+            return jnp.stack([loss, *(terms[k] for k in names)])
+
+        index = first + jnp.arange(jax.tree.leaves(batches)[0].shape[0])
+        return jax.lax.map(lambda args: one(*args), (index, batches))  # one batch in memory at a time
+
+    num_full, remainder = divmod(n, batch_size)
+    head = jax.tree.map(lambda a: a[: num_full * batch_size].reshape(num_full, batch_size, *a.shape[1:]), data)
+    totals = np.asarray(score(dynamic, head, 0), np.float64).sum(0) * batch_size
+    if remainder:
+        tail = jax.tree.map(lambda a: a[num_full * batch_size :][None], data)
+        totals += np.asarray(score(dynamic, tail, num_full), np.float64)[0] * remainder
+    return {name: float(v / n) for name, v in zip(["loss", *names], totals)}

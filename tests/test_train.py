@@ -1,0 +1,208 @@
+"""Tests for klbook.train: the shared optax loop and the dataset average."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from klbook.train import FitResult, NonFiniteLossError, evaluate, fit
+
+KEY = jax.random.key(0)
+
+
+def normal_mean_loss(mu, key, batch):
+    """Negative log-likelihood of a unit Normal, up to a constant: optimum at the batch mean."""
+    return 0.5 * jnp.mean((batch - mu) ** 2), {"rate": 0.5 * mu**2}
+
+
+def noisy_loss(mu, key, batch):
+    """A stochastic objective: the key matters."""
+    return jnp.mean((mu - jax.random.normal(key, (4,))) ** 2), {}
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return jax.random.normal(jax.random.key(1), (50,)) * 2.0 + 3.0
+
+
+def test_full_batch_sgd_reaches_the_sample_mean(sample):
+    # loss(mu) = mean (x - mu)^2 / 2 is convex with its minimum at the sample mean; SGD with step
+    # 0.5 halves the error each step, so 80 steps leave 2^-80 of it: float32 rounding only.
+    res = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=80, optimizer=optax.sgd(0.5), data=sample, progress=False)
+    assert isinstance(res, FitResult)
+    target = float(jnp.mean(sample))
+    assert abs(float(res.params) - target) <= 8 * np.finfo(np.float32).eps * (1 + abs(target))
+    assert set(res.history) == {"loss", "rate"}
+    assert all(v.shape == (80,) for v in res.history.values())
+    # the history records the loss before each step: it is non-increasing for this convex problem
+    assert np.all(np.diff(res.history["loss"]) <= 1e-6)
+    np.testing.assert_allclose(res.history["rate"][-1], 0.5 * target**2, rtol=1e-5)
+
+
+def test_default_adam_decreases_the_loss(sample):
+    res = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=30, data=sample, progress=False)
+    assert res.history["loss"][-1] < res.history["loss"][0]
+
+
+def test_minibatches_are_iid_draws_from_the_data():
+    # Record the batch mean as a term: over T steps of B draws with replacement, the average of
+    # the batch means has mean = data mean and standard error sd(data) / sqrt(B T).
+    data = jnp.arange(100.0)
+    loss = lambda p, k, b: (jnp.sum(p**2), {"batch_mean": jnp.mean(b)})  # noqa: E731
+    steps, size = 400, 8
+    res = fit(KEY, loss, jnp.zeros(()), num_steps=steps, data=data, batch_size=size, progress=False)
+    se = float(jnp.std(data)) / math.sqrt(steps * size)
+    assert abs(res.history["batch_mean"].mean() - float(jnp.mean(data))) < 5 * se
+    # whole rows of a pytree are drawn together
+    pairs = {"x": data, "y": 2 * data}
+    loss2 = lambda p, k, b: (jnp.sum(p**2), {"gap": jnp.max(jnp.abs(b["y"] - 2 * b["x"]))})  # noqa: E731
+    res2 = fit(KEY, loss2, jnp.zeros(()), num_steps=20, data=pairs, batch_size=5, progress=False)
+    assert np.all(res2.history["gap"] == 0)
+
+
+def test_same_key_same_result_and_other_key_differs():
+    a = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=37, chunk_size=5, progress=False)
+    b = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=37, chunk_size=5, progress=False)
+    c = fit(jax.random.key(1), noisy_loss, jnp.array(1.0), num_steps=37, chunk_size=5, progress=False)
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    assert float(a.params) == float(b.params)
+    assert not np.array_equal(a.history["loss"], c.history["loss"])
+
+
+def test_chunking_does_not_change_the_result():
+    # per-step keys are fold_in(key, step): how steps are grouped into chunks is invisible
+    a = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=23, chunk_size=23, progress=False)
+    b = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=23, chunk_size=4, progress=False)
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(float(a.params), float(b.params), rtol=1e-6)
+
+
+def test_compiles_once_however_many_chunks():
+    traces = []
+
+    def loss(p, k, b):
+        traces.append(1)  # runs only while JAX traces
+        return jnp.sum(p**2), {"rate": jnp.sum(p**2)}
+
+    fit(KEY, loss, jnp.ones(3), num_steps=3, chunk_size=1, progress=False)
+    few = len(traces)
+    traces.clear()
+    fit(KEY, loss, jnp.ones(3), num_steps=97, chunk_size=4, progress=False)  # 25 chunks, last padded
+    assert len(traces) == few
+    assert few <= 2  # one shape check, one trace of the step
+
+
+def test_stops_at_the_first_infinite_term_with_a_clear_message():
+    # loss = -p with sgd(1): p_t = t exactly, so rate = 1 / (37 - p) is inf at step 37
+    loss = lambda p, k, b: (-p, {"rate": 1.0 / (37.0 - p), "distortion": p})  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match=r"step 37: rate is inf") as err:
+        fit(KEY, loss, jnp.array(0.0), num_steps=100, optimizer=optax.sgd(1.0), chunk_size=10, progress=False)
+    assert isinstance(err.value, FloatingPointError)
+    assert err.value.step == 37 and err.value.name == "rate"
+    assert float(err.value.params) == 37.0  # no update from the bad step or after it
+    assert len(err.value.history["loss"]) == 38 and np.isinf(err.value.history["rate"][-1])
+
+
+def test_stops_on_nan_loss_and_on_nan_gradient():
+    # value log(5.5 - p), gradient -1: with sgd(1) p_t = t, and log(-0.5) = nan at step 6
+    loss = lambda p, k, b: -p + jax.lax.stop_gradient(p + jnp.log(5.5 - p))  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match=r"step 6: loss is nan") as err:
+        fit(KEY, loss, jnp.array(0.0), num_steps=50, optimizer=optax.sgd(1.0), chunk_size=4, progress=False)
+    assert err.value.name == "loss"
+    # finite loss, infinite gradient: d sqrt(p) / dp at p = 0
+    with pytest.raises(NonFiniteLossError, match=r"step 0: the gradient is not finite"):
+        fit(KEY, lambda p, k, b: jnp.sqrt(p), jnp.array(0.0), num_steps=5, progress=False)
+
+
+def test_equinox_module_params():
+    model = eqx.nn.MLP(1, 1, 8, 1, key=jax.random.key(2))
+    x = jnp.linspace(-1, 1, 32)[:, None]
+    y = 3.0 * x - 1.0
+
+    def loss(m, k, b):
+        pred = jax.vmap(m)(b[0])
+        return jnp.mean((pred - b[1]) ** 2), {}
+
+    res = fit(KEY, loss, model, num_steps=200, optimizer=optax.adam(1e-2), data=(x, y), progress=False)
+    assert isinstance(res.params, eqx.nn.MLP)
+    assert res.params.activation is model.activation  # non-array fields are left alone
+    assert res.history["loss"][-1] < 0.1 * res.history["loss"][0]
+
+
+def test_integer_arrays_are_not_trained():
+    class Scaled(eqx.Module):
+        w: jax.Array
+        count: jax.Array
+
+    loss = lambda m, k, b: (jnp.sum((m.w - m.count) ** 2), {})  # noqa: E731
+    res = fit(KEY, loss, Scaled(jnp.zeros(2), jnp.array([2, 3])), num_steps=100, optimizer=optax.sgd(0.25), progress=False)
+    np.testing.assert_array_equal(res.params.count, [2, 3])
+    np.testing.assert_allclose(res.params.w, [2.0, 3.0], rtol=1e-5)
+
+
+def test_continue_from_opt_state(sample):
+    first = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=10, data=sample, progress=False)
+    more = fit(KEY, normal_mean_loss, first.params, num_steps=10, data=sample, opt_state=first.opt_state, progress=False)
+    assert more.history["loss"][0] == pytest.approx(float(normal_mean_loss(first.params, KEY, sample)[0]), rel=1e-6)
+
+
+def test_progress_bar_reaches_the_end(capsys):
+    fit(KEY, noisy_loss, jnp.array(1.0), num_steps=12, chunk_size=5, desc="demo")
+    err = capsys.readouterr().err
+    assert "demo" in err and "12/12" in err
+    fit(KEY, noisy_loss, jnp.array(1.0), num_steps=12, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_steps": 0}, ValueError, "num_steps must be a positive integer"),
+        ({"num_steps": 2.5}, ValueError, "num_steps"),
+        ({"num_steps": 5, "chunk_size": 0}, ValueError, "chunk_size"),
+        ({"num_steps": 5, "batch_size": 3}, ValueError, "data is None"),
+        ({"num_steps": 5, "data": jnp.ones(4), "batch_size": -1}, ValueError, "batch_size"),
+        ({"num_steps": 5, "data": (jnp.ones(4), jnp.ones(3))}, ValueError, "share their leading axis"),
+        ({"num_steps": 5, "data": jnp.ones((0, 2))}, ValueError, "no examples"),
+        ({"num_steps": 5, "optimizer": "adam"}, TypeError, "optax"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fit(KEY, noisy_loss, jnp.array(1.0), progress=False, **kwargs)
+
+
+def test_bad_loss_functions_and_params():
+    with pytest.raises(TypeError, match="key"):
+        fit(0, noisy_loss, jnp.array(1.0), num_steps=2)
+    with pytest.raises(TypeError, match="callable"):
+        fit(KEY, "loss", jnp.array(1.0), num_steps=2)
+    with pytest.raises(ValueError, match="real scalars; loss has shape"):
+        fit(KEY, lambda p, k, b: p**2, jnp.ones(3), num_steps=2)
+    with pytest.raises(TypeError, match="terms must be a dict"):
+        fit(KEY, lambda p, k, b: (p**2, [p]), jnp.array(1.0), num_steps=2)
+    with pytest.raises(ValueError, match="rate has shape"):
+        fit(KEY, lambda p, k, b: (p**2, {"rate": jnp.ones(2)}), jnp.array(1.0), num_steps=2)
+    with pytest.raises(ValueError, match="no floating-point arrays"):
+        fit(KEY, lambda p, k, b: jnp.float32(0), jnp.arange(3), num_steps=2)
+    with pytest.raises(ValueError, match="finite before training"):
+        fit(KEY, noisy_loss, jnp.array(jnp.nan), num_steps=2)
+
+
+def test_evaluate_averages_over_every_example():
+    data = jnp.arange(10.0)
+    loss = lambda p, k, b: (0.5 * jnp.mean((b - p) ** 2), {"batch_max": jnp.max(b)})  # noqa: E731
+    for batch_size in (1, 3, 5, 10, 20):  # remainders 0 and non-zero; a batch larger than the data
+        out = evaluate(KEY, loss, jnp.array(1.0), data, batch_size)
+        assert out["loss"] == pytest.approx(float(jnp.mean(0.5 * (data - 1.0) ** 2)), rel=1e-6)
+    assert set(out) == {"loss", "batch_max"}
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(KEY, loss, jnp.array(1.0), data, 0)
+    with pytest.raises(ValueError, match="share their leading axis"):
+        evaluate(KEY, loss, jnp.array(1.0), (data, data[:3]), 2)
