@@ -166,7 +166,7 @@ def _kl_bernoulli(p, q):
     # Cover & Thomas (2006), Elements of Information Theory, eq. 2.26, two outcomes.
     pp, lp, zp = _bernoulli_outcomes(p)
     _, lq, zq = _bernoulli_outcomes(q)
-    return _outcome_kl(pp, lp, zp, lq, zq)
+    return _outcome_kl(*jnp.broadcast_arrays(pp, lp, zp, lq, zq))
 
 
 for _tp in (dist.BernoulliProbs, dist.BernoulliLogits):
@@ -451,6 +451,13 @@ def log_prob(d: dist.Distribution, x) -> jnp.ndarray:
     """
     _check_distribution(d, "d")
     x = jnp.asarray(x)
+    # NumPyro's own densities broadcast by rank promotion; allow it for them (klbook's own
+    # arithmetic is tested with rank promotion raised).
+    with jax.numpy_rank_promotion("allow"):
+        return _log_prob(d, x)
+
+
+def _log_prob(d, x):
     if isinstance(d, dist.BernoulliProbs):
         lp = xlogy(x, d.probs) + xlogy(1.0 - x, 1.0 - d.probs)
     elif isinstance(d, dist.BinomialProbs):
@@ -500,8 +507,9 @@ def mc_kl(key, p: dist.Distribution, q: dist.Distribution, num_samples: int) -> 
             f"event shapes of p {tuple(p.event_shape)} and q {tuple(q.event_shape)} differ"
         )
     shape = (int(num_samples),) + tuple(batch)[: len(batch) - len(p.batch_shape)]
-    x = p.rsample(key, shape) if p.has_rsample else p.sample(key, shape)
-    log_ratio = p.log_prob(x) - log_prob(q, x)
+    with jax.numpy_rank_promotion("allow"):  # inside NumPyro's samplers and densities
+        x = p.rsample(key, shape) if p.has_rsample else p.sample(key, shape)
+        log_ratio = p.log_prob(x) - log_prob(q, x)
     log_ratio = jnp.broadcast_to(log_ratio, (int(num_samples),) + tuple(batch))
     infinite = jnp.any(jnp.isposinf(log_ratio), axis=0)
     finite_ratio = jnp.where(jnp.isposinf(log_ratio), 0.0, log_ratio)
