@@ -12,8 +12,8 @@ hand, and cannot disagree with what is trained:
   :math:`z \to x` for a decoder :math:`q(x\mid z)`;
 * a labelled box per plate (``numpyro.plate``), around the variables inside it.
 
-Dependencies come from provenance tracking (:func:`numpyro.ops.provenance.eval_provenance`,
-the machinery behind :func:`numpyro.infer.inspect.get_dependencies`): the model is traced
+Dependencies come from provenance tracking (``numpyro.ops.provenance.eval_provenance``,
+the machinery behind ``numpyro.infer.inspect.get_dependencies``): the model is traced
 abstractly (no array is computed) and each site's log density is asked which values it was
 computed from. ``get_dependencies`` only follows *latent* upstream sites, so it misses the
 arrow out of data (``x -> z`` for an encoder that reads ``x``). Here observed values are
