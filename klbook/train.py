@@ -209,19 +209,21 @@ def fit(
         if not np.all(np.isfinite(np.asarray(leaf))):
             raise ValueError("params must be finite before training; got NaN or inf in an initial value")
 
-    def full(train_):
-        return eqx.combine(train_, frozen, static)
+    def full(train_, frozen_=frozen):
+        return eqx.combine(train_, frozen_, static)
 
     k0 = jax.random.fold_in(key, 0)
     names = _check_output(loss_fn, params, k0, _sample_batch(k0, data, n, batch_size))
     opt_state = optimizer.init(train) if opt_state is None else opt_state
 
-    def step(carry, t):
-        def real(carry):
+    # Data, frozen arrays and the key are arguments, not constants baked into the program.
+    @jax.jit
+    def run_chunk(train_, opt_state_, start, key_, data_, frozen_):
+        def real(carry, t):
             train_, opt_state_, ok = carry
-            k_loss, k_batch = jax.random.split(jax.random.fold_in(key, t))
-            batch = _sample_batch(k_batch, data, n, batch_size)
-            objective = lambda tr: _call(loss_fn, full(tr), k_loss, batch)  # noqa: E731
+            k_loss, k_batch = jax.random.split(jax.random.fold_in(key_, t))
+            batch = _sample_batch(k_batch, data_, n, batch_size)
+            objective = lambda tr: _call(loss_fn, full(tr, frozen_), k_loss, batch)  # noqa: E731
             (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(train_)
             values = jnp.stack([loss, *(terms[k] for k in names)]).astype(jnp.float32)
             grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
@@ -232,13 +234,12 @@ def fit(
             row = jnp.where(ok, values, jnp.nan)
             return (keep(new_train, train_), keep(new_state, opt_state_), go), (row, grads_ok)
 
-        def padding(carry):  # steps past num_steps in the last chunk: do nothing
+        def padding(carry, t):  # steps past num_steps in the last chunk: do nothing
             return carry, (jnp.full(len(names) + 1, jnp.nan, jnp.float32), jnp.array(True))
 
-        return jax.lax.cond(t < num_steps, real, padding, carry)
+        def step(carry, t):
+            return jax.lax.cond(t < num_steps, real, padding, carry, t)
 
-    @jax.jit
-    def run_chunk(train_, opt_state_, start):
         steps = start + jnp.arange(chunk_size)
         (train_, opt_state_, ok), rows = jax.lax.scan(step, (train_, opt_state_, jnp.array(True)), steps)
         return train_, opt_state_, ok, rows
@@ -248,7 +249,7 @@ def fit(
     bar = tqdm(total=num_steps, desc=desc, disable=not progress, leave=True)
     try:
         for start in range(0, num_steps, chunk_size):
-            train, opt_state, ok, (chunk_rows, grads_ok) = run_chunk(train, opt_state, jnp.asarray(start))
+            train, opt_state, ok, (chunk_rows, grads_ok) = run_chunk(train, opt_state, jnp.asarray(start), key, data, frozen)
             chunk_rows, grads_ok = np.asarray(chunk_rows), np.asarray(grads_ok)
             count = min(chunk_size, num_steps - start)
             if not bool(ok):

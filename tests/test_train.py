@@ -187,6 +187,8 @@ def test_bad_loss_functions_and_params():
         fit(KEY, lambda p, k, b: p**2, jnp.ones(3), num_steps=2)
     with pytest.raises(TypeError, match="terms must be a dict"):
         fit(KEY, lambda p, k, b: (p**2, [p]), jnp.array(1.0), num_steps=2)
+    with pytest.raises(ValueError, match="other than 'loss'"):
+        fit(KEY, lambda p, k, b: (p**2, {"loss": p}), jnp.array(1.0), num_steps=2)
     with pytest.raises(ValueError, match="rate has shape"):
         fit(KEY, lambda p, k, b: (p**2, {"rate": jnp.ones(2)}), jnp.array(1.0), num_steps=2)
     with pytest.raises(ValueError, match="no floating-point arrays"):
