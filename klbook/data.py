@@ -42,7 +42,9 @@ __all__ = [
     "batches", "mnist", "resolve_cache_dir", "DownloadError", "MNIST_SHA256", "MNIST_URLS",
 ]  # fmt: skip
 
-DIGITS_MAX = 16  # each 8x8 pixel counts the lit cells of a 4x4 block: 0..16
+#: The digits' largest pixel value: each pixel counts the lit cells of a 4×4 block, 0..16.
+DIGITS_MAX = 16
+#: The digits' image shape (height, width).
 DIGITS_SHAPE = (8, 8)
 
 
@@ -267,11 +269,12 @@ def batches(key: jax.Array | None, data: Any, batch_size: int, *, drop_remainder
 
 # ---- MNIST: download once, verify, cache; fall back to the digits ---------------------------
 
+#: Mirrors of the MNIST files, tried in order.
 MNIST_URLS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
-# sha256 of the four gzipped IDX files, as published by the mirrors above
+#: sha256 of the four gzipped IDX files (the same bytes on every mirror).
 MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
