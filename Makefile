@@ -1,7 +1,18 @@
-# klbook: two commands do all the set-up on a fresh machine with Python >= 3.10.
-#   make book   create .venv, install, build the HTML book from the stored (nbval-verified) outputs
-#   make test   create .venv, install, run every test layer
+# klbook: two commands do all the set-up on a fresh machine with Python >= 3.10 and npm.
+#   make book   create .venv, install, fetch the site's scripts, build the HTML book from the stored
+#               (nbval-verified) outputs into _build/html
+#   make test   create .venv, install, run every test layer (below), timing each one
 # Also: make refresh (re-execute notebooks, store their outputs), make clean.
+#
+# Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
+#   test-unit       the package's tests and the checks on the project's files (tests/, except the
+#                   three integration tests below)
+#   test-notebooks  every notebook re-executes with nbval and reproduces its stored outputs
+#   test-book       the book builds strictly (warnings are errors, nitpicky references), and a
+#                   tiny book with a bad notebook really fails to build (tests/test_book_strict.py)
+#   test-site       the built site in headless Chromium: every page, equation, image and internal
+#                   link (tests/test_site.py; needs Debian's chromium and chromium-driver)
+#   test-wheel      the wheel installed into a fresh virtualenv runs chapter 1 (tests/test_wheel.py)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,8 +21,24 @@ STAMP  := $(VENV)/.installed-stamp
 NOTEBOOKS := $(wildcard book/*.ipynb)
 # Per-cell timeout for nbval (seconds); a chapter should take about a minute in all.
 NBVAL_TIMEOUT ?= 600
+# The site's scripts, served from local copies (no network at read or test time): MathJax 3, and
+# RequireJS with the Jupyter-widgets HTML manager for stored widget state. _config.yml points at
+# them; `npm pack` fetches each package alone (no dependencies) from the npm registry.
+MATHJAX_VERSION      := 3.2.2
+REQUIREJS_VERSION    := 2.3.4
+HTML_MANAGER_VERSION := 1.0.6
+ASSETS        := _build/site-assets
+ASSETS_STAMP  := $(ASSETS)/static/.mathjax-$(MATHJAX_VERSION)-requirejs-$(REQUIREJS_VERSION)-html-manager-$(HTML_MANAGER_VERSION)
+INTEGRATION     := tests/test_book_strict.py tests/test_site.py tests/test_wheel.py
+# Integration tests fail (rather than skip) when what they need is missing.
+export KLBOOK_STRICT_TESTS := 1
 
-.PHONY: install book test test-unit test-notebooks test-book refresh clean
+# $(call timed,NAME,COMMAND): run COMMAND, report and record how long it took, keep its status.
+timed = @mkdir -p _build; start=$$(date +%s); $(2); status=$$?; \
+	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status, finished $$(date +%H:%M:%S))" | tee -a _build/layer-times.txt; \
+	exit $$status
+
+.PHONY: install site-assets book test test-unit test-notebooks test-book test-site test-wheel refresh clean
 
 install: $(STAMP)
 
@@ -23,24 +50,59 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-book: install
+site-assets: $(ASSETS_STAMP)
+
+$(ASSETS_STAMP):
+	@command -v npm >/dev/null || { echo "the site's scripts come from the npm registry: install Node.js and npm (Debian: apt-get install npm)" >&2; exit 1; }
+	rm -rf $(ASSETS) && mkdir -p $(ASSETS)/npm $(ASSETS)/static/widgets/html-manager
+	cd $(ASSETS)/npm && npm pack --silent --pack-destination . mathjax@$(MATHJAX_VERSION) \
+	  requirejs@$(REQUIREJS_VERSION) @jupyter-widgets/html-manager@$(HTML_MANAGER_VERSION) >/dev/null
+	cd $(ASSETS)/npm && for f in *.tgz; do mkdir -p "$${f%.tgz}" && tar xzf "$$f" -C "$${f%.tgz}"; done
+	mkdir -p $(ASSETS)/static/mathjax
+	cd $(ASSETS)/npm/mathjax-$(MATHJAX_VERSION)/package/es5 && \
+	  cp -r tex-mml-chtml.js input output ui a11y sre adaptors ../LICENSE $(CURDIR)/$(ASSETS)/static/mathjax/
+	cp $(ASSETS)/npm/requirejs-$(REQUIREJS_VERSION)/package/require.js $(ASSETS)/static/widgets/
+	cp -r $(ASSETS)/npm/jupyter-widgets-html-manager-$(HTML_MANAGER_VERSION)/package/dist/. \
+	  $(ASSETS)/npm/jupyter-widgets-html-manager-$(HTML_MANAGER_VERSION)/package/LICENSE \
+	  $(ASSETS)/static/widgets/html-manager/
+	rm -f $(ASSETS)/static/widgets/html-manager/*.map
+	rm -rf $(ASSETS)/npm
+	touch $@
+
+book: install site-assets
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
 # Layer 1: the package's unit and property tests, and the checks on the project's own files.
 test-unit: install
-	$(PY) -m pytest tests -q
+	$(call timed,unit,$(PY) -m pytest tests -q $(addprefix --ignore=,$(INTEGRATION)))
 
 # Layer 2: every notebook re-executes and reproduces its stored outputs.
 test-notebooks: install
-	KLBOOK_SCALE=quick $(PY) -m pytest --nbval --nbval-current-env \
+ifeq ($(NOTEBOOKS),)
+	@echo "== layer notebooks: no notebook under book/ yet"
+else
+	$(call timed,notebooks,KLBOOK_SCALE=quick $(PY) -m pytest --nbval --nbval-current-env \
 	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=$(NBVAL_TIMEOUT) \
-	  -p no:cacheprovider -q $(NOTEBOOKS)
+	  -p no:cacheprovider -q $(NOTEBOOKS))
+endif
 
-# Layer 3: the book builds strictly (warnings are errors; bad notebooks fail the build).
-test-book: book
+# Layer 3: the book builds strictly (warnings are errors; bad notebooks fail the build), and the
+# strictness itself is tested on tiny books that must fail.
+test-book: install site-assets
+	$(call timed,book build,$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going)
+	$(call timed,strict build,$(PY) -m pytest tests/test_book_strict.py -q)
 
-test: test-unit test-notebooks test-book
+# Layer 4: the built site in headless Chromium (run after the book is built).
+test-site: test-book
+	$(call timed,site,$(PY) -m pytest tests/test_site.py -q)
+
+# Layer 5: a fresh virtualenv with only the wheel and its runtime dependencies runs chapter 1.
+test-wheel: install
+	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
+
+test: test-unit test-notebooks test-book test-site test-wheel
+	@echo "Layer times (this run and earlier ones) are in _build/layer-times.txt"
 
 refresh: install
 	KLBOOK_SCALE=quick $(PY) scripts/refresh_outputs.py $(NOTEBOOKS)
