@@ -16,7 +16,7 @@ step's jaxpr and optimised HLO.
 
 Usage::
 
-    python benchmarks/recipe_vs_hand.py [--rounds 21] [--steps 200] [--latent 4] [--profile]
+    python benchmarks/recipe_vs_hand.py [--rounds 41] [--steps 100] [--latent 4] [--profile]
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def hlo_counts(hlo: str) -> collections.Counter:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21, help="A/B pairs")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=41, help="rounds of A B (C)")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per run")
     parser.add_argument("--latent", type=int, default=4, help="latent dimensions (2-8)")
     parser.add_argument("--profile", action="store_true",
                         help="also time the recipe without its one-particle vmap, and compare HLO opcodes")
