@@ -117,7 +117,12 @@ class KlbookApi(SphinxDirective):
             *_reexport_table(package),
         ])]
         for module in public_modules(package, order):
-            self.env.note_dependency(importlib.import_module(module).__file__)
+            try:
+                self.env.note_dependency(importlib.import_module(module).__file__)
+            except Exception as err:  # a broken module must not hide the others
+                logger.warning(f"klbook-api: cannot import {module}: {err!r}",
+                               location=self.get_location())
+                continue
             out.append(self._section(module, [f".. automodule:: {module}", "   :members:"]))
         return out
 
