@@ -34,8 +34,9 @@ INTEGRATION     := tests/test_book_strict.py tests/test_site.py tests/test_wheel
 export KLBOOK_STRICT_TESTS := 1
 
 # $(call timed,NAME,COMMAND): run COMMAND, report and record how long it took, keep its status.
+RUN_ID := $(shell date +%Y-%m-%dT%H:%M:%S)
 timed = @mkdir -p _build; start=$$(date +%s); $(2); status=$$?; \
-	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status, finished $$(date +%H:%M:%S))" | tee -a _build/layer-times.txt; \
+	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status; make run $(RUN_ID))" | tee -a _build/layer-times.txt; \
 	exit $$status
 
 .PHONY: install site-assets book test test-unit test-notebooks test-book test-site test-wheel refresh clean
@@ -102,7 +103,8 @@ test-wheel: install
 	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
 
 test: test-unit test-notebooks test-book test-site test-wheel
-	@echo "Layer times (this run and earlier ones) are in _build/layer-times.txt"
+	@echo "Every layer passed. Times of this run (all runs are in _build/layer-times.txt):"
+	@grep -F "make run $(RUN_ID))" _build/layer-times.txt
 
 refresh: install
 	KLBOOK_SCALE=quick $(PY) scripts/refresh_outputs.py $(NOTEBOOKS)
