@@ -1,0 +1,235 @@
+"""klbook.vae: the ELBO as distortion plus rate, the closed-form rate, and the IWAE bound on L."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from numpyro import handlers
+
+from klbook import entropy, vae
+from klbook.recipe import kl_objective
+
+KEY = jax.random.key(0)
+D, K = 4, 2  # data and latent dimensions of the linear-Gaussian world
+NOISE = 0.7
+
+
+def _counts(key, n=12, d=6):
+    return jax.random.randint(key, (n, d), 0, 17)
+
+
+_binomial = eqx.filter_jit(vae.binomial_vae)  # one compiled initialisation instead of many eager ops
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A small Binomial(16) VAE on 6 pixels with 3 latents, untrained."""
+    return _binomial(jax.random.key(1), 6, 3, 16, width=16)
+
+
+def _linear_world():
+    """A linear-Gaussian dream world with orthogonal columns, so its posterior is diagonal."""
+    w = jnp.array([[1.5, 0.0], [0.0, 1.0], [1.5, 0.0], [0.0, -2.0]])
+    return vae.linear_gaussian_vae(KEY, D, K, weight=w, bias=jnp.array([0.5, -1.0, 0.0, 2.0]), noise=NOISE)
+
+
+def _exact_posterior_encoder(m: vae.VAE) -> vae.VAE:
+    """Set the encoder to the world's own posterior q(z|x) = N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1."""
+    w, b = m.decoder.linear.weight, m.decoder.linear.bias
+    cov = jnp.linalg.inv(jnp.eye(K) + w.T @ w / NOISE**2)
+    gain = cov @ w.T / NOISE**2  # [K, D]
+    raw = jnp.log(jnp.expm1(jnp.sqrt(jnp.diag(cov)) - 1e-4))
+    weight = jnp.concatenate([gain, jnp.zeros((K, D))])
+    bias = jnp.concatenate([-gain @ b, raw])
+    enc = eqx.tree_at(lambda e: (e.weight, e.bias), m.encoder, (weight, bias))
+    return eqx.tree_at(lambda v: v.encoder, m, enc)
+
+
+@eqx.filter_jit
+def _linear_data(m: vae.VAE, key, n):
+    """n draws from the dream world: z ~ q(z), x ~ q(x|z)."""
+    k1, k2 = jax.random.split(key)
+    return m.decode(m.prior(n).sample(k1)).sample(k2)
+
+
+def _log_marginal(m: vae.VAE, x):
+    return jax.vmap(vae.linear_gaussian_marginal(m).log_prob)(x)
+
+
+def _mean_se(v):
+    v = np.asarray(v, np.float64).ravel()
+    return v.mean(), v.std(ddof=1) / math.sqrt(v.size)
+
+
+# --- the ledger: -ELBO = D + R ---------------------------------------------------------------
+
+
+def test_recipe_ledger_is_distortion_plus_rate_exactly(small):
+    x, m = _counts(KEY), small
+
+    @eqx.filter_jit
+    def both(m, x):
+        z = m.encode(x).sample(jax.random.key(2))  # one draw, shared by both computations
+        real = handlers.substitute(vae.real_world, data={"z": z})
+        return vae.terms(jax.random.key(3), m, x, z=z), kl_objective(KEY, real, vae.dream_world, m, x, names=vae.NAMES)
+
+    t, obj = both(m, x)
+    np.testing.assert_allclose(obj.terms["rate"], jnp.mean(t.rate), rtol=1e-6)
+    np.testing.assert_allclose(obj.terms["distortion"], jnp.mean(t.distortion), rtol=1e-6)
+    np.testing.assert_allclose(-obj.total, jnp.mean(t.elbo), rtol=1e-6)
+    assert obj.dropped == ("x",)
+    loss, terms = eqx.filter_jit(vae.objective)(m, jax.random.key(4), x, 2.5)
+    np.testing.assert_allclose(loss, terms["distortion"] + 2.5 * terms["rate"], rtol=1e-6)
+
+
+def test_closed_form_rate_matches_sampled_rate_within_stderr(small):
+    x, m = _counts(KEY), small
+    sampled = eqx.filter_jit(jax.vmap(lambda k: vae.terms(k, m, x).rate))(jax.random.split(KEY, 2000))  # [2000, N]
+    rate, closed = eqx.filter_jit(lambda m: (vae.rate(m, x), vae.terms(KEY, m, x, closed_form_rate=True)))(m)
+    mean, se = _mean_se(sampled)
+    assert abs(mean - float(jnp.mean(rate))) < 5 * se
+    np.testing.assert_allclose(closed.rate, rate, rtol=1e-6)
+    assert bool(jnp.all(rate >= 0))
+
+
+def test_decoders_are_proper_likelihoods():
+    """The Binomial(16) decoder sums to one over the 17 pixel values; Bernoulli over {0, 1}."""
+    z = jax.random.normal(KEY, (3, 2))
+
+    @eqx.filter_jit
+    def total(m, values):  # sum over every pixel value of q(x | z), one per z
+        return jnp.sum(jax.vmap(lambda v: jnp.exp(m.decode(z).log_prob(jnp.full((3, 1), v))))(values), 0)
+
+    np.testing.assert_allclose(total(_binomial(KEY, 1, 2, 16, width=8), jnp.arange(17)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(total(eqx.filter_jit(vae.bernoulli_vae)(KEY, 1, 2, width=8), jnp.arange(2)), 1.0,
+                               rtol=1e-5)
+
+
+# --- the chain on a world with an exact marginal -------------------------------------------------
+
+
+def test_linear_gaussian_marginal_is_the_dream_worlds_marginal():
+    m = _linear_world()
+    x = np.asarray(_linear_data(m, jax.random.key(5), 20000), np.float64)
+    marginal = vae.linear_gaussian_marginal(m)
+    se = x.std(0) / math.sqrt(x.shape[0])
+    assert np.all(np.abs(x.mean(0) - np.asarray(marginal.mean)) < 5 * se)
+    # mean of -log q(x) over its own samples is its entropy
+    mean, se = _mean_se(-eqx.filter_jit(_log_marginal)(m, x.astype(np.float32)))
+    assert abs(mean - float(entropy(marginal))) < 5 * se
+
+
+def test_exact_posterior_makes_the_elbo_and_iwae_exact():
+    m = _exact_posterior_encoder(_linear_world())
+    x = _linear_data(m, jax.random.key(7), 50)
+    log_q = _log_marginal(m, x)
+    t, est = eqx.filter_jit(lambda m: (vae.terms(jax.random.key(8), m, x), vae.iwae(KEY, m, x, 7, chunk=3)))(m)
+    np.testing.assert_allclose(t.elbo, log_q, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(est, log_q, rtol=1e-4, atol=1e-4)
+
+
+def test_iwae_rises_with_k_toward_the_exact_marginal_and_brackets_it():
+    """-(D + R) <= IWAE_1 <= IWAE_10 <= IWAE_100 <= log q(x), and L >= H, all with standard errors."""
+    world = _linear_world()
+    m = eqx.tree_at(lambda v: v.encoder, world, vae.linear_gaussian_vae(jax.random.key(10), D, K).encoder)
+    x = _linear_data(world, jax.random.key(11), 400)  # data from the world itself: H is exact
+    log_q = _log_marginal(m, x)
+    reps = jax.random.split(jax.random.key(12), 10)
+
+    @eqx.filter_jit
+    def estimates(m):
+        elbo = jax.vmap(lambda k: vae.terms(k, m, x).elbo)(reps)  # [10, N]
+        return elbo, {k: jax.vmap(lambda r: vae.iwae(r, m, x, k))(reps) for k in (1, 10, 100)}
+
+    elbo, est = estimates(m)
+    mean, se = _mean_se(est[1] - elbo)  # K = 1 is the ELBO in expectation
+    assert abs(mean) < 5 * se
+    for lo, hi in ((1, 10), (10, 100)):
+        mean, se = _mean_se(est[hi] - est[lo])
+        assert mean > 4 * se  # strictly rises (this encoder is far from the posterior)
+    mean, se = _mean_se(log_q[None] - est[100])
+    assert mean > -4 * se  # still a lower bound on log q(x)
+    gap_1, gap_100 = _mean_se(log_q[None] - est[1])[0], _mean_se(log_q[None] - est[100])[0]
+    assert gap_100 < 0.5 * gap_1  # and much closer to it
+    neg_log_q, se = _mean_se(-log_q)
+    assert neg_log_q > float(entropy(vae.linear_gaussian_marginal(world))) - 4 * se  # L >= H
+
+
+def test_measure_chain_shapes_and_the_gap(small):
+    m, x = small, _counts(jax.random.key(13), n=30)
+    c = eqx.filter_jit(vae.measure)(jax.random.key(14), m, x, num_samples=50)
+    assert all(v.shape == (30,) for v in c)
+    assert all(v.shape == () for v in c.mean()) and all(v.shape == () for v in c.stderr())
+    mean, se = _mean_se(c.gap)
+    assert mean > -4 * se
+    np.testing.assert_allclose(c.gap, c.distortion + c.rate - c.neg_log_marginal, rtol=1e-6)
+
+
+# --- shapes, jit, training ----------------------------------------------------------------------
+
+
+def test_shapes_of_the_worlds_distributions(small):
+    m = small
+    x = _counts(KEY, n=5)
+    shape = lambda f, *a: eqx.filter_eval_shape(f, *a)  # noqa: E731  (traced, nothing computed)
+    enc = shape(lambda m: m.encode(x), m)
+    assert enc.batch_shape == (5,) and enc.event_shape == (3,)
+    dec = shape(lambda m: m.decode(jnp.zeros((7, 5, 3))), m)
+    assert dec.batch_shape == (7, 5) and dec.event_shape == (6,)
+    assert shape(lambda m: vae.iwae(KEY, m, x, 10), m).shape == (5,)
+    assert shape(lambda m: vae.reconstruct(KEY, m, x), m).shape == (5, 6)
+    assert shape(lambda m: vae.generate(KEY, m, 4), m).shape == (4, 6)
+
+
+def test_jit_equals_eager_and_same_key_same_result(small):
+    m, x = small, _counts(KEY)
+    eager = vae.terms(KEY, m, x)
+    jitted = eqx.filter_jit(vae.terms)(KEY, m, x)
+    for a, b in zip(eager, jitted):
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    np.testing.assert_array_equal(vae.terms(KEY, m, x).rate, eager.rate)
+
+
+def test_fit_betas_trains_stacked_models_one_per_beta():
+    world = _linear_world()
+    x = _linear_data(world, jax.random.key(15), 256)
+    betas = [0.5, 8.0]
+    models, history = vae.fit_betas(jax.random.key(16), lambda k: vae.linear_gaussian_vae(k, D, K), betas, x,
+                                    num_steps=300, batch_size=64, progress=False)
+    assert models.decoder.linear.weight.shape == (2, D, K)
+    assert set(history) == {"loss", "rate/0", "rate/1", "distortion/0", "distortion/1"}
+    assert history["loss"].shape == (300,) and history["loss"][-20:].mean() < history["loss"][:20].mean()
+    rates = [vae.rate(vae.model_at(models, i), x) for i in range(2)]
+    (r0, s0), (r1, s1) = _mean_se(rates[0]), _mean_se(rates[1])
+    assert r1 < r0 - 4 * math.hypot(s0, s1)  # a higher price of rate buys less of it
+
+
+# --- bad inputs -----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_are_named(small):
+    m, x = small, _counts(KEY)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 6\]"):
+        vae.rate(m, x[:, :5])
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        vae.real_world(m, x[0])
+    with pytest.raises(ValueError, match="finite"):
+        vae.terms(KEY, m, x.astype(jnp.float32).at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"z must have shape \[..., 3\]"):
+        m.decode(jnp.zeros((4, 2)))
+    with pytest.raises(ValueError, match="num_samples"):
+        vae.iwae(KEY, m, x, 0)
+    with pytest.raises(TypeError, match="key"):
+        vae.terms(0, m, x)
+    with pytest.raises(TypeError, match="linear_gaussian_vae"):
+        vae.linear_gaussian_marginal(m)
+    with pytest.raises(ValueError, match="betas"):
+        vae.fit_betas(KEY, lambda k: m, [1.0, -2.0], x, num_steps=1)
+    with pytest.raises(ValueError, match="betas"):
+        vae.fit_betas(KEY, lambda k: m, [], x, num_steps=1)
