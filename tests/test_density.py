@@ -1,0 +1,175 @@
+"""Density estimation (chapter 4): the mixture density, the recipe's two readings, maximum likelihood."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+import klbook
+from klbook import data, density
+
+KEY = jax.random.key(0)
+NUMPYRO = jax.numpy_rank_promotion("allow")  # NumPyro's own samplers and densities broadcast by rank
+
+
+def sample(d, key, n):
+    with NUMPYRO:
+        return d.sample(key, (n,))
+
+
+def log_prob(d, x):
+    with NUMPYRO:
+        return d.log_prob(x)
+
+
+def random_params(key, k=3, d=2):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "logits": jax.random.normal(k1, (k,)),
+        "loc": 2.0 * jax.random.normal(k2, (k, d)),
+        "tril": 0.5 * jax.random.normal(k3, (k, d, d)),
+    }
+
+
+def reference(params):
+    """The same mixture written with NumPyro's own distributions."""
+    q = density.density(params)
+    components = dist.MultivariateNormal(q.loc, scale_tril=q.scale_tril)
+    return dist.MixtureSameFamily(dist.Categorical(logits=q.logits), components)
+
+
+@pytest.mark.parametrize("k, d", [(1, 2), (3, 2), (4, 3)])
+def test_log_prob_matches_numpyro_mixture(k, d):
+    params = random_params(jax.random.key(k + d), k, d)
+    x = jax.random.normal(jax.random.key(1), (5, 7, d)) * 3.0  # two batch dimensions
+    with NUMPYRO:
+        expected = reference(params).log_prob(x)
+    np.testing.assert_allclose(density.density(params).log_prob(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_component_is_a_gaussian():
+    params = random_params(KEY, 1, 2)
+    q = density.density(params)
+    mvn = dist.MultivariateNormal(q.loc[0], scale_tril=q.scale_tril[0])
+    x = jax.random.normal(jax.random.key(2), (10, 2))
+    with NUMPYRO:
+        expected = mvn.log_prob(x)
+    np.testing.assert_allclose(q.log_prob(x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(q.mean, mvn.mean, rtol=1e-6)
+    np.testing.assert_allclose(q.covariance_matrix, mvn.covariance_matrix, rtol=1e-5)
+
+
+def test_scale_tril_is_lower_triangular_with_positive_diagonal():
+    q = density.density(random_params(KEY, 3, 3))
+    assert jnp.all(jnp.triu(q.scale_tril, 1) == 0.0)
+    assert jnp.all(jnp.diagonal(q.scale_tril, axis1=-2, axis2=-1) > 0.0)
+
+
+def test_mixture_moments_match_samples_within_standard_error():
+    q = density.density(random_params(jax.random.key(3), 3, 2))
+    n = 200_000
+    x = np.asarray(q.sample(jax.random.key(4), (n,)), np.float64)
+    mean_se = x.std(0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(x.mean(0) - np.asarray(q.mean)) < 5 * mean_se)
+    centred = x - x.mean(0)
+    products = centred[:, :, None] * centred[:, None, :]  # [n, D, D]
+    cov_se = products.std(0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(products.mean(0) - np.asarray(q.covariance_matrix)) < 5 * cov_se)
+
+
+def test_objective_is_cross_entropy_without_truth_and_kl_with_it():
+    truth = dist.MultivariateNormal(jnp.array([0.5, -1.0]), jnp.array([[1.0, 0.3], [0.3, 0.5]]))
+    x = sample(truth, jax.random.key(5), 20_000)
+    params = random_params(jax.random.key(6), 1, 2)
+    q = density.density(params)
+    ce = density.objective(KEY, params, x)
+    assert ce.dropped == ("x",) and set(ce.terms) == {"cross_entropy"}
+    np.testing.assert_allclose(ce.total, -jnp.mean(q.log_prob(x)), rtol=1e-5)
+    kl = density.objective(KEY, params, x, truth)
+    assert kl.dropped == () and set(kl.terms) == {"kl"}
+    np.testing.assert_allclose(kl.total, jnp.mean(log_prob(truth, x) - q.log_prob(x)), rtol=1e-5)
+    exact = klbook.kl(truth, dist.MultivariateNormal(q.loc[0], scale_tril=q.scale_tril[0]))
+    assert abs(kl.total - exact) < 5 * kl.stderr["kl"]
+
+
+def test_loss_records_both_terms_and_their_difference_is_the_data_entropy_estimate():
+    truth = dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2))
+    x = sample(truth, jax.random.key(7), 500)
+    params = random_params(jax.random.key(8), 2, 2)
+    loss, terms = density.loss_fn(truth)(params, KEY, x)
+    np.testing.assert_allclose(loss, terms["kl"], rtol=1e-6)
+    np.testing.assert_allclose(terms["cross_entropy"] - terms["kl"], -jnp.mean(log_prob(truth, x)), rtol=1e-5, atol=1e-5)
+    loss_ce, terms_ce = density.loss_fn()(params, KEY, x)
+    assert set(terms_ce) == {"cross_entropy"}
+    np.testing.assert_allclose(loss_ce, terms["cross_entropy"], rtol=1e-6)
+
+
+def test_gradient_matches_numpyro_mixture_gradient():
+    x = jax.random.normal(jax.random.key(9), (50, 2)) * 2.0
+    params = random_params(jax.random.key(10), 3, 2)
+    ours = jax.grad(lambda p: density.objective(KEY, p, x).loss)(params)
+    with NUMPYRO:
+        theirs = jax.grad(lambda p: -jnp.mean(reference(p).log_prob(x)))(params)
+    for name in params:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fit_recovers_maximum_likelihood_gaussian():
+    """Minimum KL from the sample = maximum likelihood: the sample mean and (biased) covariance."""
+    n = 1000
+    x = jax.random.normal(jax.random.key(11), (n, 2)) @ jnp.array([[1.0, 0.0], [0.6, 0.5]]) + jnp.array([[1.0, -2.0]])
+    result = density.fit_density(jax.random.key(12), x, 1, num_steps=400, learning_rate=0.1)
+    q = density.density(result.params)
+    x64 = np.asarray(x, np.float64)
+    mean, cov = x64.mean(0), np.cov(x64.T, bias=True)
+    # The optimiser's error must be far below the estimates' own sampling error (1/sqrt(n) scale).
+    tolerance = 0.01 * np.sqrt(np.diag(cov).min() / n)
+    assert np.abs(np.asarray(q.mean) - mean).max() < tolerance
+    assert np.abs(np.asarray(q.covariance_matrix) - cov).max() < tolerance
+    assert set(result.history) == {"loss", "cross_entropy"}
+
+
+def test_fit_with_truth_records_kl():
+    truth = dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2))
+    x = sample(truth, jax.random.key(13), 300)
+    result = density.fit_density(jax.random.key(14), x, 2, truth=truth, num_steps=20)
+    assert set(result.history) == {"loss", "kl", "cross_entropy"}
+    assert result.history["kl"][-1] < result.history["kl"][0]
+
+
+def test_entropy_mc_matches_closed_form():
+    p = dist.MultivariateNormal(jnp.array([1.0, 2.0]), jnp.array([[2.0, 0.5], [0.5, 1.0]]))
+    est = density.entropy_mc(jax.random.key(15), p, 50_000)
+    assert abs(est.value - p.entropy()) < 5 * est.stderr
+
+
+def test_init_mixture_spreads_the_means_over_the_data():
+    x = data.mixture_2d(jax.random.key(16), 2000).x
+    params = density.init_mixture(jax.random.key(17), x, 8)
+    assert params["loc"].shape == (8, 2) and params["tril"].shape == (8, 2, 2) and params["logits"].shape == (8,)
+    gaps = jnp.linalg.norm(params["loc"][:, None] - params["loc"][None], axis=-1) + 1e9 * jnp.eye(8)  # [8, 8]
+    assert jnp.min(gaps) > 0.5  # farthest-point picks: no two means on top of each other
+    assert all(jnp.any(jnp.all(x == m[None], axis=1)) for m in params["loc"])  # each mean is a data point
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: density.init_mixture(KEY, jnp.zeros(5), 1), ValueError, "shape \\[N, D\\]"),
+        (lambda: density.init_mixture(KEY, jnp.full((4, 2), jnp.nan), 1), ValueError, "x"),
+        (lambda: density.init_mixture(KEY, jnp.zeros((4, 2)), 0), ValueError, "num_components"),
+        (lambda: density.init_mixture(KEY, jnp.zeros((4, 2)), 5), ValueError, "exceeds"),
+        (lambda: density.init_mixture(0, jnp.zeros((4, 2)), 1), TypeError, "PRNG key"),
+        (lambda: density.density({"loc": jnp.zeros((2, 2))}), ValueError, "missing"),
+        (lambda: density.density({"logits": jnp.zeros(3), "loc": jnp.zeros((2, 2)), "tril": jnp.zeros((2, 2, 2))}),
+         ValueError, "shapes disagree"),
+        (lambda: density.entropy_mc(KEY, "p", 10), TypeError, "NumPyro distribution"),
+        (lambda: density.entropy_mc(KEY, dist.Normal(0.0, 1.0), 1), ValueError, "num_samples"),
+    ],
+)
+def test_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
