@@ -1,0 +1,134 @@
+"""Chapter 5: the recipe's ledger for a classifier is the cross-entropy, and the helpers around it."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from klbook import supervised as sv
+from klbook.nn import mlp
+from klbook.worlds import structure
+
+KEY = jax.random.key(0)
+
+
+def _toy(n=12, d=5, k=3, seed=0):
+    kx, ky, kn = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, (n, d))
+    y = jax.random.randint(ky, (n,), 0, k)
+    return mlp(kn, d, k, width=8, depth=2), x, y
+
+
+def test_ledger_is_the_cross_entropy_exactly():
+    net, x, y = _toy()
+    obj = sv.objective(KEY, net, x, y)
+    expected = optax.losses.softmax_cross_entropy_with_integer_labels(sv.logits(net, x), y).mean()
+    np.testing.assert_allclose(obj.terms["cross_entropy"], expected, rtol=1e-6)
+    assert float(obj.terms["inputs"]) == 0.0  # both worlds read x from the data
+    assert obj.dropped == ("x", "y")
+    np.testing.assert_allclose(obj.loss, obj.total, rtol=1e-6)
+
+
+def test_ledger_is_deterministic_and_jit_equals_eager():
+    """No random site is drawn from P, so the key does not matter and the stderr is the spread."""
+    net, x, y = _toy()
+    eager = sv.objective(KEY, net, x, y)
+    jitted = eqx.filter_jit(sv.objective)(jax.random.key(7), net, x, y)
+    np.testing.assert_allclose(jitted.terms["cross_entropy"], eager.terms["cross_entropy"], rtol=1e-6)
+
+
+def test_gradient_matches_optax_cross_entropy_gradient():
+    net, x, y = _toy()
+    ours = eqx.filter_grad(lambda n: sv.loss_fn(n, KEY, (x, y))[0])(net)
+    ref = eqx.filter_grad(lambda n: optax.losses.softmax_cross_entropy_with_integer_labels(sv.logits(n, x), y).mean())(net)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_worlds_graph_shows_data_and_classifier():
+    net, x, y = _toy()
+    p, q = structure(sv.real_world, net, x, y), structure(sv.dream_world, net, x, y)
+    assert p.observed == {"x", "y"} and p.edges == ()
+    assert q.observed == {"x"} and q.edges == (("x", "y"),)
+
+
+def test_training_lowers_the_cross_entropy_and_beats_chance():
+    kx, kn = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (200, 2))
+    y = (x[:, 0] + x[:, 1] > 0).astype(jnp.int32)  # linearly separable
+    net = mlp(kn, 2, 2, width=16, depth=1)
+    res = sv.train(jax.random.key(4), net, x, y, num_steps=300, batch_size=64, learning_rate=1e-2, progress=False)
+    assert set(res.history) == {"loss", "inputs", "cross_entropy"}
+    assert res.history["cross_entropy"][-20:].mean() < 0.5 * res.history["cross_entropy"][:5].mean()
+    # 200 balanced-ish labels: chance is ~0.5 with s.e. ~0.035; a separable problem must do far better.
+    assert sv.accuracy(res.params, x, y) > 0.9
+
+
+def test_an_ensemble_trains_each_member_as_if_alone():
+    """Summed losses, shared batches, Adam per weight: member i ends where training it alone ends."""
+    _, x, y = _toy(n=40)
+    nets = sv.ensemble(jax.random.key(5), 3, 5, 3, width=8, depth=1)
+    assert jax.tree.leaves(nets)[0].shape[0] == 3
+    together = sv.train_ensemble(jax.random.key(6), nets, x, y, num_steps=30, batch_size=16, progress=False)
+    alone = sv.train(jax.random.key(6), sv.member(nets, 1), x, y, num_steps=30, batch_size=16, progress=False)
+    arrays = lambda net: jax.tree.leaves(eqx.filter(net, eqx.is_array))  # noqa: E731
+    for a, b in zip(arrays(sv.member(together.params, 1)), arrays(alone.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert together.history["cross_entropy"].shape == (30,)
+
+
+def test_features_are_what_the_last_layer_reads():
+    net, x, _ = _toy()
+    h = sv.features(net, x)
+    assert h.shape == (x.shape[0], 8)
+    last = net.layers[-1]
+    np.testing.assert_allclose(jax.vmap(last)(h), sv.logits(net, x), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_probe_separable_and_chance():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    informative = labels[:, None] * 3.0 + rng.normal(size=(400, 3))
+    noise = rng.normal(size=(400, 3))
+    good = sv.linear_probe(informative[:200], labels[:200], informative[200:], labels[200:])
+    bad = sv.linear_probe(noise[:200], labels[:200], noise[200:], labels[200:])
+    assert good.accuracy > 0.95 and good.num_test == 200
+    # Pure noise: accuracy is chance, 0.5, within binomial standard errors.
+    assert abs(bad.accuracy - 0.5) < 4 * np.sqrt(0.25 / 200)
+    np.testing.assert_allclose(good.stderr, np.sqrt(good.accuracy * (1 - good.accuracy) / 200))
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((jnp.ones((4, 6)), jnp.zeros(4, jnp.int32)), "x must have shape"),
+        ((jnp.ones((4, 5)), jnp.zeros(3, jnp.int32)), "y must be integer labels"),
+        ((jnp.ones((4, 5)), jnp.zeros(4)), "y must be integer labels"),
+        ((jnp.ones((4, 5)), jnp.full(4, 3, jnp.int32)), "labels must lie in 0..2"),
+        ((jnp.full((4, 5), jnp.nan), jnp.zeros(4, jnp.int32)), "x must be finite"),
+    ],
+)
+def test_bad_inputs_are_named(args, match):
+    net, _, _ = _toy()
+    with pytest.raises(ValueError, match=match):
+        sv.objective(KEY, net, *args)
+
+
+def test_non_mlp_and_bad_probe_inputs():
+    with pytest.raises(TypeError, match="eqx.nn.MLP"):
+        sv.accuracy(lambda v: v, jnp.ones((2, 2)), jnp.zeros(2, jnp.int32))
+    with pytest.raises(TypeError, match="floating point"):
+        net, _, _ = _toy()
+        sv.accuracy(net, jnp.ones((2, 5), jnp.int32), jnp.zeros(2, jnp.int32))
+    with pytest.raises(ValueError, match="num_members"):
+        sv.ensemble(KEY, 0, 5, 3)
+    with pytest.raises(ValueError, match="one label per row"):
+        sv.linear_probe(np.ones((4, 2)), np.zeros(3), np.ones((2, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="two classes"):
+        sv.linear_probe(np.ones((4, 2)), np.zeros(4), np.ones((2, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match="finite"):
+        sv.linear_probe(np.full((4, 2), np.nan), np.arange(4) % 2, np.ones((2, 2)), np.zeros(2))
