@@ -88,6 +88,7 @@ class GaussianMixture(dist.Distribution):
         return self.loc[which] + jnp.einsum("...ij,...j->...i", self.scale_tril[which], eps)
 
     def log_prob(self, value):
+        r"""Exact :math:`\log \sum_k \pi_k \mathcal{N}(x;\, \mu_k, L_k L_k^\top)` for ``value [..., D]``, returning ``[...]``."""
         d = self.loc.shape[-1]
         lead = (1,) * (jnp.ndim(value) - 1)  # broadcast the components over value's batch dims explicitly
         whiten = jax.vmap(lambda l: solve_triangular(l, jnp.eye(d), lower=True))(self.scale_tril)  # [K, D, D]
