@@ -29,7 +29,6 @@ import platform
 import re
 import statistics
 import time
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -131,21 +130,6 @@ def make_step(loss_fn, opt):
     return step
 
 
-@contextlib.contextmanager
-def particles_without_vmap():
-    """Diagnosis only: trace ``kl_objective`` with its particle ``jax.vmap`` replaced, for one
-    particle, by a direct call plus a leading axis (what a one-particle fast path would do)."""
-    vmap = jax.vmap
-
-    def one_particle_vmap(fn, *a, **k):
-        if a or k:
-            return vmap(fn, *a, **k)
-        return lambda keys: jax.tree.map(lambda v: v[None], fn(keys[0])) if keys.shape[0] == 1 else vmap(fn)(keys)
-
-    with mock.patch.object(jax, "vmap", one_particle_vmap):
-        yield
-
-
 def hlo_counts(hlo: str) -> collections.Counter:
     """Opcode counts of an optimised HLO module (inside fusions too)."""
     return collections.Counter(m.group(1) for m in re.finditer(r"= \S+ ([a-z][\w-]*)\(", hlo))
@@ -153,11 +137,11 @@ def hlo_counts(hlo: str) -> collections.Counter:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=41, help="rounds of A B (C)")
+    parser.add_argument("--rounds", type=int, default=41, help="rounds of A B")
     parser.add_argument("--steps", type=int, default=100, help="training steps per run")
     parser.add_argument("--latent", type=int, default=4, help="latent dimensions (2-8)")
     parser.add_argument("--profile", action="store_true",
-                        help="also time the recipe without its one-particle vmap, and compare HLO opcodes")
+                        help="also list the HLO opcodes whose counts differ between the two steps")
     args = parser.parse_args()
 
     digits = load_digits().data  # [1797, 64], 0..16
@@ -177,8 +161,6 @@ def main():
 
     # name -> (loss function, context to trace it in)
     variants = {"recipe": (recipe_loss, contextlib.nullcontext), "hand": (hand_loss, contextlib.nullcontext)}
-    if args.profile:
-        variants["recipe-no-vmap"] = (recipe_loss, particles_without_vmap)
     steps = {k: jax.jit(make_step(f, opt)) for k, (f, _) in variants.items()}
     scans = {k: jax.jit(lambda s, i, f=f: jax.lax.scan(make_step(f, opt), s, i)) for k, (f, _) in variants.items()}
 
@@ -236,7 +218,7 @@ def main():
             runner(f)
         times = {k: [] for k in fns}
         for _ in range(args.rounds):
-            for k, f in fns.items():  # A B (C) in turn, every round
+            for k, f in fns.items():  # A B in turn, every round
                 t0 = time.perf_counter()
                 runner(f)
                 times[k].append(time.perf_counter() - t0)

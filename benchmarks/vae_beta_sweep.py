@@ -7,9 +7,8 @@ chapter's quick configuration: the 8x8 digits' training split, Binomial(16) deco
 latents, width 128, batch 128, Adam(2e-3). The script prints the wall time of each way,
 compilation included, as a reader running the chapter pays it.
 
-Measured here (2-core x86_64 CPU shared with other jobs, load average about 4; jax 0.10.2),
-7 βs, 2000 steps: vmapped 26.3 s; one loop per β 62.8 s in all (5.7–12.8 s each, most of it
-compiling); ratio 2.4.
+Measured results are in ``benchmarks/README.md`` (2026-11-29, quiet 2-core CPU: 7.9 s
+vmapped against 21.8 s apart, ratio 2.75).
 
 Usage::
 

@@ -233,8 +233,11 @@ def kl_objective(
         raise ValueError(f"num_particles must be a positive integer; got {num_particles!r}")
     names, weights, base_measure = dict(names or {}), dict(weights or {}), dict(base_measure or {})
 
-    # Trace once, outside the vmap, to learn the structure (sites, plates) and check arguments.
-    structure, (observed, plate_size) = _one_particle(key, real, dream, args, kwargs, data_plate, base_measure)
+    keys = jax.random.split(key, num_particles)
+    # Trace the first particle outside any vmap to learn the structure (sites, plates) and check
+    # the arguments. With one particle this is the whole computation: a vmap over an axis of size
+    # 1 would make XLA fuse the step differently and cost ~20% (benchmarks/README.md).
+    structure, (observed, plate_size) = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure)
     unknown = sorted(set(names) - set(structure))
     if unknown:
         raise ValueError(f"names refers to sites {unknown} that the worlds do not have; sites: {sorted(structure)}")
@@ -247,8 +250,10 @@ def kl_objective(
         raise ValueError(f"weights refers to terms {unknown_w}; the terms are {sorted(set(term_of.values()))}")
     dropped = tuple(s for s in structure if observed[s] and s not in base_measure)
 
-    keys = jax.random.split(key, num_particles)
-    parts = jax.vmap(lambda k: _one_particle(k, real, dream, args, kwargs, data_plate, base_measure)[0])(keys)
+    if num_particles == 1:
+        parts = jax.tree.map(lambda a: a[None], structure)
+    else:
+        parts = jax.vmap(lambda k: _one_particle(k, real, dream, args, kwargs, data_plate, base_measure)[0])(keys)
 
     n = plate_size or 1
     has_units = plate_size is not None and any(parts[s][0] is not None for s in parts)
