@@ -6,10 +6,11 @@
 #
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
-#                   three integration tests below)
+#                   integration tests below)
 #   test-notebooks  every notebook re-executes with nbval and reproduces its stored outputs
-#   test-book       the book builds strictly (warnings are errors, nitpicky references), and a
-#                   tiny book with a bad notebook really fails to build (tests/test_book_strict.py)
+#   test-book       the book builds strictly (warnings are errors, nitpicky references), a tiny
+#                   book with a bad notebook really fails to build (tests/test_book_strict.py), and
+#                   nbval really rejects an edited output or a raising cell (tests/test_nbval_strict.py)
 #   test-site       the built site in headless Chromium: every page, equation, image and internal
 #                   link (tests/test_site.py; needs Debian's chromium and chromium-driver)
 #   test-wheel      the wheel installed into a fresh virtualenv runs chapter 1 (tests/test_wheel.py)
@@ -29,7 +30,7 @@ REQUIREJS_VERSION    := 2.3.4
 HTML_MANAGER_VERSION := 1.0.6
 ASSETS        := _build/site-assets
 ASSETS_STAMP  := $(ASSETS)/static/.mathjax-$(MATHJAX_VERSION)-requirejs-$(REQUIREJS_VERSION)-html-manager-$(HTML_MANAGER_VERSION)
-INTEGRATION     := tests/test_book_strict.py tests/test_site.py tests/test_wheel.py
+INTEGRATION     := tests/test_book_strict.py tests/test_nbval_strict.py tests/test_site.py tests/test_wheel.py
 # Integration tests fail (rather than skip) when what they need is missing.
 export KLBOOK_STRICT_TESTS := 1
 
@@ -92,7 +93,7 @@ endif
 # strictness itself is tested on tiny books that must fail.
 test-book: install site-assets
 	$(call timed,book build,$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going)
-	$(call timed,strict build,$(PY) -m pytest tests/test_book_strict.py -q)
+	$(call timed,strict build,$(PY) -m pytest tests/test_book_strict.py tests/test_nbval_strict.py -q)
 
 # Layer 4: the built site in headless Chromium (run after the book is built).
 test-site: test-book

@@ -18,6 +18,7 @@ repository set in ``_config.yml``. A screenshot of every page is saved to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html.parser
 import importlib
@@ -83,18 +84,27 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serve(directory: Path):
+    """Serve ``directory`` on 127.0.0.1 (a free port) for the duration; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def site():
     if not (HTML / "index.html").exists():
         _missing(f"no built site at {HTML}: run `make book` first")
-    handler = functools.partial(_QuietHandler, directory=str(HTML))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serve(HTML) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -202,25 +212,26 @@ def _ids_of(path: Path) -> frozenset[str]:
     return frozenset(parser.ids)
 
 
-def _local_file(url_path: str) -> Path:
-    path = HTML / urllib.parse.unquote(url_path).lstrip("/")
+def _local_file(url_path: str, root: Path) -> Path:
+    path = root / urllib.parse.unquote(url_path).lstrip("/")
     return path / "index.html" if path.is_dir() else path
 
 
-def broken_links(hrefs: list[str], base: str, page_ids: set[str]) -> list[str]:
-    """The local links among ``hrefs`` whose file or ``#anchor`` does not exist."""
+def broken_links(hrefs: list[str], base: str, root: Path = HTML) -> list[str]:
+    """The local links among ``hrefs`` (served from ``root`` at ``base``) whose file or
+    ``#anchor`` does not exist."""
     broken = []
     for href in sorted(set(hrefs)):
         if not href.startswith(base + "/"):
             continue  # another site (Colab, Binder, the repository): no network to check
         parts = urllib.parse.urlsplit(href)
-        target = _local_file(parts.path)
+        target = _local_file(parts.path, root)
         if not target.is_file():
-            broken.append(f"{href} (no file {target.relative_to(HTML)})")
+            broken.append(f"{href} (no file {target.relative_to(root)})")
             continue
         fragment = urllib.parse.unquote(parts.fragment)
         if fragment and target.suffix == ".html" and fragment not in _ids_of(target):
-            broken.append(f"{href} (no #{fragment} on {target.relative_to(HTML)})")
+            broken.append(f"{href} (no #{fragment} on {target.relative_to(root)})")
     return broken
 
 
@@ -235,23 +246,15 @@ def _screenshot(driver, docname: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("docname", PAGES)
-def test_page_renders_in_a_browser(site, browser, report, docname):
-    page = HTML / f"{docname}.html"
-    if not page.exists():
-        pytest.fail(f"{docname} is in _toc.yml but the build produced no {page.relative_to(HTML)}")
-    url = f"{site}/{docname}.html"
-    start = time.perf_counter()
+def page_problems(browser, base: str, root: Path, docname: str) -> tuple[list[str], dict]:
+    """Open ``docname`` (served from ``root`` at ``base``) and list what is wrong with it."""
     browser.get_log("browser")  # drop whatever the previous page left
-    browser.get(url)
+    browser.get(f"{base}/{docname}.html")
     mathjax = browser.execute_async_script(_WAIT_FOR_MATHJAX)
     math = browser.execute_script(_MATH_REPORT)
     bad_images = browser.execute_async_script(_WAIT_FOR_IMAGES)
     hrefs = browser.execute_script(_LINKS)
-    page_ids = set(_ids_of(page))
-    shot = _screenshot(browser, docname)
     console = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
-    links = broken_links(hrefs, site, page_ids)
     problems = []
     if mathjax.get("hasMath") and not mathjax.get("loaded"):
         problems.append(f"MathJax did not load: {mathjax.get('error')}")
@@ -259,17 +262,79 @@ def test_page_renders_in_a_browser(site, browser, report, docname):
     problems += [f"equation rendered as a TeX error: {tex}" for tex in math["errors"]]
     problems += [f"broken image: {src}" for src in bad_images]
     problems += [f"console error: {e['message']}" for e in console]
-    problems += [f"broken link: {link}" for link in links]
+    problems += [f"broken link: {link}" for link in broken_links(hrefs, base, root)]
+    facts = {"equations": math["count"], "links_checked": sum(h.startswith(base + "/") for h in set(hrefs)),
+             "hrefs": hrefs}
+    return problems, facts
+
+
+@pytest.mark.parametrize("docname", PAGES)
+def test_page_renders_in_a_browser(site, browser, report, docname):
+    page = HTML / f"{docname}.html"
+    if not page.exists():
+        pytest.fail(f"{docname} is in _toc.yml but the build produced no {page.relative_to(HTML)}")
+    start = time.perf_counter()
+    problems, facts = page_problems(browser, site, HTML, docname)
+    shot = _screenshot(browser, docname)
     if (ROOT / f"{docname}.ipynb").exists():
-        problems += launch_problems(hrefs, docname, site)
+        problems += launch_problems(facts["hrefs"], docname, site)
     report[docname] = {
         "seconds": round(time.perf_counter() - start, 2),
-        "equations": math["count"],
-        "links_checked": sum(h.startswith(site + "/") for h in set(hrefs)),
+        "equations": facts["equations"],
+        "links_checked": facts["links_checked"],
         "screenshot": str(shot.relative_to(ROOT)),
         "problems": problems,
     }
     assert not problems, f"{docname}: " + "\n  ".join(["", *problems])
+
+
+# --- the checks themselves catch what they are for ---------------------------------------------
+
+# Each flaw is put into a copy of a real built page, as the build would have written it.
+FLAWS = {
+    "broken image": ('<img alt="a lost figure" src="_images/no-such-figure.png"/>', "broken image"),
+    "unbalanced braces": ('<span class="math notranslate nohighlight">\\(\\frac{1}{\\)</span>',
+                          "equation not rendered"),
+    "missing argument": ('<span class="math notranslate nohighlight">\\(\\frac{1}\\)</span>',
+                         "equation rendered as a TeX error"),
+    "unknown macro": ('<span class="math notranslate nohighlight">\\(\\klnotamacro{p}{q}\\)</span>',
+                      "equation rendered as a TeX error"),
+    "broken page link": ('<a href="no-such-chapter.html">a chapter that is gone</a>', "broken link"),
+    "broken anchor": ('<a href="#no-such-section">a section that is gone</a>', "broken link"),
+}
+
+
+@pytest.fixture(scope="module")
+def flawed_site(tmp_path_factory):
+    """A copy of the built site with one extra page per flaw (a copy of the preface plus the flaw)."""
+    if not (HTML / "index.html").exists():
+        _missing(f"no built site at {HTML}: run `make book` first")
+    root = tmp_path_factory.mktemp("site") / "html"
+    shutil.copytree(HTML, root)
+    clean = (HTML / f"{PAGES[0]}.html").read_text(encoding="utf-8")
+    marker = '<main id="main-content"'
+    assert marker in clean, f"{PAGES[0]}.html has no {marker!r}: the theme changed"
+    at = clean.index(">", clean.index(marker)) + 1
+    for name, (snippet, _) in FLAWS.items():
+        page = root / Path(PAGES[0]).parent / f"flaw-{name.replace(' ', '-')}.html"
+        page.write_text(clean[:at] + f"<p>{snippet}</p>" + clean[at:], encoding="utf-8")
+    with serve(root) as url:
+        yield url, root
+
+
+def test_the_clean_copy_has_no_problems(flawed_site, browser):
+    url, root = flawed_site
+    problems, _ = page_problems(browser, url, root, PAGES[0])
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("flaw", list(FLAWS))
+def test_a_flawed_page_fails(flawed_site, browser, flaw):
+    url, root = flawed_site
+    docname = str(Path(PAGES[0]).parent / f"flaw-{flaw.replace(' ', '-')}")
+    problems, _ = page_problems(browser, url, root, docname)
+    expected = FLAWS[flaw][1]
+    assert any(p.startswith(expected) for p in problems), f"{flaw}: expected {expected!r}, got {problems}"
 
 
 def launch_problems(hrefs: list[str], docname: str, site: str) -> list[str]:
