@@ -30,9 +30,17 @@ Conventions.
   for a useful baseline; with one particle :math:`b = 0`).
 * **Weights.** ``weights={"rate": beta}`` multiplies a named term in ``loss`` (β-VAE, VIB, ...);
   ``total`` stays the unweighted sum, the KL itself. ``handlers.scale`` is ignored: use weights.
-* **Standard errors** treat each (particle, example) as an independent draw from P when every
-  random site of P lies in the data plate; when P has global random sites they come from the
-  spread between particles (``nan`` with a single particle).
+* **Standard errors** come in two kinds, for two questions. ``stderr`` answers "how far is the
+  estimate from the expectation under P, the examples being draws from P too?": when every
+  random site of P lies in the data plate, it is the spread between examples of each example's
+  average over particles, over :math:`\sqrt{U}` (this includes the Monte Carlo noise). ``mc_stderr``
+  answers "how far is it from the same average over *these* examples, computed exactly?" (the
+  question when comparing with a closed form on the same data): the spread between particles,
+  pooled over examples, which needs ``num_particles >= 2`` (``nan`` otherwise). When P has global
+  random sites the examples are not independent, and both are the spread between particles'
+  totals (``nan`` with a single particle).
+* **Masks** (``handlers.mask``, ``obs_mask``) are refused with an error: a masked site would
+  silently drop terms from the ledger.
 
 Call it inside ``jax.jit`` (the model functions are Python closures, traced once).
 """
@@ -55,7 +63,7 @@ __all__ = ["kl_objective", "KLObjective", "data", "sample_sites"]
 
 @functools.partial(
     jax.tree_util.register_dataclass,
-    data_fields=["loss", "total", "terms", "stderr"],
+    data_fields=["loss", "total", "terms", "stderr", "mc_stderr"],
     meta_fields=["dropped"],
 )
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +80,12 @@ class KLObjective:
     terms: dict[str, jnp.ndarray]
     """Each named term's estimate, a scalar."""
     stderr: dict[str, jnp.ndarray]
-    """Monte Carlo standard error of each term and of ``"total"``."""
+    """Standard error of each term and of ``"total"`` as estimates of the expectation under P,
+    examples and draws both random (see the module's conventions)."""
+    mc_stderr: dict[str, jnp.ndarray]
+    """Monte Carlo standard error of each term and of ``"total"`` given the data: the error of
+    the estimate against the same average over these examples computed exactly (``nan`` with
+    one particle when there is a data plate)."""
     dropped: tuple[str, ...]
     """Data sites whose unknown ``<log p(x)>`` was dropped as a constant."""
 
@@ -124,6 +137,14 @@ def _check_worlds(real_sites: dict, dream_sites: dict) -> None:
             raise ValueError(
                 f"site {name!r} is observed in the dream world but drawn in the real world: the dream "
                 "world must score the real world's value, so sample it there without obs="
+            )
+    for world, sites in (("real", real_sites), ("dream", dream_sites)):
+        masked = sorted(n for n, site in sites.items()
+                        if site.get("mask") is not None or isinstance(site["fn"], dist.MaskedDistribution))
+        if masked:
+            raise ValueError(
+                f"sites {masked} of the {world} world are masked (handlers.mask or obs_mask): the "
+                "ledger would silently drop their masked entries; select the data you mean instead"
             )
 
 
@@ -218,7 +239,7 @@ def kl_objective(
         base_measure: data site -> a NumPyro distribution or a callable ``x -> log m(x)``.
 
     Returns:
-        :class:`KLObjective` ``(loss, total, terms, stderr, dropped)``.
+        :class:`KLObjective` ``(loss, total, terms, stderr, mc_stderr, dropped)``.
 
     Raises:
         ValueError: if the worlds' sample sites differ (naming them), a name, weight or base
@@ -268,15 +289,26 @@ def kl_objective(
         width = next(parts[s][0].shape[1] for s in parts if parts[s][0] is not None) if has_units else 1
         return jnp.broadcast_to(glob[:, None] / n, (num_particles, width))
 
-    def stderr_of(u):  # u: [K, U]
+    nan = jnp.asarray(jnp.nan)
+
+    def between_particles(u):  # u: [K, U]; the particles' totals are the independent replicates
+        if num_particles < 2:
+            return nan
+        return jnp.std(jnp.mean(u, axis=1), ddof=1) / jnp.sqrt(num_particles)
+
+    def stderr_of(u):  # examples and draws random: spread of the per-example averages
         if has_global_random or not has_units:
-            per_particle = jnp.mean(u, axis=1)
-            if num_particles < 2:
-                return jnp.asarray(jnp.nan)
-            return jnp.std(per_particle, ddof=1) / jnp.sqrt(num_particles)
-        if u.size < 2:
-            return jnp.asarray(jnp.nan)
-        return jnp.std(u, ddof=1) / jnp.sqrt(u.size)
+            return between_particles(u)
+        if u.shape[1] < 2:
+            return nan
+        return jnp.std(jnp.mean(u, axis=0), ddof=1) / jnp.sqrt(u.shape[1])
+
+    def mc_stderr_of(u):  # the data fixed: spread between particles within each example, pooled
+        if has_global_random or not has_units:
+            return between_particles(u)
+        if num_particles < 2:
+            return nan
+        return jnp.sqrt(jnp.sum(jnp.var(u, axis=0, ddof=1)) / num_particles) / u.shape[1]
 
     term_units: dict[str, jnp.ndarray] = {}
     for site in structure:
@@ -288,6 +320,8 @@ def kl_objective(
     weighted_units = sum(weights.get(name, 1.0) * u for name, u in term_units.items())
     stderr = {name: stderr_of(u) for name, u in term_units.items()}
     stderr["total"] = stderr_of(total_units)
+    mc_stderr = {name: mc_stderr_of(u) for name, u in term_units.items()}
+    mc_stderr["total"] = mc_stderr_of(total_units)
 
     loss = jnp.mean(weighted_units)
     # Score-function terms for non-reparameterised sites of P: zero value, REINFORCE gradient.
@@ -307,4 +341,4 @@ def kl_objective(
         surrogate = surrogate - jax.lax.stop_gradient(surrogate)
         loss = loss + jnp.mean(surrogate)
 
-    return KLObjective(loss, jnp.mean(total_units), terms, stderr, dropped)
+    return KLObjective(loss, jnp.mean(total_units), terms, stderr, mc_stderr, dropped)

@@ -40,8 +40,8 @@ def exact_terms(x, a=0.5, s=0.8):
 def test_terms_match_closed_form_within_standard_error():
     obj = kl_objective(jax.random.key(0), real_vae, dream_vae, X, names=NAMES, num_particles=4000)
     rate, distortion = exact_terms(X)
-    assert abs(obj.terms["rate"] - rate) < 5 * obj.stderr["rate"]
-    assert abs(obj.terms["distortion"] - distortion) < 5 * obj.stderr["distortion"]
+    assert abs(obj.terms["rate"] - rate) < 5 * obj.mc_stderr["rate"]
+    assert abs(obj.terms["distortion"] - distortion) < 5 * obj.mc_stderr["distortion"]
     assert obj.dropped == ("x",)
     np.testing.assert_allclose(obj.total, obj.terms["rate"] + obj.terms["distortion"], rtol=1e-6)
     np.testing.assert_allclose(obj.loss, obj.total, rtol=1e-6)
@@ -57,7 +57,7 @@ def test_agrees_with_numpyro_trace_elbo():
 
     keys = jax.random.split(jax.random.key(100), 4000)
     elbo_losses = jax.jit(jax.vmap(lambda k: Trace_ELBO().loss(k, {}, dream_vae, guide, X)))(keys) / X.shape[0]
-    se = jnp.sqrt(obj.stderr["total"] ** 2 + jnp.var(elbo_losses, ddof=1) / elbo_losses.size)
+    se = jnp.sqrt(obj.mc_stderr["total"] ** 2 + jnp.var(elbo_losses, ddof=1) / elbo_losses.size)
     assert abs(obj.total - elbo_losses.mean()) < 5 * se
 
 
@@ -264,3 +264,37 @@ def test_data_rejects_bad_event_dim():
     with pytest.raises(ValueError, match="event_dim"):
         with numpyro.handlers.seed(rng_seed=0):
             data("x", jnp.zeros(3), event_dim=2)
+
+
+def test_masked_sites_are_refused_by_name():
+    def masked_real(x):
+        with numpyro.plate("data", x.shape[0]), numpyro.handlers.mask(mask=x > 0):
+            data("x", x)
+            numpyro.sample("z", dist.Normal(0.5 * x, 0.8))
+
+    with pytest.raises(ValueError, match=r"sites \['x', 'z'\] of the real world are masked"):
+        kl_objective(jax.random.key(0), masked_real, dream_vae, X)
+
+
+def test_the_two_standard_errors_answer_their_questions():
+    """mc_stderr: the spread of the estimate over keys, the data fixed; stderr: over examples too.
+
+    200 independent estimates (K = 20 particles each) on the same 4 examples: their standard
+    deviation estimates the Monte Carlo error, with relative standard error 1/sqrt(2 * 199) = 5%,
+    so the reported mc_stderr must match it to within 4 * 5% = 20%. stderr is the spread of the
+    per-example averages over sqrt(4), the same with one particle as with many.
+    """
+    keys = jax.random.split(jax.random.key(21), 200)
+    objs = jax.jit(jax.vmap(lambda k: kl_objective(k, real_vae, dream_vae, X, names=NAMES, num_particles=20)))(keys)
+    spread = np.std(np.asarray(objs.total), ddof=1)
+    reported = float(np.sqrt(np.mean(np.asarray(objs.mc_stderr["total"]) ** 2)))
+    assert abs(reported / spread - 1) < 0.2, (reported, spread)
+    # Over examples: the exact per-example totals (closed forms) and their spread.
+    per_example = np.asarray(klbook.kl(dist.Normal(0.5 * X, 0.8), dist.Normal(0.0, 1.0))
+                             + 0.5 * jnp.log(2 * jnp.pi) + 0.5 * ((X - 0.5 * X) ** 2 + 0.8**2))
+    data_se = np.std(per_example, ddof=1) / np.sqrt(X.shape[0])
+    many = kl_objective(jax.random.key(22), real_vae, dream_vae, X, names=NAMES, num_particles=4000)
+    assert float(many.mc_stderr["total"]) < 0.05 * data_se  # 4000 draws: Monte Carlo error is small
+    np.testing.assert_allclose(float(many.stderr["total"]), data_se, rtol=0.05)
+    one = kl_objective(jax.random.key(22), real_vae, dream_vae, X, names=NAMES)
+    assert np.isnan(float(one.mc_stderr["total"])) and np.isfinite(float(one.stderr["total"]))
