@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["scale", "is_full", "glue", "round_sig"]
+__all__ = ["scale", "is_full", "glue", "glue_text", "round_sig"]
 
 SCALES = ("quick", "full")
 
@@ -49,6 +49,14 @@ def round_sig(value: Any, digits: int = 3) -> Any:
     return float(f"{x:.{digits}g}")
 
 
+def glue_text(value: Any) -> str:
+    """The text the prose shows for a glued value: a whole number without a trailing ``.0``
+    (``525.0`` reads as more precise than the 3 significant figures it has), else its repr."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
 def glue(name: str, value: Any, digits: int = 3) -> Any:
     """Glue a number into the book's prose (myst-nb ``{glue}`` role), rounded to ``digits``.
 
@@ -71,7 +79,7 @@ def glue(name: str, value: Any, digits: int = 3) -> Any:
         return rounded
     prefix = "application/papermill.record/"
     display(
-        {prefix + "text/plain": repr(rounded)},
+        {prefix + "text/plain": glue_text(rounded)},
         raw=True,
         metadata={"scrapbook": {"name": name, "mime_prefix": prefix}},
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from klbook import bits_per_dim, to_bits, to_nats
-from klbook.book import glue, round_sig, scale
+from klbook.book import glue, glue_text, round_sig, scale
 
 
 def test_one_bit_is_ln2_nats():
@@ -42,5 +42,8 @@ def test_round_sig_and_glue_outside_a_notebook():
     assert round_sig(float("inf")) == float("inf")
     assert round_sig(7) == 7
     assert glue("kl_bits", 0.999999, 3) == 1.0
+    assert glue_text(round_sig(524.7, 3)) == "525" and glue_text(round_sig(17.2, 2)) == "17"
+    assert glue_text(0.693) == "0.693" and glue_text(-3.0) == "-3" and glue_text(7) == "7"
+    assert glue_text(float("inf")) == "inf"
     with pytest.raises(ValueError, match="glue name"):
         glue("not a name", 1.0)
