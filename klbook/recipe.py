@@ -16,7 +16,10 @@ density :math:`p(x)` is unknown. That missing :math:`\langle \log p(x) \rangle` 
 entropy) does not depend on anything we train, so it is dropped and listed in
 ``KLObjective.dropped``, or measured against a base measure :math:`m(x)` the caller supplies
 (appendix A): the term becomes :math:`\langle \log m(x) - \log q(x\mid\cdot)\rangle`. Passing the
-true data density as ``m`` turns the data term into an exact KL.
+true data density as ``m`` turns the data term into an exact KL. An observed site of the real
+world is never scored by its own distribution, even a proper one (``numpyro.sample("x",
+dist.Normal(0, 1), obs=x)`` counts as :func:`data`): to use a known density, pass it as
+``base_measure={"x": dist.Normal(0, 1)}``.
 
 Conventions.
 

@@ -298,3 +298,22 @@ def test_the_two_standard_errors_answer_their_questions():
     np.testing.assert_allclose(float(many.stderr["total"]), data_se, rtol=0.05)
     one = kl_objective(jax.random.key(22), real_vae, dream_vae, X, names=NAMES)
     assert np.isnan(float(one.mc_stderr["total"])) and np.isfinite(float(one.stderr["total"]))
+
+
+def test_a_proper_observed_density_in_the_real_world_is_not_scored():
+    """obs= under any distribution in P is data: dropped unless given as a base measure."""
+
+    def real_proper(x, a=0.5, s=0.8):
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+            numpyro.sample("z", dist.Normal(a * x, s))
+
+    key = jax.random.key(23)
+    as_data = kl_objective(key, real_vae, dream_vae, X, names=NAMES)
+    proper = kl_objective(key, real_proper, dream_vae, X, names=NAMES)
+    assert proper.dropped == ("x",)
+    np.testing.assert_allclose(proper.total, as_data.total, rtol=1e-6)
+    based = kl_objective(key, real_vae, dream_vae, X, names=NAMES, base_measure={"x": dist.Normal(0.0, 1.0)})
+    shift = jnp.mean(dist.Normal(0.0, 1.0).log_prob(X))
+    np.testing.assert_allclose(based.terms["distortion"], as_data.terms["distortion"] + shift, rtol=1e-5)
+    assert based.dropped == ()
