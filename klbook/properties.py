@@ -18,16 +18,19 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
-from klbook._checks import check_finite, check_positive, check_simplex
+from klbook._checks import check_finite, check_positive, check_probability, check_simplex, is_concrete
 from klbook.divergence import check_key, kl
 
 __all__ = [
     "random_distributions",
     "random_joints",
     "total_variation",
+    "rounding_tolerance",
     "ChainRule",
     "chain_rule",
     "mvn_marginal",
@@ -41,17 +44,24 @@ def _check_count(value, name: str) -> int:
     return value
 
 
-def random_distributions(key, shape: tuple[int, ...], num_outcomes: int, concentration=1.0) -> jnp.ndarray:
+def random_distributions(
+    key, shape: tuple[int, ...], num_outcomes: int, concentration=1.0, zero_prob=None
+) -> jnp.ndarray:
     r"""Probability vectors drawn from a symmetric Dirichlet: :math:`p \sim \mathrm{Dir}(\alpha\mathbf 1)`.
 
     Small ``concentration`` gives peaked vectors (entries near 0), large gives nearly uniform
     ones; an array of concentrations (broadcast against ``shape``) mixes both in one sweep.
+    With ``zero_prob``, each outcome is then set to probability exactly zero independently with
+    that probability (one outcome, chosen uniformly, is always kept) and the vector renormalised,
+    so that sweeps meet the boundary cases :math:`0\log 0 = 0` and :math:`I = \infty`.
 
     Args:
         key: a JAX PRNG key.
         shape: batch shape of the result.
         num_outcomes: ``K >= 2`` outcomes.
         concentration: :math:`\alpha > 0`, a scalar or an array broadcastable to ``shape``.
+        zero_prob: ``None`` (no forced zeros; the draws are then the plain Dirichlet ones) or a
+            probability in [0, 1), a scalar or an array broadcastable to ``shape``.
 
     Returns:
         Array ``[*shape, K]`` whose last axis sums to one.
@@ -61,7 +71,20 @@ def random_distributions(key, shape: tuple[int, ...], num_outcomes: int, concent
         raise ValueError(f"num_outcomes must be at least 2; got {num_outcomes}")
     check_positive(concentration, "concentration")
     alpha = jnp.broadcast_to(jnp.asarray(concentration, dtype=jnp.float32), tuple(shape))
-    return dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1)).sample(key)
+    if zero_prob is None:
+        return dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1)).sample(key)
+    check_probability(zero_prob, "zero_prob")
+    if is_concrete(zero_prob) and bool(np.any(np.asarray(zero_prob) >= 1.0)):
+        raise ValueError(f"zero_prob must be below 1 (one outcome is always kept); got {zero_prob!r}")
+    k_dir, k_zero, k_keep = jax.random.split(key, 3)
+    p = dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1)).sample(k_dir)
+    rate = jnp.broadcast_to(jnp.asarray(zero_prob, dtype=jnp.float32), tuple(shape))[..., None]
+    zero = jax.random.uniform(k_zero, p.shape) < rate                                  # [*shape, K]
+    keep = jax.nn.one_hot(jax.random.randint(k_keep, tuple(shape), 0, num_outcomes), num_outcomes) > 0
+    p = jnp.where(zero & ~keep, 0.0, p)
+    # The kept outcome can itself have underflowed to 0: fall back to it alone.
+    total = jnp.sum(p, -1, keepdims=True)
+    return jnp.where(total > 0, p / jnp.where(total > 0, total, 1.0), keep.astype(p.dtype))
 
 
 def random_joints(key, shape: tuple[int, ...], num_x: int, num_y: int, concentration=1.0) -> jnp.ndarray:
@@ -84,6 +107,41 @@ def total_variation(p: jnp.ndarray, q: jnp.ndarray) -> jnp.ndarray:
     check_simplex(p, "p")
     check_simplex(q, "q")
     return 0.5 * jnp.sum(jnp.abs(jnp.asarray(p) - jnp.asarray(q)), axis=-1)
+
+
+def rounding_tolerance(p: jnp.ndarray, q: jnp.ndarray) -> jnp.ndarray:
+    r"""How far a float32 :func:`klbook.kl` between Categoricals can sit from the true value.
+
+    The model: :math:`\varepsilon` is float32's machine epsilon (twice the unit roundoff
+    :math:`u`); each logarithm is within one ulp (relative error :math:`\le\varepsilon`), the
+    difference and the product in :math:`t_k = p_k(\log p_k - \log q_k)` are rounded once each,
+    and a sum of :math:`K` terms is within :math:`(K-1)u\sum_k|t_k|`. With
+    :math:`S = \sum_k p_k(|\log p_k| + |\log q_k|) \ge \sum_k |t_k|` that gives an error of at
+    most :math:`(2 + \tfrac{K-1}{2})\varepsilon S \le (K+2)\varepsilon S`. Stored vectors sum to
+    one only up to rounding, and for vectors that do not, Gibbs' inequality reads
+    :math:`\sum_k p_k \log(p_k/q_k) \ge \sum_k p_k - \sum_k q_k`: so add
+    :math:`|\sum_k p_k - \sum_k q_k|` and :math:`(K+2)\varepsilon` for the float32 error in that
+    difference. The tolerance is
+
+    .. math:: (K + 2)\,\varepsilon\,(S + 1) + \Big|\sum_k p_k - \sum_k q_k\Big| .
+
+    Outcomes with :math:`p_k = 0` contribute nothing (:math:`0\log 0 = 0`); those with
+    :math:`p_k > 0 = q_k` are left out of :math:`S`, since the divergence is then exactly
+    ``inf``. Chapter 2 uses it for non-negativity, Pinsker's inequality and the chain rule.
+
+    Args:
+        p, q: probability vectors over the last axis, batch shapes broadcastable.
+
+    Returns:
+        The tolerance in nats, shape the broadcast batch shape.
+    """
+    p, q = jnp.broadcast_arrays(jnp.asarray(p), jnp.asarray(q))
+    k = p.shape[-1]
+    eps = float(jnp.finfo(jnp.float32).eps)
+    abs_log = lambda a: jnp.abs(jnp.log(jnp.where(a > 0, a, 1.0)))  # noqa: E731
+    counted = (p > 0) & (q > 0)
+    size = jnp.sum(jnp.where(counted, p * (abs_log(p) + abs_log(q)), 0.0), -1)
+    return (k + 2) * eps * (size + 1.0) + jnp.abs(jnp.sum(p, -1) - jnp.sum(q, -1))
 
 
 class ChainRule(NamedTuple):

@@ -3,13 +3,15 @@ r"""The Belief-O-Meter: watch the weight of evidence pile up, one coin flip at a
 A coin is flipped; two hypotheses say how likely heads is, :math:`H_1: \theta_1` and
 :math:`H_2: \theta_2`. After each flip the needle and the trace show the log-odds of
 :math:`H_1`, which move by the flip's weight of evidence (the gauge is linear in log-odds and
-marked in posterior probability, so every bit of evidence turns the needle by the same angle):
+marked in posterior probability, so every bit of evidence turns the needle by the same angle,
+up to ``GAUGE_BITS`` bits either way, where the needle pegs):
 
 .. math:: \ell_n = \log\frac{\pi_0}{1-\pi_0} + \sum_{i\le n} \log\frac{p(x_i\mid H_1)}{p(x_i\mid H_2)}.
 
 On average each flip from a coin with heads probability :math:`\theta` moves the log-odds by
-:math:`I[\theta;\theta_2] - I[\theta;\theta_1]`, which is :math:`I[H_1;H_2]` when :math:`H_1` is
-true. :class:`BeliefOMeter` is the state and the arithmetic (no browser needed),
+:math:`I[\theta;\theta_2] - I[\theta;\theta_1]`, writing :math:`I[\theta;\theta']` for
+:math:`I[\mathrm{Bern}(\theta);\mathrm{Bern}(\theta')]`; that is :math:`I[\theta_1;\theta_2]`
+when :math:`H_1` is true. :class:`BeliefOMeter` is the state and the arithmetic (no browser needed),
 :func:`draw_belief_o_meter` draws a state (the book's static figure and the widget both use
 it), and :func:`belief_o_meter` wraps both in ipywidgets for a live notebook or Colab.
 """
@@ -132,7 +134,8 @@ class BeliefOMeter:
         r"""Mean weight of evidence for H1 per flip of the true coin, in nats.
 
         :math:`\langle w \rangle = I[\theta;\theta_2] - I[\theta;\theta_1]`; ``+inf`` or ``-inf``
-        when a decisive flip will come, NaN when the true coin can refute either hypothesis.
+        when the true coin can refute one hypothesis (a decisive flip will come), NaN when it can
+        refute both (the two infinities cancel to nothing meaningful).
         """
         true = dist.Bernoulli(probs=self.true_heads)
         h1, h2 = self.hypotheses()

@@ -17,6 +17,7 @@ from klbook.properties import (
     mvn_marginal,
     random_distributions,
     random_joints,
+    rounding_tolerance,
     total_variation,
 )
 
@@ -75,12 +76,60 @@ def test_kl_is_non_negative_and_obeys_pinsker_on_random_pairs():
     p = random_distributions(k1, (3000,), 6, alpha)
     q = random_distributions(k2, (3000,), 6, alpha)
     d = np.asarray(kl(dist.Categorical(probs=p), dist.Categorical(probs=q)))
-    # float32: p and q sum to one only up to six roundings, and each of the six log terms is rounded
-    logs = np.abs(np.log(np.where(p > 0, p, 1.0))) + np.abs(np.log(np.where(q > 0, q, 1.0)))
-    tol = 4 * 6 * EPS * (1.0 + np.sum(np.asarray(p) * logs, -1))
+    tol = np.asarray(rounding_tolerance(p, q))
     assert np.all(d >= -tol)
     assert np.all(d >= 2 * np.asarray(total_variation(p, q)) ** 2 - tol)
     assert np.all(np.asarray(kl(dist.Categorical(probs=p), dist.Categorical(probs=p))) == 0.0)
+
+
+def test_forced_zeros_keep_one_outcome_and_leave_plain_draws_alone():
+    num, k, rate = 4000, 6, 0.4
+    p = np.asarray(random_distributions(KEY, (num,), k, 1.0, zero_prob=rate))
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=k * EPS)
+    assert np.all((p > 0).sum(-1) >= 1)
+    # Each of the K - 1 outcomes not kept is zeroed independently: zeros per row ~ Binomial(K - 1, rate).
+    zeros = (p == 0).sum(-1)
+    se = math.sqrt((k - 1) * rate * (1 - rate) / num)
+    assert abs(zeros.mean() - (k - 1) * rate) < 5 * se
+    plain = random_distributions(KEY, (num,), k, 1.0)
+    np.testing.assert_array_equal(plain, random_distributions(KEY, (num,), k, 1.0, zero_prob=None))
+    assert np.all(np.asarray(random_distributions(KEY, (num,), k, 1.0, zero_prob=0.0)) > 0)
+    with pytest.raises(ValueError, match="below 1"):
+        random_distributions(KEY, (3,), 3, zero_prob=1.0)
+    with pytest.raises(ValueError, match="zero_prob"):
+        random_distributions(KEY, (3,), 3, zero_prob=-0.1)
+
+
+def test_rounding_tolerance_bounds_the_float32_error_of_kl():
+    k1, k2, k3 = _keys(3)
+    for i, k in enumerate((2, 10, 100)):
+        alpha = jnp.exp(jax.random.uniform(jax.random.fold_in(k3, i), (3000,), minval=-3.0, maxval=3.0))
+        rate = jnp.where(jnp.arange(3000) < 1500, 0.0, 0.1)  # zeros in half the pairs
+        p = random_distributions(jax.random.fold_in(k1, i), (3000,), k, alpha, zero_prob=rate)
+        q = random_distributions(jax.random.fold_in(k2, i), (3000,), k, alpha, zero_prob=rate)
+        d32 = np.asarray(kl(dist.Categorical(probs=p), dist.Categorical(probs=q)))
+        p64, q64 = np.asarray(p, np.float64), np.asarray(q, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p64 > 0, p64 * (np.log(p64) - np.log(q64)), 0.0)
+        d64 = terms.sum(-1)  # the exact divergence of the stored vectors, to float64 rounding
+        tol = np.asarray(rounding_tolerance(p, q))
+        finite = np.isfinite(d64)
+        assert np.all(np.isinf(d32[~finite])) and finite.any() and (~finite).any()
+        err = np.abs(d32[finite] - d64[finite])
+        assert np.all(err <= tol[finite])
+        assert np.all(d64[finite] >= -tol[finite])  # Gibbs, for the stored (nearly normalised) vectors
+        assert np.all(np.isfinite(tol))
+
+
+def test_rounding_tolerance_grows_with_the_outcomes_and_the_logs():
+    u2, u4 = jnp.ones(2) / 2, jnp.ones(4) / 4
+    eps = EPS
+    np.testing.assert_allclose(rounding_tolerance(u2, u2), 4 * eps * (2 * math.log(2) + 1), rtol=1e-6)
+    np.testing.assert_allclose(rounding_tolerance(u4, u4), 6 * eps * (2 * math.log(4) + 1), rtol=1e-6)
+    # p_k = 0 adds nothing; p_k > 0 = q_k is left out (the divergence is inf there)
+    np.testing.assert_allclose(rounding_tolerance(jnp.array([1.0, 0.0]), u2), 4 * eps * (math.log(2) + 1), rtol=1e-6)
+    np.testing.assert_allclose(rounding_tolerance(u2, jnp.array([1.0, 0.0])), 4 * eps * (0.5 * math.log(2) + 1), rtol=1e-6)
+    assert rounding_tolerance(jnp.ones((3, 5)) / 5, jnp.ones(5) / 5).shape == (3,)
 
 
 def test_chain_rule_holds_and_joint_dominates_marginal():
@@ -89,7 +138,8 @@ def test_chain_rule_holds_and_joint_dominates_marginal():
     q = random_joints(k2, (500,), 3, 4, 2.0)
     terms = chain_rule(p, q)
     assert terms.joint.shape == terms.marginal.shape == terms.conditional.shape == (500,)
-    tol = 12 * EPS * (1.0 + np.asarray(terms.joint))
+    # three divergences, each within the joint table's rounding bound (chapter 2, cell on the chain rule)
+    tol = 3 * np.asarray(rounding_tolerance(p.reshape(500, -1), q.reshape(500, -1)))
     np.testing.assert_array_less(np.abs(np.asarray(terms.joint - terms.marginal - terms.conditional)), tol)
     assert np.all(np.asarray(terms.conditional) >= 0.0)
     assert np.all(np.asarray(terms.joint) >= np.asarray(terms.marginal) - tol)
