@@ -30,6 +30,7 @@ import numpyro.distributions as dist
 import optax
 from jax.scipy.linalg import solve_triangular
 from numpyro.distributions import constraints
+from sklearn.cluster import KMeans
 
 from klbook._checks import check_finite
 from klbook.divergence import MCEstimate, check_key
@@ -139,11 +140,15 @@ def dream_world(x, params):
 
 
 def init_mixture(key, x, num_components: int) -> dict:
-    """Starting parameters: equal weights, means spread over the data, covariances the data's spread.
+    """Starting parameters: equal weights, means at k-means centres, covariances the data's spread.
 
-    The first mean is a random data point, each further one the data point farthest from the
-    means chosen so far; every component starts as an isotropic Gaussian with the data's
-    average per-dimension variance.
+    The means are the cluster centres of k-means (scikit-learn's ``KMeans``, k-means++ seeding,
+    the best of 4 starts), the start scikit-learn's own ``GaussianMixture`` uses. Starting from
+    data points instead stalled chapter 4's eight-component fit at a worse optimum, with two
+    true components under one mean: the farthest point picks outliers as the data grow (the full
+    scale), and k-means++ seeds alone did it at the quick scale (KL 0.10 nats instead of 0).
+    Every component starts as an isotropic Gaussian with the data's average per-dimension
+    variance. Same key, same start.
     """
     check_key(key)
     x = _check_data(x)
@@ -152,16 +157,13 @@ def init_mixture(key, x, num_components: int) -> dict:
     if num_components > x.shape[0]:
         raise ValueError(f"num_components ({num_components}) exceeds the number of data points ({x.shape[0]})")
     points = np.asarray(x, np.float64)  # a few small steps: plain numpy, nothing to compile
-    chosen = [int(jax.random.randint(key, (), 0, x.shape[0]))]
-    gaps = np.sum((points - points[chosen[0]]) ** 2, -1)  # [N] squared distance to the nearest mean
-    for _ in range(num_components - 1):
-        chosen.append(int(np.argmax(gaps)))
-        gaps = np.minimum(gaps, np.sum((points - points[chosen[-1]]) ** 2, -1))
+    seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
+    centres = KMeans(num_components, n_init=4, random_state=seed).fit(points).cluster_centers_  # [K, D]
     d = x.shape[1]
     log_sd = 0.5 * np.log(np.mean(np.var(points, axis=0)))
     return {
         "logits": jnp.zeros(num_components, jnp.float32),
-        "loc": jnp.asarray(points[chosen], jnp.float32),
+        "loc": jnp.asarray(centres, jnp.float32),
         "tril": jnp.asarray(np.broadcast_to(log_sd * np.eye(d), (num_components, d, d)), jnp.float32),
     }
 

@@ -165,8 +165,22 @@ def test_init_mixture_spreads_the_means_over_the_data():
     params = density.init_mixture(jax.random.key(17), x, 8)
     assert params["loc"].shape == (8, 2) and params["tril"].shape == (8, 2, 2) and params["logits"].shape == (8,)
     gaps = jnp.linalg.norm(params["loc"][:, None] - params["loc"][None], axis=-1) + 1e9 * jnp.eye(8)  # [8, 8]
-    assert jnp.min(gaps) > 0.5  # farthest-point picks: no two means on top of each other
-    assert all(jnp.any(jnp.all(x == m[None], axis=1)) for m in params["loc"])  # each mean is a data point
+    assert jnp.min(gaps) > 0.5  # no two means on top of each other (the components are 2 sin(pi/8) = 0.77 apart)
+    assert jnp.all((params["loc"] >= x.min(0)[None]) & (params["loc"] <= x.max(0)[None]))  # inside the data
+    again = density.init_mixture(jax.random.key(17), x, 8)
+    assert jnp.array_equal(again["loc"], params["loc"])  # same key, same start
+
+
+def test_init_mixture_finds_the_components_of_a_large_sample():
+    """20000 points from eight separated components (scale 0.25, 0.77 apart): each k-means centre
+    averages about 2500 points of one component, so it lies within 0.25 / sqrt(2500) = 0.005 (per
+    coordinate) of that component's mean; 0.05 is ten of those. Each true mean gets its own centre."""
+    sample = data.mixture_2d(jax.random.key(18), 20000)  # ring: radius 2, component scale 0.25
+    params = density.init_mixture(jax.random.key(19), sample.x, 8)
+    true_means = np.asarray(sample.distribution.component_distribution.base_dist.loc)  # [8, 2]
+    d = np.linalg.norm(np.asarray(params["loc"])[:, None] - true_means[None], axis=-1)  # [8 centres, 8 truths]
+    assert sorted(np.argmin(d, axis=1)) == list(range(8)), d  # one centre per component
+    assert np.max(np.min(d, axis=1)) < 0.05, np.min(d, axis=1)
 
 
 @pytest.mark.parametrize(
