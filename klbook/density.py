@@ -146,7 +146,7 @@ def init_mixture(key, x, num_components: int) -> dict:
     the best of 4 starts), the start scikit-learn's own ``GaussianMixture`` uses. Starting from
     data points instead stalled chapter 4's eight-component fit at a worse optimum, with two
     true components under one mean: the farthest point picks outliers as the data grow (the full
-    scale), and k-means++ seeds alone did it at the quick scale (KL 0.10 nats instead of 0).
+    scale), and k-means++ seeds alone did it at the quick scale (KL 0.10 nats instead of about 0.01).
     Every component starts as an isotropic Gaussian with the data's average per-dimension
     variance. Same key, same start.
     """

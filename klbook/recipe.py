@@ -88,7 +88,7 @@ class KLObjective:
     mc_stderr: dict[str, jnp.ndarray]
     """Monte Carlo standard error of each term and of ``"total"`` given the data: the error of
     the estimate against the same average over these examples computed exactly (``nan`` with
-    one particle when there is a data plate)."""
+    one particle)."""
     dropped: tuple[str, ...]
     """Data sites whose unknown ``<log p(x)>`` was dropped as a constant."""
 
