@@ -71,13 +71,14 @@ def random_distributions(
         raise ValueError(f"num_outcomes must be at least 2; got {num_outcomes}")
     check_positive(concentration, "concentration")
     alpha = jnp.broadcast_to(jnp.asarray(concentration, dtype=jnp.float32), tuple(shape))
+    dirichlet = dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1))
     if zero_prob is None:
-        return dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1)).sample(key)
+        return dirichlet.sample(key)
     check_probability(zero_prob, "zero_prob")
     if is_concrete(zero_prob) and bool(np.any(np.asarray(zero_prob) >= 1.0)):
         raise ValueError(f"zero_prob must be below 1 (one outcome is always kept); got {zero_prob!r}")
     k_dir, k_zero, k_keep = jax.random.split(key, 3)
-    p = dist.Dirichlet(jnp.repeat(alpha[..., None], num_outcomes, axis=-1)).sample(k_dir)
+    p = dirichlet.sample(k_dir)
     rate = jnp.broadcast_to(jnp.asarray(zero_prob, dtype=jnp.float32), tuple(shape))[..., None]
     zero = jax.random.uniform(k_zero, p.shape) < rate                                  # [*shape, K]
     keep = jax.nn.one_hot(jax.random.randint(k_keep, tuple(shape), 0, num_outcomes), num_outcomes) > 0

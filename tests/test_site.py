@@ -304,6 +304,10 @@ FLAWS = {
 }
 
 
+def _flaw_docname(flaw: str) -> str:
+    return str(Path(PAGES[0]).parent / f"flaw-{flaw.replace(' ', '-')}")
+
+
 @pytest.fixture(scope="module")
 def flawed_site(tmp_path_factory):
     """A copy of the built site with one extra page per flaw (a copy of the preface plus the flaw)."""
@@ -316,7 +320,7 @@ def flawed_site(tmp_path_factory):
     assert marker in clean, f"{PAGES[0]}.html has no {marker!r}: the theme changed"
     at = clean.index(">", clean.index(marker)) + 1
     for name, (snippet, _) in FLAWS.items():
-        page = root / Path(PAGES[0]).parent / f"flaw-{name.replace(' ', '-')}.html"
+        page = root / f"{_flaw_docname(name)}.html"
         page.write_text(clean[:at] + f"<p>{snippet}</p>" + clean[at:], encoding="utf-8")
     with serve(root) as url:
         yield url, root
@@ -331,8 +335,7 @@ def test_the_clean_copy_has_no_problems(flawed_site, browser):
 @pytest.mark.parametrize("flaw", list(FLAWS))
 def test_a_flawed_page_fails(flawed_site, browser, flaw):
     url, root = flawed_site
-    docname = str(Path(PAGES[0]).parent / f"flaw-{flaw.replace(' ', '-')}")
-    problems, _ = page_problems(browser, url, root, docname)
+    problems, _ = page_problems(browser, url, root, _flaw_docname(flaw))
     expected = FLAWS[flaw][1]
     assert any(p.startswith(expected) for p in problems), f"{flaw}: expected {expected!r}, got {problems}"
 
