@@ -7,7 +7,11 @@
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
 #                   integration tests below)
-#   test-notebooks  every notebook re-executes with nbval and reproduces its stored outputs
+#   test-notebooks  every notebook re-executes with nbval and reproduces its stored outputs under the
+#                   reproducibility contract: exact outputs exactly, measured ones (trained or Monte
+#                   Carlo) within the tolerance declared beside them (tests/nbval_contract.py)
+#   test-seeds      the same notebooks under other seeds (KLBOOK_SEED): every assert holds, and every
+#                   measured output stays within its declared tolerance of the stored one
 #   test-book       the book builds strictly (warnings are errors, nitpicky references), a tiny
 #                   book with a bad notebook really fails to build (tests/test_book_strict.py), and
 #                   nbval really rejects an edited output or a raising cell (tests/test_nbval_strict.py)
@@ -22,6 +26,12 @@ STAMP  := $(VENV)/.installed-stamp
 NOTEBOOKS := $(wildcard book/*.ipynb)
 # Per-cell timeout for nbval (seconds); a chapter should take about a minute in all.
 NBVAL_TIMEOUT ?= 600
+# The notebook layer's nbval command: the reproducibility contract (tests/nbval_contract.py) compares
+# exact outputs exactly and measured ones within the tolerance declared beside them.
+NBVAL := PYTHONPATH=tests $(PY) -m pytest -p nbval_contract --nbval --nbval-current-env \
+	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider -q
+# The seed layer re-runs every notebook under these seeds (KLBOOK_SEED shifts every key a chapter uses).
+SEEDS ?= 1 2
 # The site's scripts, served from local copies (no network at read or test time): MathJax 3, and
 # RequireJS with the Jupyter-widgets HTML manager for stored widget state. _config.yml points at
 # them; `npm pack` fetches each package alone (no dependencies) from the npm registry.
@@ -40,7 +50,7 @@ timed = @mkdir -p _build; start=$$(date +%s); $(2); status=$$?; \
 	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status; make run $(RUN_ID))" | tee -a _build/layer-times.txt; \
 	exit $$status
 
-.PHONY: install site-assets book test test-unit test-notebooks test-book test-site test-wheel refresh clean
+.PHONY: install site-assets book test test-unit test-notebooks test-seeds gpu-check full-check test-book test-site test-wheel refresh clean
 
 install: $(STAMP)
 
@@ -84,10 +94,15 @@ test-notebooks: install
 ifeq ($(NOTEBOOKS),)
 	@echo "== layer notebooks: no notebook under book/ yet"
 else
-	$(call timed,notebooks,KLBOOK_SCALE=quick $(PY) -m pytest --nbval --nbval-current-env \
-	  --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=$(NBVAL_TIMEOUT) \
-	  -p no:cacheprovider -q $(NOTEBOOKS))
+	$(call timed,notebooks,KLBOOK_SCALE=quick KLBOOK_SEED=0 $(NBVAL) $(NOTEBOOKS))
 endif
+
+# Layer 2b: every notebook at the quick scale under other seeds: every assert must hold and every
+# measured output must stay within its declared tolerance of the stored one.
+test-seeds: install
+	$(call timed,seeds,status=0; for s in $(SEEDS); do echo "-- seed $$s"; \
+	  KLBOOK_SCALE=quick KLBOOK_SEED=$$s KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json \
+	  $(NBVAL) $(NOTEBOOKS) || status=1; done; test $$status = 0)
 
 # Layer 3: the book builds strictly (warnings are errors; bad notebooks fail the build), and the
 # strictness itself is tested on tiny books that must fail.
@@ -103,9 +118,20 @@ test-site: test-book
 test-wheel: install
 	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
 
-test: test-unit test-notebooks test-book test-site test-wheel
+test: test-unit test-notebooks test-seeds test-book test-site test-wheel
 	@echo "Every layer passed. Times of this run (all runs are in _build/layer-times.txt):"
 	@grep -F "make run $(RUN_ID))" _build/layer-times.txt
+
+# Every notebook top to bottom on whatever accelerator JAX finds, at the scale it picks there (full
+# on a GPU), recorded for the Execution status page. Needs only a Python with klbook's
+# requirements, nbclient and ipykernel (a GPU machine without network: no venv is created).
+GPU_PYTHON ?= $(PYTHON)
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) scripts/run_notebooks.py --record book/runs/gpu-check.json $(NOTEBOOKS)
+
+# The same at the full scale on this machine's CPU (about 11 minutes on 2 cores).
+full-check: install
+	KLBOOK_SCALE=full $(PY) scripts/run_notebooks.py --record book/runs/cpu-full.json $(NOTEBOOKS)
 
 refresh: install
 	KLBOOK_SCALE=quick $(PY) scripts/refresh_outputs.py $(NOTEBOOKS)

@@ -2,7 +2,8 @@
 
 nbval reports one test item per notebook cell; here the cells' durations are summed per
 notebook, printed at the end of the run and written to ``_build/nbval-timings.json`` (the
-execution-status page and the notes read them from there).
+execution-status page and the notes read them from there), or to ``$KLBOOK_TIMINGS`` (the seed
+layer writes one record per seed).
 """
 
 from __future__ import annotations
@@ -41,4 +42,7 @@ def pytest_terminal_summary(terminalreporter):
         "scale": os.environ.get("KLBOOK_SCALE", "quick"),
         "notebooks": {p: {"seconds": round(s, 1), "passed": p not in _FAILED} for p, s in _TIMES.items()},
     }
-    (out / "nbval-timings.json").write_text(json.dumps(record, indent=2))
+    record["seed"] = int(os.environ.get("KLBOOK_SEED", "0") or 0)
+    target = Path(os.environ.get("KLBOOK_TIMINGS", str(out / "nbval-timings.json")))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=2))

@@ -8,6 +8,10 @@ row per notebook in the table of contents, in book order, read from two records:
 * ``_build/nbval-timings.json``, written by the repository's ``conftest.py`` when ``make test``
   re-executed every notebook with nbval: seconds and whether the outputs were reproduced.
 
+It also shows every record under ``book/runs/`` that ``scripts/run_notebooks.py`` wrote
+(``make gpu-check`` on a GPU, ``make full-check`` at the full scale on a CPU): per notebook,
+seconds and pass/fail (with the failing cell), and for the run the device, versions and date.
+
 The page is re-read on every build (the records change without its source changing), so the
 table can never be stale or typed by hand.
 """
@@ -68,13 +72,13 @@ def _cell(content) -> nodes.entry:
     return entry
 
 
-def _table(rows: list[list]) -> nodes.table:
+def _table(rows: list[list], columns=COLUMNS) -> nodes.table:
     table = nodes.table(classes=["klbook-execution"])
-    group = nodes.tgroup(cols=len(COLUMNS))
+    group = nodes.tgroup(cols=len(columns))
     table += group
-    group += [nodes.colspec(colwidth=1) for _ in COLUMNS]
+    group += [nodes.colspec(colwidth=1) for _ in columns]
     head = nodes.thead()
-    head += nodes.row("", *[_cell(c) for c in COLUMNS])
+    head += nodes.row("", *[_cell(c) for c in columns])
     body = nodes.tbody()
     body += [nodes.row("", *[_cell(c) for c in row]) for row in rows]
     group += [head, body]
@@ -132,6 +136,33 @@ class KlbookExecution(SphinxDirective):
             note = ("No nbval check has been recorded in this build directory "
                     f"({TIMINGS} is written by `make test`).")
         out.append(nodes.paragraph(text=note))
+        out.extend(self._runs(srcdir))
+        return out
+
+    def _runs(self, srcdir: Path) -> list[nodes.Node]:
+        """One table per record of ``scripts/run_notebooks.py`` under ``book/runs/``."""
+        out = []
+        for path in sorted((srcdir / "book" / "runs").glob("*.json")):
+            self.env.note_dependency(str(path))
+            try:
+                run = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                logger.warning(f"klbook: cannot read {path}: {err}")
+                continue
+            versions = ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items())
+            section = nodes.rubric(text=f"Run {path.stem}: {run.get('label', '?')}")
+            para = nodes.paragraph(text=(
+                f"Device {run.get('device', '?')} on {run.get('machine', '?')}; scale "
+                f"{run.get('scale', '?')}, seed {run.get('seed', 0)}; Python {run.get('python', '?')}; "
+                f"{versions}; {run.get('date', '?')}."))
+            rows = []
+            for name, r in run.get("notebooks", {}).items():
+                result = "passed" if r.get("passed") else (
+                    f"FAILED at cell {r.get('failing_cell')}: {r.get('error', '')}")
+                rows.append([name, f"{r.get('seconds', 0):.1f}", result])
+            total = sum(r.get("seconds", 0) for r in run.get("notebooks", {}).values())
+            rows.append(["total", f"{total:.1f}", ""])
+            out += [section, para, _table(rows, ("notebook", "seconds", "result"))]
         return out
 
 
