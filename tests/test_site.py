@@ -341,15 +341,18 @@ def test_a_flawed_page_fails(flawed_site, browser, flaw):
 
 
 def launch_problems(hrefs: list[str], docname: str, site: str) -> list[str]:
-    """A notebook page must offer Colab, Binder and its .ipynb, for the configured repository."""
+    """A notebook page must offer Colab and Binder (opening its Colab edition) and its .ipynb."""
     cfg = config()
     repo = cfg["repository"]["url"].rstrip("/")
     branch = cfg["repository"].get("branch", "main")
     owner_repo = urllib.parse.urlsplit(repo).path.strip("/")
+    colab = f"colab/{docname.rsplit('/', 1)[-1]}.ipynb"  # the Colab edition (scripts/make_colab.py)
+    ui = {"classic": "tree", "jupyterlab": "lab/tree"}[cfg["launch_buttons"].get("notebook_interface", "classic")]
     wanted = {
         "Colab": f"{cfg['launch_buttons']['colab_url'].rstrip('/')}/github/{owner_repo}/blob/"
-                 f"{branch}/{docname}.ipynb",
-        "Binder": f"{cfg['launch_buttons']['binderhub_url'].rstrip('/')}/v2/gh/{owner_repo}/{branch}",
+                 f"{branch}/{colab}",
+        "Binder": f"{cfg['launch_buttons']['binderhub_url'].rstrip('/')}/v2/gh/{owner_repo}/{branch}"
+                  f"?urlpath={ui}/{colab}",
         ".ipynb download": f"{site}/_sources/{docname}.ipynb",
         "repository": repo,
     }
