@@ -121,3 +121,48 @@ def test_training_loss_flatters_on_average():
 def test_bad_inputs_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_categorical_nll_and_kl_closed_forms():
+    logits = jnp.array([0.5, -1.0, 0.0])
+    q = jax.nn.softmax(logits)
+    x = jnp.array([0, 0, 2, 1])
+    np.testing.assert_allclose(finite.categorical_nll(logits, x), -np.mean(np.log(np.asarray(q))[[0, 0, 2, 1]]), rtol=1e-6)
+    p = jnp.array([0.5, 0.0, 0.5])  # 0 log 0 = 0: a category p never produces costs nothing
+    expected = klbook.kl(dist.Categorical(probs=p), dist.Categorical(probs=q))
+    np.testing.assert_allclose(finite.categorical_kl(p, logits), expected, rtol=1e-5)
+    np.testing.assert_allclose(finite.categorical_kl(q, logits), 0.0, atol=1e-6)
+
+
+def test_fresh_minibatch_gradient_is_unbiased():
+    """The mean over many fresh minibatches of the NLL gradient is softmax(theta) - p, within 5 s.e."""
+    p = jnp.array([0.5, 0.3, 0.15, 0.05])
+    theta = jnp.array([0.3, -0.2, 0.1, 0.0])
+    xs = jax.random.categorical(jax.random.key(1), jnp.log(p), shape=(4000, 8))
+    grads = jax.vmap(jax.grad(finite.categorical_nll), (None, 0))(theta, xs)  # [M, K]
+    exact = jax.nn.softmax(theta) - p
+    se = grads.std(0) / np.sqrt(grads.shape[0])
+    assert np.all(np.abs(grads.mean(0) - exact) < 5 * se)
+
+
+def test_fit_categorical_fresh_beats_reused_at_the_same_budget():
+    p = jnp.array([0.4, 0.3, 0.2, 0.05, 0.05])
+    fresh = finite.fit_categorical(jax.random.key(2), p, num_steps=300, batch_size=16, num_runs=4)
+    reused = finite.fit_categorical(jax.random.key(3), p, num_steps=300, batch_size=16, sample_size=32, num_runs=4)
+    assert fresh.heldout_kl.shape == (4, 300) and fresh.logits.shape == (4, 5) and fresh.samples is None
+    assert reused.samples.shape == (4, 32)
+    # Reuse converges towards the sample's frequencies, fresh draws towards p.
+    freq = np.stack([np.bincount(s, minlength=5) / 32 for s in reused.samples])
+    assert np.abs(np.asarray(jax.nn.softmax(reused.logits)) - freq).max() < 0.02
+    assert fresh.heldout_kl[:, -1].max() < reused.heldout_kl[:, -1].min()
+    np.testing.assert_allclose(fresh.heldout_kl[:, -1], finite.categorical_kl(p, fresh.logits), rtol=1e-5)
+
+
+def test_fit_categorical_bad_inputs():
+    p = jnp.array([0.5, 0.5])
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        finite.fit_categorical(jax.random.key(0), p, num_steps=3, batch_size=4, sample_size=6)
+    with pytest.raises(ValueError, match="learning_rate"):
+        finite.fit_categorical(jax.random.key(0), p, num_steps=3, batch_size=4, learning_rate=0.0)
+    with pytest.raises(ValueError):
+        finite.fit_categorical(jax.random.key(0), jnp.array([0.5, 0.7]), num_steps=3, batch_size=4)
