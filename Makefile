@@ -2,7 +2,8 @@
 #   make book   create .venv, install, fetch the site's scripts, build the HTML book from the stored
 #               (nbval-verified) outputs into _build/html
 #   make test   create .venv, install, run every test layer (below), timing each one
-# Also: make refresh (re-execute notebooks, store their outputs), make clean.
+# Also: make refresh (re-execute notebooks, store their outputs), make colab (regenerate the Colab
+# edition from them), make clean.
 #
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
@@ -135,6 +136,13 @@ full-check: install
 
 refresh: install
 	KLBOOK_SCALE=quick $(PY) scripts/refresh_outputs.py $(NOTEBOOKS)
+
+# The Colab edition: colab/<name>.ipynb for every notebook in _toc.yml, its MyST turned into plain
+# Markdown from the stored outputs (scripts/make_colab.py). Run it after `make refresh`;
+# tests/test_colab.py fails while it is stale.
+.PHONY: colab
+colab: install
+	$(PY) scripts/make_colab.py
 
 clean:
 	rm -rf _build

@@ -233,8 +233,13 @@ class Converter:
         self.where = f"{docname}.ipynb"
 
     def fail(self, what: str) -> None:
+        """Unknown MyST: the learner would read it raw."""
         raise ColabError(f"{self.where}: {what} has no Colab form; "
                          "convert it in scripts/make_colab.py or avoid it")
+
+    def broken(self, what: str) -> None:
+        """Known MyST whose target is missing (the book build would fail on it too)."""
+        raise ColabError(f"{self.where}: {what}")
 
     # roles ---------------------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class Converter:
 
     def _target(self, label: str, role: str) -> Target:
         if label not in self.book.targets:
-            self.fail(f"{{{role}}}`{label}` (no such label in the book)")
+            self.broken(f"{{{role}}}`{label}`: no such label in the book")
         return self.book.targets[label]
 
     def _link(self, text: str, docname: str, anchor: str = "") -> str:
@@ -254,7 +259,7 @@ class Converter:
         parts = []
         for key in [k.strip() for k in keys.split(",") if k.strip()]:
             if key not in self.book.citations:
-                self.fail(f"{{{role}}}`{key}` (no such key in the bibliography)")
+                self.broken(f"{{{role}}}`{key}`: no such key in the bibliography")
             short, full, year = self.book.citations[key]
             names = full if role.endswith("s") else short
             url = self.book.page_url("book/bibliography", f"cite-{key}")
@@ -268,18 +273,19 @@ class Converter:
         if role in ("glue", "glue:text", "glue:md", "glue:any"):
             name, _, spec = content.partition(":") if role == "glue:text" else (content, "", "")
             if name not in self.glued:
-                self.fail(f"{{{role}}}`{content}` (no stored output glues {name!r})")
+                self.broken(f"{{{role}}}`{content}`: no stored output glues {name!r} "
+                            "(run make refresh on this notebook, then make colab)")
             value = self.glued[name]
             if spec:
                 try:
                     value = format(float(value), spec)
                 except ValueError:
-                    self.fail(f"{{{role}}}`{content}` (cannot format {value!r})")
+                    self.broken(f"{{{role}}}`{content}`: cannot format {value!r}")
             return value
         if role == "eq":
             target = self._target(content, role)
             if target.kind != "displaymath" or target.number is None:
-                self.fail(f"{{eq}}`{content}` (not a numbered equation)")
+                self.broken(f"{{eq}}`{content}`: not a numbered equation")
             text = f"({target.number})"
             if target.docname == self.docname:
                 return text
@@ -291,7 +297,7 @@ class Converter:
             target = self._target(label, role)
             if role == "numref":
                 if target.number is None:
-                    self.fail(f"{{numref}}`{content}` (the target has no number)")
+                    self.broken(f"{{numref}}`{content}`: the target has no number")
                 text = (title or NUMFIG_FORMAT[target.kind]).replace("%s", target.number)
                 text = text.replace("{number}", target.number).replace("{name}", target.title)
             else:
@@ -304,7 +310,7 @@ class Converter:
             docname = path.lstrip("/") if path.startswith("/") else (base / path).as_posix()
             docname = re.sub(r"\.(md|ipynb)$", "", docname)
             if docname not in self.book.titles:
-                self.fail(f"{{doc}}`{content}` (no such page in _toc.yml)")
+                self.broken(f"{{doc}}`{content}`: no such page in _toc.yml")
             return self._link(title or self.book.titles[docname], docname)
         if role == "term":
             title, term = self._split_title(content)
@@ -441,16 +447,19 @@ def check_plain(markdown: str, where: str) -> None:
 
 def myst_leftovers(markdown: str) -> list[tuple[str, str]]:
     """The MyST syntax left in ``markdown``: (kind, snippet) pairs; code blocks and spans excluded."""
-    kept, fence = [], None
+    kept, stack = [], []  # open fences: (char, length, holds code)
     for line in markdown.split("\n"):
-        if fence is None:
-            opening = PLAIN_FENCE_RE.match(line)
-            if opening:
-                fence = opening.group(1)
+        fence = re.match(r"^[ \t]*(`{3,}|~{3,}|:{3,})[ \t]*(.*)$", line)
+        in_code = bool(stack) and stack[-1][2]
+        if fence:
+            char, length, info = fence.group(1)[0], len(fence.group(1)), fence.group(2).strip()
+            if stack and not info and char == stack[-1][0] and length >= stack[-1][1]:
+                stack.pop()
                 continue
+            if not in_code:
+                stack.append((char, length, char != ":" and not info.startswith("{")))
+        if not in_code:
             kept.append(line)
-        elif re.match(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", line):
-            fence = None
     text = "\n".join(kept)
     found = [("role", m.group(0)) for m in INLINE_RE.finditer(text) if m.group("role")]
     text = INLINE_RE.sub(lambda m: "" if m.group("code") else m.group(0), text)
@@ -542,15 +551,17 @@ def dumps(nb: dict) -> str:
     return nbformat.writes(node) + "\n"
 
 
+def generate_one(book: Book, docname: str) -> tuple[Path, str]:
+    """The Colab edition of the notebook ``docname``: its path and its file text."""
+    source = book.root / f"{docname}.ipynb"
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    return book.root / OUT_DIR / source.name, dumps(convert(book, docname, nb))
+
+
 def generate(book: Book | None = None) -> dict[Path, str]:
     """``{colab path: file text}`` for every notebook in the table of contents."""
     book = book or load_book()
-    files = {}
-    for docname in book.notebooks:
-        source = book.root / f"{docname}.ipynb"
-        nb = json.loads(source.read_text(encoding="utf-8"))
-        files[book.root / OUT_DIR / source.name] = dumps(convert(book, docname, nb))
-    return files
+    return dict(generate_one(book, docname) for docname in book.notebooks)
 
 
 def main(argv: list[str] | None = None) -> int:
