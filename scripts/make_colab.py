@@ -569,23 +569,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report stale files")
     args = parser.parse_args(argv)
     try:
-        files = generate()
+        book = load_book()
     except ColabError as error:
         print(f"make_colab: {error}", file=sys.stderr)
         return 1
+    files, failures = {}, []
+    for docname in book.notebooks:  # one broken chapter does not stop the others
+        try:
+            path, text = generate_one(book, docname)
+            files[path] = text
+        except ColabError as error:
+            failures.append(str(error))
     stale = [p for p, text in files.items()
              if not p.exists() or p.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:
             print(f"stale: {path.relative_to(ROOT)} (run make colab)", file=sys.stderr)
-        return 1 if stale else 0
-    (ROOT / OUT_DIR).mkdir(exist_ok=True)
-    for path in stale:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(files[path], encoding="utf-8")
-        tmp.replace(path)
-    print(f"colab/: {len(files)} notebooks, {len(stale)} rewritten")
-    return 0
+    else:
+        (ROOT / OUT_DIR).mkdir(exist_ok=True)
+        for path in stale:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(files[path], encoding="utf-8")
+            tmp.replace(path)
+        print(f"colab/: {len(files)} notebooks up to date, {len(stale)} of them rewritten")
+    for failure in failures:
+        print(f"make_colab: {failure}", file=sys.stderr)
+    return 1 if failures or (args.check and stale) else 0
 
 
 if __name__ == "__main__":
