@@ -347,7 +347,8 @@ def launch_problems(hrefs: list[str], docname: str, site: str) -> list[str]:
     branch = cfg["repository"].get("branch", "main")
     owner_repo = urllib.parse.urlsplit(repo).path.strip("/")
     colab = f"colab/{docname.rsplit('/', 1)[-1]}.ipynb"  # the Colab edition (scripts/make_colab.py)
-    ui = {"classic": "tree", "jupyterlab": "lab/tree"}[cfg["launch_buttons"].get("notebook_interface", "classic")]
+    interface = cfg["launch_buttons"].get("notebook_interface", "classic")
+    ui = {"classic": "tree", "jupyterlab": "lab/tree"}[interface]
     wanted = {
         "Colab": f"{cfg['launch_buttons']['colab_url'].rstrip('/')}/github/{owner_repo}/blob/"
                  f"{branch}/{colab}",
