@@ -23,9 +23,27 @@ dist.Normal(0, 1), obs=x)`` counts as :func:`data`): to use a known density, pas
 
 Conventions.
 
-* **Per example.** If the models have a plate named ``data_plate`` (default ``"data"``) every
-  term is reported in nats *per example*: sites inside the plate are averaged over it, global
-  sites are divided by the plate's full size. Without such a plate, terms are totals.
+* **Per example, of the full data set.** The plate named ``data_plate`` (default ``"data"``)
+  indexes the examples. Every term is reported in nats *per example of the full data set of N
+  examples*: a site inside the plate is averaged over the examples present, a global site
+  (outside the plate) is divided by N. N is the plate's full size (``numpyro.plate("data", N,
+  subsample_size=B)``) or, when the batches are drawn outside the model (as
+  :func:`klbook.train.fit` does, so the plate's size is the batch size B), the ``data_size``
+  the caller states. A global latent's term is then KL/N whatever B, so minibatch training
+  optimises the same objective at every batch size: the estimate is unbiased for
+  ``Trace_ELBO / N`` of the whole data set. Models with no plate at all report totals;
+  ``data_plate=None`` asks for totals explicitly. If the worlds have plates but none of that
+  name (a plate called ``"obs"``, a mistyped ``data_plate=``), the recipe raises rather than
+  silently switch units.
+* **Subsampling.** NumPyro's idiom ``with numpyro.plate("data", N, subsample_size=B) as idx:``
+  works in both worlds: the dream world is run with the *real world's* indices (the plate must
+  have the same size and subsample size in both worlds, or an error names it). A subsampled
+  plate other than the data plate scales its sites by its ``size / subsample_size`` (so they
+  estimate their full sums), as NumPyro's ELBOs do.
+* **Shapes.** Each site must have the same batch and event shapes (``sample_shape`` included)
+  and sit in the same plates in both worlds; otherwise an error names the site and both
+  shapes, instead of broadcasting one world's density over the other's values. A data site's
+  shape is its observed value's.
 * **Gradients.** Reparameterisable sites carry pathwise gradients. Sites of P that are not
   reparameterisable (discrete latents, for example) get a score-function (REINFORCE) term,
   :math:`\nabla \langle f\rangle_p = \langle (f - b)\nabla\log p\rangle_p`, added to ``loss`` with
@@ -45,7 +63,15 @@ Conventions.
 * **Masks** (``handlers.mask``, ``obs_mask``) are refused with an error: a masked site would
   silently drop terms from the ledger.
 
-Call it inside ``jax.jit`` (the model functions are Python closures, traced once).
+* **Model arguments.** ``kl_objective(key, real, dream, *args, model_kwargs={...})``: positional
+  arguments after the two worlds go to both models, keyword arguments for the models go in the
+  ``model_kwargs`` dict. The recipe's own options are keyword-only and never reach the models,
+  so a model may take ``weights=`` or ``names=`` of its own.
+
+Call it inside ``jax.jit`` (the model functions are Python closures, traced once). Every check on
+the *structure* (sites, shapes, plates, names, weights, base measures, sizes) runs while the
+models are traced, so it raises the same error eagerly and under ``jax.jit``; the *values*
+(a NaN parameter, say) are not checked here.
 """
 
 from __future__ import annotations
@@ -56,6 +82,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
 
@@ -99,21 +126,50 @@ def sample_sites(model: Callable, key, *args, **kwargs) -> dict[str, dict]:
     return {name: site for name, site in trace.items() if site["type"] == "sample"}
 
 
-def _plate_frame(site: dict, plate: str):
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate:
-            return frame
-    return None
+def _trace(model: Callable, key, args, kwargs, substitute_fn=None) -> tuple[dict, dict]:
+    """Run ``model`` once: its sample sites and its plates (name -> NumPyro site dict)."""
+    if substitute_fn is not None:
+        model = handlers.substitute(model, substitute_fn=substitute_fn)
+    trace = handlers.trace(handlers.seed(model, key)).get_trace(*args, **kwargs)
+    sites = {n: s for n, s in trace.items() if s["type"] == "sample"}
+    plates = {n: s for n, s in trace.items() if s["type"] == "plate"}
+    return sites, plates
 
 
-def _per_unit(log_density: jnp.ndarray, site: dict, plate: str) -> jnp.ndarray | None:
-    """Reduce a site's log-density to one value per example of ``plate`` (or None if global)."""
-    frame = _plate_frame(site, plate)
-    if frame is None:
+def _plate_sizes(site: dict) -> tuple[int, int]:
+    """``(size, subsample_size)`` of a plate site (``subsample_size = size`` when not subsampled)."""
+    size, subsample = site["args"]
+    return int(size), int(size if subsample is None else subsample)
+
+
+def _frames(site: dict) -> dict[str, int]:
+    """The plates a site sits in: plate name -> batch dim (negative)."""
+    return {f.name: f.dim for f in site["cond_indep_stack"]}
+
+
+def _shapes(site: dict, observed: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(batch_shape, event_shape)`` of a site as the recipe scores it.
+
+    A latent site's batch shape is its ``sample_shape`` plus its distribution's batch shape; a
+    data site's is that broadcast with its observed value's (NumPyro broadcasts ``log_prob``).
+    """
+    fn = site["fn"]
+    event = tuple(fn.event_shape)
+    batch = tuple(site["kwargs"].get("sample_shape", ())) + tuple(fn.batch_shape)
+    if observed:
+        value_shape = jnp.shape(site["value"])
+        try:
+            batch = jnp.broadcast_shapes(batch, value_shape[: len(value_shape) - len(event)])
+        except ValueError:
+            pass  # reported by _check_worlds as a shape mismatch
+    return batch, event
+
+
+def _per_unit(log_density: jnp.ndarray, shape: tuple[int, ...], dim: int | None) -> jnp.ndarray | None:
+    """Reduce a site's log-density (batch ``shape``) to one value per example (None if global)."""
+    if dim is None:
         return None
-    batch_ndim = len(site["fn"].batch_shape)
-    axis = batch_ndim + frame.dim
-    lp = jnp.moveaxis(jnp.reshape(log_density, site["fn"].batch_shape), axis, 0)
+    lp = jnp.moveaxis(jnp.reshape(log_density, shape), len(shape) + dim, 0)
     return jnp.sum(lp.reshape(lp.shape[0], -1), axis=1)
 
 
@@ -123,7 +179,12 @@ def _log_base(measure, value):
     return measure(value)
 
 
-def _check_worlds(real_sites: dict, dream_sites: dict) -> None:
+def _describe(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
+    return f"batch shape {shapes[0]}, event shape {shapes[1]}"
+
+
+def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_plates: dict) -> None:
+    """Same sites, same shapes, same plates and the same subsampling in both worlds."""
     only_real = sorted(set(real_sites) - set(dream_sites))
     only_dream = sorted(set(dream_sites) - set(real_sites))
     if only_real or only_dream:
@@ -149,6 +210,36 @@ def _check_worlds(real_sites: dict, dream_sites: dict) -> None:
                 f"sites {masked} of the {world} world are masked (handlers.mask or obs_mask): the "
                 "ledger would silently drop their masked entries; select the data you mean instead"
             )
+    for name in sorted(set(real_plates) | set(dream_plates)):
+        sizes = {w: _plate_sizes(p[name]) for w, p in (("real", real_plates), ("dream", dream_plates)) if name in p}
+        subsampled = any(size != sub for size, sub in sizes.values())
+        if subsampled and (len(sizes) < 2 or sizes["real"] != sizes["dream"]):
+            said = "; ".join(f"{w} world: size {s[0]}, subsample_size {s[1]}" for w, s in sizes.items())
+            missing = [w for w in ("real", "dream") if w not in sizes]
+            said += "".join(f"; absent from the {w} world" for w in missing)
+            raise ValueError(
+                f"plate {name!r} is subsampled but not the same way in both worlds ({said}): declare "
+                f"numpyro.plate({name!r}, N, subsample_size=B) with the same N and B in both, so the "
+                "dream world scores the real world's minibatch"
+            )
+    for name, p_site in real_sites.items():
+        q_site = dream_sites[name]
+        observed = p_site["is_observed"]
+        p_shapes, q_shapes = _shapes(p_site, observed), _shapes(q_site, observed)
+        if p_shapes != q_shapes:
+            hint = (" (declare a data site's event dims with klbook.recipe.data(name, value, event_dim=...))"
+                    if observed else "")
+            raise ValueError(
+                f"site {name!r} has {_describe(p_shapes)} in the real world but {_describe(q_shapes)} in "
+                f"the dream world: a site must have the same shape in both worlds, or one world's "
+                f"density would be broadcast over the other's values{hint}"
+            )
+        p_frames, q_frames = _frames(p_site), _frames(q_site)
+        if p_frames != q_frames:
+            raise ValueError(
+                f"site {name!r} is in plates {sorted(p_frames)} in the real world but {sorted(q_frames)} "
+                "in the dream world (or at other dims): put it in the same plates in both worlds"
+            )
 
 
 def data(name: str, value, event_dim: int = 0):
@@ -170,46 +261,80 @@ def data(name: str, value, event_dim: int = 0):
     return numpyro.sample(name, fn, obs=value)
 
 
-def _one_particle(key, real, dream, args, kwargs, plate, base_measure):
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What one traced particle says about the worlds (static Python values, no arrays)."""
+
+    observed: dict[str, bool]
+    plates: dict[str, tuple[int, int]]  # plate name -> (size, subsample_size), both worlds
+    frames: dict[str, dict[str, int]]  # site -> plate name -> dim
+    shapes: dict[str, tuple[int, ...]]  # site -> batch shape
+
+
+def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales):
     """One draw from P scored under both worlds.
 
-    Returns ``{site: (per_unit [U] or None, global scalar or None, score log p or None)}`` and,
-    as static information, which real-world sites are observed and the data plate's size.
+    ``scales`` maps a site to the factor its log-ratio is multiplied by (``size / subsample``
+    of its subsampled plates other than the data plate); ``None`` while the structure is
+    still unknown (the first trace). Returns ``{site: (per_unit [U] or None, global scalar or
+    None, score log p or None)}`` and the static :class:`_Layout`.
     """
     key_real, key_dream = jax.random.split(key)
-    real_sites = sample_sites(real, key_real, *args, **kwargs)
+    real_sites, real_plates = _trace(real, key_real, args, kwargs)
     values = {n: s["value"] for n, s in real_sites.items()}
-    dream_sites = sample_sites(handlers.substitute(dream, data=values), key_dream, *args, **kwargs)
-    _check_worlds(real_sites, dream_sites)
-    out = {}
+    plate_sizes = {n: _plate_sizes(s) for n, s in real_plates.items()}
+
+    def same_draw(msg):  # the real world's values, and its minibatch indices for the same plate
+        if msg["type"] == "sample":
+            return values.get(msg["name"])
+        if msg["type"] == "plate" and msg["name"] in real_plates:
+            size, sub = msg["args"]
+            if plate_sizes[msg["name"]] == (int(size), int(size if sub is None else sub)):
+                return real_plates[msg["name"]]["value"]
+        return None
+
+    dream_sites, dream_plates = _trace(dream, key_dream, args, kwargs, substitute_fn=same_draw)
+    _check_worlds(real_sites, dream_sites, real_plates, dream_plates)
+    plate_sizes.update({n: _plate_sizes(s) for n, s in dream_plates.items() if n not in plate_sizes})
+    out, frames, shapes = {}, {}, {}
     for name, p_site in real_sites.items():
         q_site = dream_sites[name]
         value = p_site["value"]
+        observed = p_site["is_observed"]
+        shape = _shapes(p_site, observed)[0]
         log_q = q_site["fn"].log_prob(value)
         score = None
-        if p_site["is_observed"]:
+        if observed:
             # The data's own density is unknown: 0 (dropped) or a base measure m(x).
             log_p = _log_base(base_measure[name], value) if name in base_measure else 0.0
-            site = q_site
+            if name in base_measure and jnp.broadcast_shapes(jnp.shape(log_p), shape) != shape:
+                raise ValueError(
+                    f"base_measure[{name!r}] gives log m(x) of shape {jnp.shape(log_p)}; site {name!r} "
+                    f"has batch shape {shape}: give one log density per batch element (set the "
+                    "measure's event shape to the site's)"
+                )
         else:
             log_p = p_site["fn"].log_prob(value)
             score = None if p_site["fn"].has_rsample else log_p
-            site = p_site
-        shape = jnp.broadcast_shapes(jnp.shape(log_p), jnp.shape(log_q), tuple(site["fn"].batch_shape))
-        if shape != tuple(site["fn"].batch_shape):
-            site = q_site if site is p_site else p_site
         ratio = jnp.broadcast_to(log_p - log_q, shape)
-        unit = _per_unit(ratio, site, plate)
+        if scales is not None and scales[name] != 1.0:
+            ratio = ratio * scales[name]
+        dim = _frames(p_site).get(plate) if plate is not None else None
+        unit = _per_unit(ratio, shape, dim)
         if score is not None:
-            per = _per_unit(jnp.broadcast_to(score, shape), site, plate)
+            per = _per_unit(jnp.broadcast_to(score, shape), shape, dim)
             score = jnp.sum(score) if per is None else per
         out[name] = (unit, None if unit is not None else jnp.sum(ratio), score)
-    observed = {n: s["is_observed"] for n, s in real_sites.items()}
-    sizes = [
-        f.size for s in list(real_sites.values()) + list(dream_sites.values())
-        for f in s["cond_indep_stack"] if f.name == plate
-    ]
-    return out, (observed, max(sizes) if sizes else None)
+        frames[name], shapes[name] = _frames(p_site), shape
+    layout = _Layout({n: s["is_observed"] for n, s in real_sites.items()}, plate_sizes, frames, shapes)
+    return out, layout
+
+
+_DEFAULT_PLATE = "data"
+
+
+class _DefaultPlate(str):
+    """The default ``data_plate``: ``"data"``, but allowed to be absent when no plate exists."""
 
 
 def kl_objective(
@@ -217,54 +342,134 @@ def kl_objective(
     real: Callable,
     dream: Callable,
     *args: Any,
+    model_kwargs: Mapping[str, Any] | None = None,
     names: Mapping[str, str] | None = None,
     weights: Mapping[str, float] | None = None,
     num_particles: int = 1,
-    data_plate: str = "data",
+    data_plate: str | None = _DefaultPlate(_DEFAULT_PLATE),
+    data_size: int | None = None,
     base_measure: Mapping[str, Any] | None = None,
-    **kwargs: Any,
+    **unexpected: Any,
 ) -> KLObjective:
     r"""Monte Carlo estimate of :math:`I[P;Q]` split into named terms (the ledger).
 
     .. math:: \widehat{I} = \frac1K\sum_{k=1}^K \sum_s \log\frac{p(s_k\mid\cdot)}{q(s_k\mid\cdot)},
-              \qquad (x, z)_k \sim P.
+              \qquad (x, z)_k \sim P,
+
+    reported per example of the full data set: a site in the data plate is averaged over the
+    B examples present, a global site is divided by N (see *Per example* and *Subsampling* in
+    the module's conventions). With the data plate subsampled, ``numpyro.plate("data", N,
+    subsample_size=B)``, the dream world gets the real world's indices and N is the plate's
+    full size. When the batch is drawn outside the model (:func:`klbook.train.fit`), the plate
+    holds the B examples of the batch; pass ``data_size=N`` so that a global latent's term is
+    KL/N at every batch size (without it, N is taken to be the plate's size B and a global
+    term is KL/B, which depends on the batch size). For models with only per-example sites the
+    two agree and ``data_size`` may be left out.
 
     Args:
         key: JAX PRNG key (split per particle and per world).
         real: NumPyro model of the world as it is; data enters through ``obs=`` sites.
         dream: NumPyro model of the world as we wish it were, over the same sample sites.
-        *args, **kwargs: passed to both models.
+        *args: positional arguments passed to both models.
+        model_kwargs: keyword arguments passed to both models (a dict; keyword arguments of
+            ``kl_objective`` itself are never passed on, so a model may take ``weights=``).
         names: site -> term name, e.g. ``{"z": "rate", "x": "distortion"}``; sites sharing a
             name are summed into one term; unnamed sites keep their site name.
         weights: term name -> weight in ``loss`` (default 1 for every term).
         num_particles: independent draws from P, ``K >= 1``.
-        data_plate: name of the plate that indexes examples.
+        data_plate: name of the plate that indexes the examples (default ``"data"``); ``None``
+            for totals. Must name a plate of the worlds, except that with the default and
+            no plate at all the terms are totals.
+        data_size: N, the number of examples in the full data set, when the batch is drawn
+            outside the model; default: the data plate's full size.
         base_measure: data site -> a NumPyro distribution or a callable ``x -> log m(x)``.
 
     Returns:
         :class:`KLObjective` ``(loss, total, terms, stderr, mc_stderr, dropped)``.
 
     Raises:
-        ValueError: if the worlds' sample sites differ (naming them), a name, weight or base
-            measure refers to something that does not exist, or ``num_particles < 1``.
-        TypeError: if ``key`` is not a PRNG key or a world is not callable.
+        ValueError: if the worlds' sample sites differ (naming them); a site has different
+            shapes or plates in the two worlds (naming it and both shapes); a subsampled plate
+            is not subsampled the same way in both worlds; ``data_plate`` names no plate of the
+            worlds; ``data_size`` is not a positive integer, is given without a data plate or
+            contradicts a subsampled data plate's size; a name, weight or base measure refers to
+            something that does not exist; or ``num_particles < 1``.
+        TypeError: if ``key`` is not a PRNG key, a world is not callable, or a keyword argument
+            meant for the models is passed directly (put it in ``model_kwargs``).
+
+    All of these are raised while the models are traced: eagerly, and the same under
+    ``jax.jit`` (they depend on shapes and structure only). The values are not checked: a
+    model whose parameters are invalid gives what NumPyro's densities give (often NaN).
     """
+    if unexpected:
+        raise TypeError(
+            f"kl_objective got keyword arguments {sorted(unexpected)} that are not its own "
+            "options; keyword arguments for the models go in model_kwargs, e.g. "
+            f"kl_objective(key, real, dream, *args, model_kwargs={{{next(iter(sorted(unexpected)))!r}: ...}})"
+        )
     check_key(key)
     for fn, what in ((real, "real"), (dream, "dream")):
         if not callable(fn):
             raise TypeError(f"the {what} world must be a NumPyro model function; got {type(fn).__name__}")
     if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
         raise ValueError(f"num_particles must be a positive integer; got {num_particles!r}")
+    if data_plate is not None and not isinstance(data_plate, str):
+        raise TypeError(f"data_plate must be a plate's name or None; got {data_plate!r}")
+    if data_size is not None and (
+        isinstance(data_size, bool) or not isinstance(data_size, (int, np.integer)) or data_size < 1
+    ):
+        raise ValueError(f"data_size must be a positive integer (the number of examples N); got {data_size!r}")
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments for the models; got {type(model_kwargs).__name__}")
+    kwargs = dict(model_kwargs or {})
     names, weights, base_measure = dict(names or {}), dict(weights or {}), dict(base_measure or {})
 
     keys = jax.random.split(key, num_particles)
     # Trace the first particle outside any vmap to learn the structure (sites, plates) and check
-    # the arguments. With one particle this is the whole computation: a vmap over an axis of size
-    # 1 would make XLA fuse the step differently and cost ~20% (benchmarks/README.md).
-    structure, (observed, plate_size) = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure)
+    # the arguments. With one particle and nothing to rescale this is the whole computation: a
+    # vmap over an axis of size 1 would make XLA fuse the step differently and cost ~20%
+    # (benchmarks/README.md).
+    first, layout = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure, None)
+    plate = data_plate
+    if plate is not None and plate not in layout.plates:
+        if layout.plates or not isinstance(data_plate, _DefaultPlate):
+            raise ValueError(
+                f"data_plate={data_plate!r} names no plate of the worlds (their plates: "
+                f"{sorted(layout.plates)}): the terms would silently become totals instead of per "
+                f"example. Pass data_plate=<the plate that indexes the examples>, or data_plate=None "
+                "for totals"
+            )
+        plate = None  # no plates at all: totals, as documented
+    if plate is None and data_size is not None:
+        raise ValueError(
+            "data_size was given but there is no data plate to average over: put the "
+            "per-example sites in numpyro.plate('data', B) (or name it with data_plate=)"
+        )
+    n = 1
+    if plate is not None:
+        size, sub = layout.plates[plate]
+        if data_size is not None and sub != size and data_size != size:
+            raise ValueError(
+                f"data_size={data_size} contradicts the subsampled plate {plate!r}, which has "
+                f"N = {size} examples (subsample_size {sub}); leave data_size out"
+            )
+        n = int(data_size) if data_size is not None else size
+    # Subsampled plates other than the data plate: scale their sites up to full sums.
+    scales = {}
+    for site, frames in layout.frames.items():
+        factor = 1.0
+        for name in frames:
+            size, sub = layout.plates[name]
+            if name != plate and sub != size:
+                factor *= size / sub
+        scales[site] = factor
+    rescale = any(f != 1.0 for f in scales.values())
+
+    structure = first
     unknown = sorted(set(names) - set(structure))
     if unknown:
         raise ValueError(f"names refers to sites {unknown} that the worlds do not have; sites: {sorted(structure)}")
+    observed = layout.observed
     not_data = sorted(s for s in base_measure if s not in observed or not observed[s])
     if not_data:
         raise ValueError(f"base_measure is for data (observed) sites of the real world; {not_data} are not")
@@ -274,13 +479,15 @@ def kl_objective(
         raise ValueError(f"weights refers to terms {unknown_w}; the terms are {sorted(set(term_of.values()))}")
     dropped = tuple(s for s in structure if observed[s] and s not in base_measure)
 
-    if num_particles == 1:
-        parts = jax.tree.map(lambda a: a[None], structure)
-    else:
-        parts = jax.vmap(lambda k: _one_particle(k, real, dream, args, kwargs, data_plate, base_measure)[0])(keys)
+    def particle(k):
+        return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales)[0]
 
-    n = plate_size or 1
-    has_units = plate_size is not None and any(parts[s][0] is not None for s in parts)
+    if num_particles == 1:
+        parts = jax.tree.map(lambda a: a[None], particle(keys[0]) if rescale else first)
+    else:
+        parts = jax.vmap(particle)(keys)
+
+    has_units = plate is not None and any(parts[s][0] is not None for s in parts)
     has_global_random = any(
         parts[s][0] is None and not observed[s] for s in parts
     )
