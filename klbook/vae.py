@@ -38,7 +38,7 @@ from klbook.train import fit
 
 __all__ = ["VAE", "VAETerms", "Chain", "NAMES", "binomial_vae", "bernoulli_vae", "linear_gaussian_vae",
            "real_world", "dream_world", "terms", "rate", "iwae", "measure", "objective", "fit_betas",
-           "model_at", "reconstruct", "generate", "linear_gaussian_marginal"]
+           "model_at", "reconstruct", "generate", "linear_gaussian_marginal", "linear_gaussian_optimum"]
 
 #: The recipe's names for the two sites: the latent's term is the rate, the data's the distortion.
 NAMES = {"z": "rate", "x": "distortion"}
@@ -307,3 +307,55 @@ def generate(key, vae: VAE, n: int) -> jax.Array:
     """Decoder means at ``n`` draws from the prior: what the dream world imagines, ``[n, data_dim]``."""
     check_key(key)
     return vae.decode(vae.prior(n).sample(key)).mean
+
+
+def _linear_gaussian_expected(params, cov, latent_dim: int):
+    """Population ``(D, R)`` of a linear VAE on data ``N(0, cov)`` (exact expectations, no sampling)."""
+    d = cov.shape[0]
+    a = params[: latent_dim * d].reshape(latent_dim, d)  # encoder mean A x
+    log_s = params[latent_dim * d: latent_dim * (d + 1)]  # encoder scales (diagonal)
+    w = params[latent_dim * (d + 1): latent_dim * (2 * d + 1)].reshape(d, latent_dim)  # decoder W z
+    log_sigma = params[latent_dim * (2 * d + 1):]  # decoder noise (diagonal)
+    s2 = jnp.exp(2 * log_s)
+    m = jnp.eye(d) - w @ a
+    resid = m @ cov @ m.T + (w * s2) @ w.T  # covariance of x - W z, z ~ p(z|x)
+    distortion = 0.5 * jnp.sum(jnp.log(2 * jnp.pi) + 2 * log_sigma + jnp.diag(resid) * jnp.exp(-2 * log_sigma))
+    rate = 0.5 * (jnp.trace(a @ cov @ a.T) + jnp.sum(s2) - latent_dim - 2 * jnp.sum(log_s))
+    return distortion, rate
+
+
+def linear_gaussian_optimum(weight, betas: Sequence[float], *, noise: float = 1.0, restarts: int = 3,
+                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Population-optimal β-VAEs of the linear family for data :math:`x \sim \mathcal{N}(0, WW^\top + \sigma^2 I)`.
+
+    The family of :func:`linear_gaussian_vae` (encoder :math:`\mathcal{N}(Ax, \mathrm{diag}\,s^2)`, decoder
+    :math:`\mathcal{N}(Wz, \mathrm{diag}\,\sigma^2)`, zero biases, which are optimal for centred data) has
+    :math:`D` and :math:`R` in closed form as expectations over the whole population, so minimising
+    :math:`D + \beta R` needs no sampling: L-BFGS from ``restarts`` random starts (``seed`` picks them;
+    the best is kept). Returns ``(D, R)`` in nats, arrays ``[len(betas)]``. Chapter 6 (exercises).
+    """
+    from scipy.optimize import minimize  # scipy comes with scikit-learn
+
+    w_true = np.asarray(weight, np.float64)
+    if w_true.ndim != 2:
+        raise ValueError(f"weight must be [data_dim, latent_dim]; got shape {w_true.shape}")
+    d, k = w_true.shape
+    cov = jnp.asarray(w_true @ w_true.T + noise**2 * np.eye(d), jnp.float32)
+    size = k * (2 * d + 1) + d
+
+    @jax.jit
+    def value_and_grad(p, beta):
+        return jax.value_and_grad(lambda q: (lambda dd, rr: dd + beta * rr)(*_linear_gaussian_expected(q, cov, k)))(p)
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for beta in betas:
+        best = None
+        for _ in range(restarts):
+            f = lambda p: tuple(np.asarray(v, np.float64) for v in value_and_grad(jnp.asarray(p, jnp.float32), beta))  # noqa: E731
+            res = minimize(f, 0.3 * rng.standard_normal(size), jac=True, method="L-BFGS-B",
+                           options={"maxiter": 5000})
+            best = res if best is None or res.fun < best.fun else best
+        out.append([float(v) for v in _linear_gaussian_expected(jnp.asarray(best.x, jnp.float32), cov, k)])
+    dr = np.asarray(out)
+    return dr[:, 0], dr[:, 1]

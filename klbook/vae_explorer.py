@@ -17,19 +17,25 @@ import io
 from typing import NamedTuple, Sequence
 
 import equinox as eqx
-import ipywidgets as w
 import jax
 import jax.numpy as jnp
-import matplotlib.figure
 import numpy as np
 import numpyro.distributions as dist
+
+from klbook import _require_chapters_extra
+
+try:  # the book's extra: pip install "klbook[chapters]"
+    import ipywidgets as w
+    import matplotlib.figure
+except ModuleNotFoundError as err:
+    _require_chapters_extra("klbook.vae_explorer", err)
 
 from klbook import vae as V
 from klbook.divergence import check_key
 from klbook.plot import COLORS, DREAM, REAL, style
 
 __all__ = ["BetaSweep", "summarise", "empirical_entropy", "binomial_floor", "identified", "identification_bound",
-           "draw_plane", "draw_beta", "draw_sweep", "beta_explorer", "BetaExplorer"]
+           "SweepChecks", "check_sweep", "draw_plane", "draw_beta", "draw_sweep", "beta_explorer", "BetaExplorer"]
 
 
 class BetaSweep(NamedTuple):
@@ -262,3 +268,72 @@ def beta_explorer(sweep: BetaSweep) -> BetaExplorer:
     if not isinstance(sweep, BetaSweep):
         raise TypeError(f"sweep must be a BetaSweep (from summarise); got {type(sweep).__name__}")
     return BetaExplorer(sweep)
+
+
+class SweepChecks(NamedTuple):
+    """What :func:`check_sweep` verified, for the text to quote (NumPy values; ``M`` models)."""
+
+    collapsed: np.ndarray  # [M] bool: rate within 4 s.e. of a sampled estimate of zero
+    best: int  # index of the lowest L̂_K
+    spread: np.ndarray  # [M] largest pixel standard deviation across the shown images
+    from_average: np.ndarray  # [M] largest distance of a shown image from the average training image
+    orig_spread: float  # largest pixel standard deviation across the shown originals
+    fano: np.ndarray  # [M] Fano's ceiling on the identified share
+
+
+def _claim(ok, message: str) -> None:
+    if not bool(np.all(ok)):
+        raise AssertionError(message)
+
+
+def check_sweep(sweep: BetaSweep, x_train, total_count: int, num_images: int) -> SweepChecks:
+    r"""Check the claims chapter 6 makes about a measured digit sweep; raise ``AssertionError`` if one fails.
+
+    Tolerances are four standard errors of the sweep's Monte Carlo and image averages, and float32
+    rounding for the binomial floor:
+
+    * the chain: :math:`D + R \ge \hat L_K` within 4 s.e.;
+    * the floor :math:`D \ge D_{\min}` (:func:`binomial_floor`), which holds for every image and draw,
+      up to float32 rounding of sums of ``data_dim`` terms of size up to :math:`\log n!`;
+    * collapse: from some β on (and for all above) the rate is within 4 s.e. of zero, and the
+      collapsed models show one image near the average training image (pixel spread under a
+      twentieth of the originals', every pixel within :math:`n/10` of the average);
+    * the rate falls by more than 4 s.e. from each β to the next until it has collapsed;
+    * at the lowest β at least 95% of reconstructions identify their original, and no model
+      identifies more than Fano's inequality allows for its rate (within 4 binomial s.e.);
+    * the model with the lowest :math:`\hat L_K` beats both ends of the sweep by more than 4 s.e.
+
+    ``x_train [N, d]``: the training counts (for the average image); ``num_images``: the ``M``
+    images the sweep was measured on. Chapter 6.
+    """
+    m, s = sweep.mean, sweep.stderr
+    m = V.Chain(*(np.asarray(v, float) for v in m))
+    s = V.Chain(*(np.asarray(v, float) for v in s))
+    _claim(sweep.gap > -4 * sweep.gap_stderr, f"D + R < L̂_K by more than 4 s.e.: {sweep.gap} ± {sweep.gap_stderr}")
+    x_train = np.asarray(x_train, float)
+    eps = float(np.finfo(np.float32).eps)
+    log_n_factorial = float(jax.scipy.special.gammaln(total_count + 1.0))
+    rounding = 8 * eps * (x_train.shape[1] * log_n_factorial + m.distortion + sweep.floor)
+    _claim(m.distortion >= sweep.floor - rounding, f"D below the binomial floor {sweep.floor}: {m.distortion}")
+    collapsed = m.rate < 4 * s.rate_sampled
+    _claim(collapsed[-1] and np.all(np.diff(collapsed.astype(int)) >= 0),
+           f"collapse must start at some β and hold above it: {collapsed}")
+    falls = np.diff(m.rate) < -4 * np.hypot(s.rate[1:], s.rate[:-1])
+    _claim(falls | collapsed[1:], f"rate must fall with β until collapse: {m.rate}")
+    _claim(sweep.identified[0] >= 0.95, f"lowest β identifies only {sweep.identified[0]}")
+    fano = identification_bound(np.maximum(m.rate, 0.0), num_images)
+    id_se = np.sqrt(np.maximum(sweep.identified * (1 - sweep.identified), 1.0 / num_images) / num_images)
+    _claim(sweep.identified <= fano + 4 * id_se, f"identified {sweep.identified} above Fano's ceiling {fano}")
+    best = int(np.argmin(m.neg_log_marginal))
+    for end in (0, len(sweep.betas) - 1):
+        margin = 4 * np.hypot(s.neg_log_marginal[best], s.neg_log_marginal[end])
+        _claim(m.neg_log_marginal[best] + margin < m.neg_log_marginal[end],
+               f"the best L̂_K (β = {sweep.betas[best]:g}) does not beat β = {sweep.betas[end]:g}")
+    average = x_train.mean(0).reshape(sweep.originals.shape[1:])
+    shown = [np.concatenate([sweep.reconstructions[i], sweep.samples[i]]) for i in range(len(sweep.betas))]
+    spread = np.array([im.std(0).max() for im in shown])
+    from_average = np.array([np.abs(im - average).max() for im in shown])
+    orig_spread = float(sweep.originals.std(0).max())
+    _claim(np.all(spread[collapsed] < orig_spread / 20) and np.all(from_average[collapsed] < total_count / 10),
+           f"collapsed models should show the average image: spread {spread}, distance {from_average}")
+    return SweepChecks(collapsed, best, spread, from_average, orig_spread, fano)
