@@ -9,7 +9,8 @@ score under both. Where ``p`` puts mass on an outcome that ``q`` rules out, the 
 ``+inf`` (never NaN): a single such outcome is infinite evidence against ``q``.
 
 :func:`kl` dispatches on the two NumPyro distribution types to a closed form (each cites its
-source); :func:`mc_kl` estimates the same quantity by sampling and reports a standard error.
+source), then to NumPyro's own registry; :func:`mc_kl` estimates the same quantity by
+sampling and reports a standard error.
 """
 
 from __future__ import annotations
@@ -20,21 +21,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import numpyro.distributions.kl as numpyro_kl
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import betaln, digamma, gammaln, xlogy
 
 from klbook._checks import (
     broadcast_batch,
+    check_count,
     check_finite,
+    check_nonnegative,
     check_positive,
     check_probability,
     check_simplex,
+    count_ok,
+    finite_ok,
     is_concrete,
+    nonnegative_ok,
+    positive_ok,
+    probability_ok,
+    simplex_ok,
 )
 
-__all__ = ["kl", "mc_kl", "entropy", "cross_entropy", "log_prob", "register_kl", "MCEstimate", "check_key"]
+__all__ = [
+    "kl",
+    "mc_kl",
+    "entropy",
+    "cross_entropy",
+    "log_prob",
+    "register_kl",
+    "MCEstimate",
+    "NoClosedFormError",
+    "check_key",
+]
 
 _KL_REGISTRY: dict[tuple[type, type], Callable] = {}
+
+
+class NoClosedFormError(NotImplementedError, TypeError):
+    """No closed form for the pair: raised by :func:`kl`; estimate with :func:`mc_kl`.
+
+    A ``NotImplementedError``, as NumPyro and TFP raise, so fallback code written for them
+    catches it. It is also a ``TypeError``, which earlier versions of klbook raised.
+    """
+
+
+class _NoClosedForm(Exception):
+    """Internal: this level of the dispatch has no closed form (see :func:`_kl`)."""
 
 
 def register_kl(type_p: type, type_q: type) -> Callable:
@@ -69,12 +101,36 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
     r"""Closed-form KL divergence :math:`I[p;q] = \langle \log p/q \rangle_p` in nats.
 
     Batched: the result has the broadcast batch shape of ``p`` and ``q`` (event dimensions are
-    summed). ``+inf`` where ``p`` puts mass where ``q`` has none; never NaN.
+    summed). ``+inf`` where ``p`` puts mass where ``q`` has none; never NaN for valid
+    parameters.
 
     Supported pairs: Bernoulli, Categorical, Binomial (equal ``total_count``), Poisson,
-    Normal, MultivariateNormal (full), Independent(Normal) ("diagonal"; also against a full
-    MultivariateNormal), Beta, Gamma, Exponential, Dirichlet, Uniform, and any
-    ``Independent``/``expand`` wrapping of these.
+    Normal, MultivariateNormal (full), Independent(Normal) ("diagonal", also
+    ``Normal(...).expand([D]).to_event(1)``; against a full MultivariateNormal either way
+    round), Beta, Gamma, Exponential, Dirichlet, Uniform, and any ``Independent``/``expand``
+    wrapping of these (klbook's own closed forms, which handle the boundary cases). Any other
+    pair registered in NumPyro's ``numpyro.distributions.kl.kl_divergence`` (for example
+    Weibull–Gamma, Kumaraswamy–Beta, Delta–anything) is computed by NumPyro.
+
+    **What is checked where.** Types, event shapes, batch shapes and numbers of categories are
+    static and raise the same errors eagerly and inside ``jax.jit``/``grad``/``vmap``.
+    Parameter *values* can only be read when they are concrete:
+
+    * eagerly (concrete parameters, whatever NumPyro's ``validate_args``), an invalid parameter
+      raises ``ValueError`` naming it: a probability outside [0, 1] or a probability vector
+      whose sum is not 1, beyond float rounding (``4 eps`` per probability, ``4 n eps`` for a
+      vector of ``n``; see :mod:`klbook._checks`); a non-finite location, logit (``-inf``
+      logits are certain-never outcomes and allowed, and so are ``±inf`` Bernoulli logits)
+      or scale-tril entry; a scale, rate or concentration that is not positive; a negative
+      Poisson rate; a Binomial ``total_count`` that is not a non-negative whole number, or
+      two different counts; a Uniform with ``low >= high``; a MultivariateNormal whose
+      ``scale_tril`` has a zero on its diagonal.
+    * traced (inside ``jit``, ``grad``, ``vmap``, and so inside training loops), the same
+      conditions make the result **NaN** in the batch entries they affect, never a finite
+      wrong number.
+
+    Pairs computed by NumPyro's registry get only the static checks (and NumPyro's own
+    ``validate_args`` where enabled).
 
     Example:
         >>> import numpyro.distributions as dist
@@ -89,13 +145,34 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
         Array of shape ``broadcast(p.batch_shape, q.batch_shape)``.
 
     Raises:
-        TypeError: if either argument is not a NumPyro distribution, or the pair has no closed
-            form here (the message names both types and points at :func:`mc_kl`).
-        ValueError: if batch shapes do not broadcast, event shapes differ, or a parameter is
-            invalid (probabilities outside [0, 1], non-finite values, non-positive scales).
+        TypeError: if either argument is not a NumPyro distribution.
+        NoClosedFormError: (a ``NotImplementedError``) if neither klbook nor NumPyro has a
+            closed form for the pair; the message names both types and points at
+            :func:`mc_kl`.
+        ValueError: if batch shapes do not broadcast, event shapes differ, or (eagerly) a
+            parameter is invalid as listed above.
     """
     _check_distribution(p, "p")
     _check_distribution(q, "q")
+    try:
+        return _kl(p, q)
+    except _NoClosedForm:
+        raise NoClosedFormError(
+            f"klbook.kl has no closed form for I[{_describe(p)}; {_describe(q)}] "
+            "(nor does NumPyro's kl_divergence registry); "
+            "estimate it by sampling with klbook.mc_kl(key, p, q, num_samples)"
+        ) from None
+
+
+def _describe(d) -> str:
+    """The type of ``d``, with what an Independent or expand wraps: ``Independent(Laplace)``."""
+    if isinstance(d, (dist.Independent, dist.ExpandedDistribution)):
+        return f"{type(d).__name__}({_describe(d.base_dist)})"
+    return type(d).__name__
+
+
+def _kl(p, q):
+    """:func:`kl` without the type checks; raises :class:`_NoClosedForm` where it has none."""
     batch = broadcast_batch(p.batch_shape, q.batch_shape)
     if tuple(p.event_shape) != tuple(q.event_shape):
         raise ValueError(
@@ -103,12 +180,41 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
             "the two distributions must be over the same random variable"
         )
     fn = _lookup(p, q)
-    if fn is None:
-        raise TypeError(
-            f"klbook.kl has no closed form for I[{type(p).__name__}; {type(q).__name__}]; "
-            "estimate it by sampling with klbook.mc_kl(key, p, q, num_samples)"
-        )
-    return jnp.broadcast_to(fn(p, q), batch)
+    if fn is not None:
+        try:
+            return jnp.broadcast_to(fn(p, q), batch)
+        except _NoClosedForm:
+            pass
+    try:
+        # NumPyro's densities broadcast by rank promotion; allow it inside its closed forms.
+        with jax.numpy_rank_promotion("allow"):
+            value = numpyro_kl.kl_divergence(p, q)
+    except NotImplementedError:
+        raise _NoClosedForm from None
+    return jnp.broadcast_to(value, batch)
+
+
+def _ok(check: Callable, *params):
+    """Validity mask ``check(*params)`` for tracing; ``True`` when every parameter is concrete.
+
+    Concrete parameters have already passed the eager ``check_*`` calls (which raise), so
+    computing the mask would only cost time.
+    """
+    if all(is_concrete(x) for x in params):
+        return True
+    return check(*params)
+
+
+def _nan_unless(value, *oks):
+    """``value`` where every mask in ``oks`` holds, NaN elsewhere (explicit broadcasting)."""
+    oks = [ok for ok in oks if ok is not True]
+    if not oks:
+        return value
+    shape = jnp.broadcast_shapes(jnp.shape(value), *(jnp.shape(ok) for ok in oks))
+    ok = jnp.ones(shape, dtype=bool)
+    for mask in oks:
+        ok = ok & jnp.broadcast_to(mask, shape)
+    return jnp.where(ok, jnp.broadcast_to(value, shape), jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,7 +222,10 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
 
 
 def _safe_log(prob):
-    """log of probabilities with log 0 handled: (safe finite log, is_zero mask)."""
+    """log of probabilities with log 0 handled: (safe finite log, is_zero mask).
+
+    An entry a rounding error below 0 counts as 0 (the input checks allow it).
+    """
     zero = prob <= 0
     return jnp.log(jnp.where(zero, 1.0, prob)), zero
 
@@ -139,16 +248,17 @@ def _outcome_kl(prob_p, log_p, zero_p, log_q, zero_q, axis=-1):
 
 
 def _bernoulli_outcomes(d):
-    """Probabilities and safe logs of the outcomes (0, 1) stacked on a new last axis."""
+    """Probabilities, safe logs and zero masks of the outcomes (0, 1) on a new last axis,
+    and the validity mask of the parameter (batch shape)."""
     if isinstance(d, dist.BernoulliLogits):
         check_finite(jnp.where(jnp.isinf(d.logits), 0.0, d.logits), "Bernoulli logits")
         logs = jnp.stack([jax.nn.log_sigmoid(-d.logits), jax.nn.log_sigmoid(d.logits)], -1)
         safe, zero = _from_logs(logs)
-        return jnp.exp(logs), safe, zero
+        return jnp.exp(logs), safe, zero, _ok(lambda t: ~jnp.isnan(t), d.logits)
     check_probability(d.probs, "Bernoulli probs")
     probs = jnp.stack([1.0 - d.probs, d.probs], -1)
     safe, zero = _safe_log(probs)
-    return probs, safe, zero
+    return probs, safe, zero, _ok(probability_ok, d.probs)
 
 
 def _categorical_outcomes(d):
@@ -156,17 +266,18 @@ def _categorical_outcomes(d):
         check_finite(jnp.where(jnp.isneginf(d.logits), 0.0, d.logits), "Categorical logits")
         logs = jax.nn.log_softmax(d.logits, -1)
         safe, zero = _from_logs(logs)
-        return jnp.exp(logs), safe, zero
+        ok = _ok(lambda t: jnp.all(~jnp.isnan(t) & ~jnp.isposinf(t), -1), d.logits)
+        return jnp.exp(logs), safe, zero, ok
     check_simplex(d.probs, "Categorical probs")
     safe, zero = _safe_log(d.probs)
-    return d.probs, safe, zero
+    return d.probs, safe, zero, _ok(simplex_ok, d.probs)
 
 
 def _kl_bernoulli(p, q):
     # Cover & Thomas (2006), Elements of Information Theory, eq. 2.26, two outcomes.
-    pp, lp, zp = _bernoulli_outcomes(p)
-    _, lq, zq = _bernoulli_outcomes(q)
-    return _outcome_kl(*jnp.broadcast_arrays(pp, lp, zp, lq, zq))
+    pp, lp, zp, ok_p = _bernoulli_outcomes(p)
+    _, lq, zq, ok_q = _bernoulli_outcomes(q)
+    return _nan_unless(_outcome_kl(*jnp.broadcast_arrays(pp, lp, zp, lq, zq)), ok_p, ok_q)
 
 
 for _tp in (dist.BernoulliProbs, dist.BernoulliLogits):
@@ -176,15 +287,15 @@ for _tp in (dist.BernoulliProbs, dist.BernoulliLogits):
 
 def _kl_categorical(p, q):
     # Cover & Thomas (2006), eq. 2.26: sum_k p_k log(p_k / q_k).
-    pp, lp, zp = _categorical_outcomes(p)
-    _, lq, zq = _categorical_outcomes(q)
+    pp, lp, zp, ok_p = _categorical_outcomes(p)
+    _, lq, zq, ok_q = _categorical_outcomes(q)
     if pp.shape[-1] != lq.shape[-1]:
         raise ValueError(
             f"p has {pp.shape[-1]} categories but q has {lq.shape[-1]}: "
             "the two distributions must be over the same outcomes"
         )
     pp, lp, zp, lq, zq = jnp.broadcast_arrays(pp, lp, zp, lq, zq)
-    return _outcome_kl(pp, lp, zp, lq, zq)
+    return _nan_unless(_outcome_kl(pp, lp, zp, lq, zq), ok_p, ok_q)
 
 
 for _tp in (dist.CategoricalProbs, dist.CategoricalLogits):
@@ -195,8 +306,8 @@ for _tp in (dist.CategoricalProbs, dist.CategoricalLogits):
 def _kl_binomial(p, q):
     # n independent Bernoulli trials: I = n I[Bern(p); Bern(q)] (chain rule, chapter 2).
     n_p, n_q = p.total_count, q.total_count
-    check_finite(n_p, "Binomial total_count of p")
-    check_finite(n_q, "Binomial total_count of q")
+    check_count(n_p, "Binomial total_count of p")
+    check_count(n_q, "Binomial total_count of q")
     if is_concrete(n_p) and is_concrete(n_q) and not np.all(np.asarray(n_p) == np.asarray(n_q)):
         raise ValueError(
             "klbook.kl needs Binomials with equal total_count; got "
@@ -205,7 +316,8 @@ def _kl_binomial(p, q):
     bern = lambda d: (  # noqa: E731
         dist.BernoulliLogits(d.logits) if isinstance(d, dist.BinomialLogits) else dist.BernoulliProbs(d.probs)
     )
-    return n_p * _kl_bernoulli(bern(p), bern(q))
+    counts_ok = lambda a, b: count_ok(a) & count_ok(b) & (a == b)  # noqa: E731
+    return _nan_unless(n_p * _kl_bernoulli(bern(p), bern(q)), _ok(counts_ok, *jnp.broadcast_arrays(n_p, n_q)))
 
 
 for _tp in (dist.BinomialProbs, dist.BinomialLogits):
@@ -217,12 +329,12 @@ for _tp in (dist.BinomialProbs, dist.BinomialLogits):
 def _kl_poisson(p, q):
     # sum_k Pois(k; a) log[Pois(k; a)/Pois(k; b)] = a log(a/b) - a + b.
     a, b = p.rate, q.rate
-    check_finite(a, "Poisson rate of p")
-    check_finite(b, "Poisson rate of q")
+    check_nonnegative(a, "Poisson rate of p")
+    check_nonnegative(b, "Poisson rate of q")
     la, za = _safe_log(a)
     lb, zb = _safe_log(b)
     out = jnp.where(za, 0.0, a * (la - lb)) - a + b
-    return jnp.where(~za & zb, jnp.inf, out)
+    return _nan_unless(jnp.where(~za & zb, jnp.inf, out), _ok(nonnegative_ok, a), _ok(nonnegative_ok, b))
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,27 +348,57 @@ def _kl_normal(p, q):
         check_finite(d.loc, f"Normal loc of {name}")
         check_positive(d.scale, f"Normal scale of {name}")
     ratio = p.scale / q.scale
-    return 0.5 * (ratio**2 + ((p.loc - q.loc) / q.scale) ** 2 - 1.0) - jnp.log(ratio)
+    out = 0.5 * (ratio**2 + ((p.loc - q.loc) / q.scale) ** 2 - 1.0) - jnp.log(ratio)
+    oks = [_ok(f, v) for v, f in ((p.loc, finite_ok), (q.loc, finite_ok), (p.scale, positive_ok), (q.scale, positive_ok))]
+    return _nan_unless(out, *oks)
+
+
+def _diagonal_normal(d):
+    """``(loc, scale)`` of an Independent(Normal) over one dimension, expanded or not, else None.
+
+    Covers ``Normal(loc, scale).to_event(1)`` and ``Normal(...).expand([D]).to_event(1)``;
+    both arrays have the full shape ``batch_shape + (D,)``.
+    """
+    if not isinstance(d, dist.Independent) or d.reinterpreted_batch_ndims != 1:
+        return None
+    shape = tuple(d.base_dist.batch_shape)
+    base = d.base_dist
+    while isinstance(base, dist.ExpandedDistribution):
+        base = base.base_dist
+    if type(base) is not dist.Normal:
+        return None
+    return jnp.broadcast_to(base.loc, shape), jnp.broadcast_to(base.scale, shape)
 
 
 def _mvn_parts(d, name):
+    """``(loc, scale_tril, oks)`` of a full or diagonal Gaussian; ``oks``: validity masks."""
     if isinstance(d, dist.MultivariateNormal):
         check_finite(d.loc, f"MultivariateNormal loc of {name}")
         check_finite(d.scale_tril, f"MultivariateNormal scale_tril of {name}")
-        return d.loc, d.scale_tril
-    # Independent(Normal, 1): a diagonal covariance.
-    base = d.base_dist
-    check_finite(base.loc, f"Normal loc of {name}")
-    check_positive(base.scale, f"Normal scale of {name}")
-    loc, scale = jnp.broadcast_arrays(base.loc, base.scale)
-    return loc, scale[..., :, None] * jnp.eye(scale.shape[-1], dtype=scale.dtype)
+        diag = jnp.diagonal(d.scale_tril, axis1=-2, axis2=-1)
+        if is_concrete(diag) and np.any(np.asarray(diag) == 0):
+            raise ValueError(
+                f"MultivariateNormal scale_tril of {name} must have a non-zero diagonal "
+                "(a positive-definite covariance); got a zero"
+            )
+        ok_loc = _ok(lambda m: jnp.all(finite_ok(m), -1), d.loc)
+        ok_tril = _ok(lambda t: jnp.all(finite_ok(t), (-2, -1)) & jnp.all(jnp.diagonal(t, 0, -2, -1) != 0, -1), d.scale_tril)
+        return d.loc, d.scale_tril, (ok_loc, ok_tril)
+    parts = _diagonal_normal(d)
+    if parts is None:
+        raise _NoClosedForm
+    loc, scale = parts
+    check_finite(loc, f"Normal loc of {name}")
+    check_positive(scale, f"Normal scale of {name}")
+    ok = _ok(lambda m, s: jnp.all(finite_ok(m) & positive_ok(s), -1), loc, scale)
+    return loc, scale[..., :, None] * jnp.eye(scale.shape[-1], dtype=scale.dtype), (ok,)
 
 
 def _kl_mvn(p, q):
     # Closed form for two Gaussians, e.g. Rasmussen & Williams (2006), eq. A.23, via Cholesky
     # factors: 1/2 [tr(Sq^-1 Sp) + (mq-mp)^T Sq^-1 (mq-mp) - k + log|Sq| - log|Sp|].
-    mp, lp = _mvn_parts(p, "p")
-    mq, lq = _mvn_parts(q, "q")
+    mp, lp, ok_p = _mvn_parts(p, "p")
+    mq, lq, ok_q = _mvn_parts(q, "q")
     k = mp.shape[-1]
     batch = jnp.broadcast_shapes(mp.shape[:-1], lp.shape[:-2], mq.shape[:-1], lq.shape[:-2])
     mp, mq = (jnp.broadcast_to(m, batch + (k,)) for m in (mp, mq))
@@ -268,7 +410,7 @@ def _kl_mvn(p, q):
     diag_p = jnp.diagonal(lp, axis1=-2, axis2=-1)
     diag_q = jnp.diagonal(lq, axis1=-2, axis2=-1)
     log_det = 2.0 * (jnp.sum(jnp.log(jnp.abs(diag_q)), -1) - jnp.sum(jnp.log(jnp.abs(diag_p)), -1))
-    return 0.5 * (trace + maha - k + log_det)
+    return _nan_unless(0.5 * (trace + maha - k + log_det), *ok_p, *ok_q)
 
 
 register_kl(dist.MultivariateNormal, dist.MultivariateNormal)(_kl_mvn)
@@ -282,19 +424,13 @@ def _kl_independent(p, q):
             "Independent distributions reinterpret different numbers of batch dims: "
             f"{p.reinterpreted_batch_ndims} and {q.reinterpreted_batch_ndims}"
         )
-    inner = kl(p.base_dist, q.base_dist)
+    inner = _kl(p.base_dist, q.base_dist)
     return jnp.sum(inner, axis=tuple(range(-p.reinterpreted_batch_ndims, 0)))
 
 
 def _kl_diag_vs_full(p, q):
-    for d in (p, q):
-        if isinstance(d, dist.Independent) and not (
-            isinstance(d.base_dist, dist.Normal) and d.reinterpreted_batch_ndims == 1
-        ):
-            raise TypeError(
-                f"klbook.kl has no closed form for I[{type(p).__name__}; {type(q).__name__}] "
-                "unless the Independent wraps a Normal over one dimension; use klbook.mc_kl"
-            )
+    # A diagonal Gaussian is a MultivariateNormal with scale_tril diag(scale): Rasmussen &
+    # Williams (2006), eq. A.23, as in _kl_mvn. Other Independent wrappings: _NoClosedForm.
     return _kl_mvn(p, q)
 
 
@@ -304,17 +440,17 @@ register_kl(dist.MultivariateNormal, dist.Independent)(_kl_diag_vs_full)
 
 @register_kl(dist.ExpandedDistribution, dist.Distribution)
 def _kl_expanded_p(p, q):
-    return kl(p.base_dist, q)
+    return _kl(p.base_dist, q)
 
 
 @register_kl(dist.Distribution, dist.ExpandedDistribution)
 def _kl_expanded_q(p, q):
-    return kl(p, q.base_dist)
+    return _kl(p, q.base_dist)
 
 
 @register_kl(dist.ExpandedDistribution, dist.ExpandedDistribution)
 def _kl_expanded_both(p, q):
-    return kl(p.base_dist, q.base_dist)
+    return _kl(p.base_dist, q.base_dist)
 
 
 @register_kl(dist.Beta, dist.Beta)
@@ -323,13 +459,14 @@ def _kl_beta(p, q):
     a1, b1, a2, b2 = p.concentration1, p.concentration0, q.concentration1, q.concentration0
     for v, what in ((a1, "p"), (b1, "p"), (a2, "q"), (b2, "q")):
         check_positive(v, f"Beta concentration of {what}")
-    return (
+    out = (
         betaln(a2, b2)
         - betaln(a1, b1)
         + (a1 - a2) * digamma(a1)
         + (b1 - b2) * digamma(b1)
         + (a2 - a1 + b2 - b1) * digamma(a1 + b1)
     )
+    return _nan_unless(out, *(_ok(positive_ok, v) for v in (a1, b1, a2, b2)))
 
 
 @register_kl(dist.Gamma, dist.Gamma)
@@ -338,13 +475,14 @@ def _kl_gamma(p, q):
     a1, r1, a2, r2 = p.concentration, p.rate, q.concentration, q.rate
     for v, what in ((a1, "p concentration"), (r1, "p rate"), (a2, "q concentration"), (r2, "q rate")):
         check_positive(v, f"Gamma {what}")
-    return (
+    out = (
         (a1 - a2) * digamma(a1)
         - gammaln(a1)
         + gammaln(a2)
         + a2 * (jnp.log(r1) - jnp.log(r2))
         + a1 * (r2 - r1) / r1
     )
+    return _nan_unless(out, *(_ok(positive_ok, v) for v in (a1, r1, a2, r2)))
 
 
 @register_kl(dist.Exponential, dist.Exponential)
@@ -353,7 +491,7 @@ def _kl_exponential(p, q):
     check_positive(p.rate, "Exponential rate of p")
     check_positive(q.rate, "Exponential rate of q")
     ratio = q.rate / p.rate
-    return ratio - jnp.log(ratio) - 1.0
+    return _nan_unless(ratio - jnp.log(ratio) - 1.0, _ok(positive_ok, p.rate), _ok(positive_ok, q.rate))
 
 
 @register_kl(dist.Dirichlet, dist.Dirichlet)
@@ -363,24 +501,29 @@ def _kl_dirichlet(p, q):
     check_positive(a, "Dirichlet concentration of p")
     check_positive(b, "Dirichlet concentration of q")
     a0 = jnp.sum(a, -1)
-    return (
+    out = (
         gammaln(a0)
         - jnp.sum(gammaln(a), -1)
         - gammaln(jnp.sum(b, -1))
         + jnp.sum(gammaln(b), -1)
         + jnp.sum((a - b) * (digamma(a) - digamma(a0)[..., None]), -1)
     )
+    all_positive = lambda c: jnp.all(positive_ok(c), -1)  # noqa: E731
+    return _nan_unless(out, _ok(all_positive, a), _ok(all_positive, b))
 
 
 @register_kl(dist.Uniform, dist.Uniform)
 def _kl_uniform(p, q):
     # log of the ratio of widths when [a_p, b_p] lies inside [a_q, b_q]; +inf otherwise.
+    oks = []
     for d, name in ((p, "p"), (q, "q")):
         check_finite(d.low, f"Uniform low of {name}")
         check_finite(d.high, f"Uniform high of {name}")
+        check_positive(d.high - d.low, f"Uniform width high - low of {name}")
+        oks.append(_ok(lambda lo, hi: positive_ok(hi - lo), d.low, d.high))
     inside = (q.low <= p.low) & (p.high <= q.high)
     out = jnp.log(q.high - q.low) - jnp.log(p.high - p.low)
-    return jnp.where(inside, out, jnp.inf)
+    return _nan_unless(jnp.where(inside, out, jnp.inf), *oks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,9 +541,9 @@ def entropy(p: dist.Distribution) -> jnp.ndarray:
     """
     _check_distribution(p, "p")
     if isinstance(p, (dist.BernoulliProbs, dist.BernoulliLogits)):
-        probs, log, zero = _bernoulli_outcomes(p)
+        probs, log, zero, ok = _bernoulli_outcomes(p)
     elif isinstance(p, (dist.CategoricalProbs, dist.CategoricalLogits)):
-        probs, log, zero = _categorical_outcomes(p)
+        probs, log, zero, ok = _categorical_outcomes(p)
     else:
         try:
             return p.entropy()
@@ -409,7 +552,7 @@ def entropy(p: dist.Distribution) -> jnp.ndarray:
                 f"klbook.entropy has no closed form for {type(p).__name__}; "
                 "estimate it by sampling: -p.log_prob(p.sample(key, (n,))).mean(0)"
             ) from None
-    return 0.0 - jnp.sum(jnp.where(zero, 0.0, probs * log), -1)  # 0.0 - : no "-0.0"
+    return _nan_unless(0.0 - jnp.sum(jnp.where(zero, 0.0, probs * log), -1), ok)  # 0.0 - : no "-0.0"
 
 
 def cross_entropy(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
@@ -478,14 +621,34 @@ def _log_prob(d, x):
 
 
 def mc_kl(key, p: dist.Distribution, q: dist.Distribution, num_samples: int) -> MCEstimate:
-    r"""Monte Carlo estimate of :math:`I[p;q]` with its standard error.
+    r"""Monte Carlo estimate of :math:`I[p;q]` with its standard error; differentiable.
 
-    .. math:: \hat I = \frac1N \sum_{n=1}^N \log\frac{p(x_n)}{q(x_n)},\quad x_n \sim p,
-              \qquad \text{s.e.} = \frac{\mathrm{sd}_n[\log p(x_n)/q(x_n)]}{\sqrt N}.
+    .. math:: \hat I = \frac1N \sum_{n=1}^N f(x_n),\quad f(x) = \log\frac{p(x)}{q(x)},
+              \quad x_n \sim p, \qquad \text{s.e.} = \frac{\mathrm{sd}_n[f(x_n)]}{\sqrt N}.
 
-    Samples are reparameterised when ``p`` allows it, so the estimate is differentiable in
-    ``p``'s parameters. A sample outside ``q``'s support makes the estimate ``+inf`` (with
-    standard error 0: one such sample proves the divergence is infinite).
+    **Gradients.** When ``p`` is reparameterisable (``p.has_rsample``: Normal, MVN, Gamma,
+    ...), samples are drawn by ``rsample`` and the gradient flows through them (pathwise).
+    When it is not (Bernoulli, Categorical, Binomial, Poisson, ...), the samples carry no
+    gradient, so a score-function (REINFORCE) term is added for ``p``'s parameters:
+
+    .. math:: \nabla_\theta I = \Big\langle \big(f(x) - b\big)\,\nabla_\theta \log p_\theta(x)
+              - \nabla_\theta \log q(x) \Big\rangle_{p_\theta(x)},
+
+    with the leave-one-out baseline :math:`b_n = \frac{1}{N-1}\sum_{m\ne n} f(x_m)`, which is
+    independent of :math:`x_n` and so keeps the gradient unbiased while cutting its variance.
+    The term enters through a stop-gradient surrogate that is exactly zero, so the **value**
+    (and the standard error) are the plain estimate above. Gradients with respect to ``q``'s
+    parameters are pathwise in both cases. The standard error is that of the value, not of
+    the gradient.
+
+    A sample outside ``q``'s support makes the estimate ``+inf`` (with standard error 0: one
+    such sample proves the divergence is infinite).
+
+    **What is checked where.** The key's type, the distributions' types, ``num_samples``
+    (a Python integer >= 2), broadcastable batch shapes and equal event shapes are checked
+    eagerly and inside ``jit`` alike (they are static). Parameter *values* are not checked
+    here (use :func:`kl` where a closed form exists, or NumPyro's ``validate_args``): invalid
+    parameters give whatever NumPyro's samplers and densities give, typically NaN.
 
     Args:
         key: a JAX PRNG key.
@@ -495,24 +658,42 @@ def mc_kl(key, p: dist.Distribution, q: dist.Distribution, num_samples: int) -> 
     Returns:
         :class:`MCEstimate` ``(value, stderr)``, each of shape ``broadcast(p.batch_shape,
         q.batch_shape)``.
+
+    Raises:
+        TypeError: if ``key`` is not a PRNG key or ``p``/``q`` not NumPyro distributions.
+        ValueError: if ``num_samples`` is not an integer >= 2 or the shapes do not match.
     """
     check_key(key)
     _check_distribution(p, "p")
     _check_distribution(q, "q")
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2; got {num_samples!r}")
+    n = int(num_samples)
     batch = broadcast_batch(p.batch_shape, q.batch_shape)
     if tuple(p.event_shape) != tuple(q.event_shape):
         raise ValueError(
             f"event shapes of p {tuple(p.event_shape)} and q {tuple(q.event_shape)} differ"
         )
-    shape = (int(num_samples),) + tuple(batch)[: len(batch) - len(p.batch_shape)]
+    full = (n,) + tuple(batch)
+    shape = (n,) + tuple(batch)[: len(batch) - len(p.batch_shape)]
+    pathwise = p.has_rsample
     with jax.numpy_rank_promotion("allow"):  # inside NumPyro's samplers and densities
-        x = p.rsample(key, shape) if p.has_rsample else p.sample(key, shape)
-        log_ratio = p.log_prob(x) - log_prob(q, x)
-    log_ratio = jnp.broadcast_to(log_ratio, (int(num_samples),) + tuple(batch))
+        x = p.rsample(key, shape) if pathwise else jax.lax.stop_gradient(p.sample(key, shape))
+        log_p = jnp.broadcast_to(p.log_prob(x), full)  # [N, *batch]
+        log_q = jnp.broadcast_to(log_prob(q, x), full)  # [N, *batch]
+    if not pathwise:
+        # The direct gradient of log p(x_n) has expectation 0; the score term replaces it.
+        log_p, score_log_p = jax.lax.stop_gradient(log_p), log_p
+    log_ratio = log_p - log_q  # [N, *batch]
     infinite = jnp.any(jnp.isposinf(log_ratio), axis=0)
     finite_ratio = jnp.where(jnp.isposinf(log_ratio), 0.0, log_ratio)
-    value = jnp.where(infinite, jnp.inf, jnp.mean(finite_ratio, axis=0))
-    stderr = jnp.std(finite_ratio, axis=0, ddof=1) / jnp.sqrt(num_samples)
+    value = jnp.mean(finite_ratio, axis=0)  # [*batch]
+    if not pathwise:
+        f = jax.lax.stop_gradient(finite_ratio)
+        baseline = (jnp.sum(f, axis=0, keepdims=True) - f) / (n - 1)  # leave-one-out, [N, *batch]
+        safe = jnp.where(jnp.isfinite(score_log_p), score_log_p, 0.0)
+        zero = safe - jax.lax.stop_gradient(safe)  # value 0, gradient: the score
+        value = value + jnp.mean((f - baseline) * zero, axis=0)
+    value = jnp.where(infinite, jnp.inf, value)
+    stderr = jnp.std(finite_ratio, axis=0, ddof=1) / jnp.sqrt(n)
     return MCEstimate(value, jnp.where(infinite, 0.0, stderr))
