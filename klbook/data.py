@@ -92,7 +92,12 @@ def digits() -> Labelled:
     Each pixel counts the lit cells of a 4×4 block of a 32×32 bitmap, so ``x`` is a count out
     of :data:`DIGITS_MAX` = 16 (use :func:`klbook.nn.binomial_head` with ``total_count=16``).
     """
-    from sklearn.datasets import load_digits
+    try:  # the book's extra: pip install "klbook[chapters]"
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError as err:
+        from klbook import _require_chapters_extra
+
+        _require_chapters_extra("klbook.data.digits", err)
 
     bunch = load_digits()
     return Labelled(jnp.asarray(bunch.data.astype(np.int32)), jnp.asarray(bunch.target.astype(np.int32)))

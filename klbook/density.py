@@ -30,7 +30,13 @@ import numpyro.distributions as dist
 import optax
 from jax.scipy.linalg import solve_triangular
 from numpyro.distributions import constraints
-from sklearn.cluster import KMeans
+
+from klbook import _require_chapters_extra
+
+try:  # the book's extra: pip install "klbook[chapters]"
+    from sklearn.cluster import KMeans
+except ModuleNotFoundError as err:
+    _require_chapters_extra("klbook.density", err)
 
 from klbook._checks import check_finite
 from klbook.divergence import MCEstimate, check_key

@@ -6,8 +6,13 @@ Figures label their axes with units (nats or bits) and their captions say what t
 
 from __future__ import annotations
 
-import matplotlib as mpl
-import matplotlib.pyplot as plt
+from klbook import _require_chapters_extra
+
+try:  # the book's extra: pip install "klbook[chapters]"
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+except ModuleNotFoundError as err:
+    _require_chapters_extra("klbook.plot", err)
 
 __all__ = ["style", "figure", "COLORS", "REAL", "DREAM"]
 

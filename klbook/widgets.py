@@ -21,12 +21,18 @@ from __future__ import annotations
 import io
 import math
 
-import ipywidgets as w
 import jax
 import jax.numpy as jnp
-import matplotlib.figure
 import numpy as np
 import numpyro.distributions as dist
+
+from klbook import _require_chapters_extra
+
+try:  # the book's extra: pip install "klbook[chapters]"
+    import ipywidgets as w
+    import matplotlib.figure
+except ModuleNotFoundError as err:
+    _require_chapters_extra("klbook.widgets", err)
 
 from klbook._checks import check_probability
 from klbook.divergence import check_key, kl

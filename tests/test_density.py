@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +14,18 @@ import klbook
 from klbook import data, density
 
 KEY = jax.random.key(0)
-NUMPYRO = jax.numpy_rank_promotion("allow")  # NumPyro's own samplers and densities broadcast by rank
+# NumPyro's own samplers and densities broadcast by rank. A fresh context for every use: in
+# jax 0.4.30 (the lowest we support) jax.numpy_rank_promotion(...) is a one-shot context manager.
+NUMPYRO = functools.partial(jax.numpy_rank_promotion, "allow")
 
 
 def sample(d, key, n):
-    with NUMPYRO:
+    with NUMPYRO():
         return d.sample(key, (n,))
 
 
 def log_prob(d, x):
-    with NUMPYRO:
+    with NUMPYRO():
         return d.log_prob(x)
 
 
@@ -45,7 +49,7 @@ def reference(params):
 def test_log_prob_matches_numpyro_mixture(k, d):
     params = random_params(jax.random.key(k + d), k, d)
     x = jax.random.normal(jax.random.key(1), (5, 7, d)) * 3.0  # two batch dimensions
-    with NUMPYRO:
+    with NUMPYRO():
         expected = reference(params).log_prob(x)
     np.testing.assert_allclose(density.density(params).log_prob(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -55,7 +59,7 @@ def test_one_component_is_a_gaussian():
     q = density.density(params)
     mvn = dist.MultivariateNormal(q.loc[0], scale_tril=q.scale_tril[0])
     x = jax.random.normal(jax.random.key(2), (10, 2))
-    with NUMPYRO:
+    with NUMPYRO():
         expected = mvn.log_prob(x)
     np.testing.assert_allclose(q.log_prob(x), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(q.mean, mvn.mean, rtol=1e-6)
@@ -125,7 +129,7 @@ def test_gradient_matches_numpyro_mixture_gradient():
     x = jax.random.normal(jax.random.key(9), (50, 2)) * 2.0
     params = random_params(jax.random.key(10), 3, 2)
     ours = jax.grad(lambda p: density.objective(KEY, p, x).loss)(params)
-    with NUMPYRO:
+    with NUMPYRO():
         theirs = jax.grad(lambda p: -jnp.mean(reference(p).log_prob(x)))(params)
     for name in params:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-4, atol=1e-5)

@@ -29,8 +29,11 @@ def test_environment_yml_matches_pyproject():
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
     wanted = {}
-    for spec in project["dependencies"] + extras["book"] + extras["test"]:
+    for spec in (project["dependencies"] + extras["chapters"] + extras["site"]
+                 + extras["test"]):
         name, specifier = _normalise(spec)
+        if name == "klbook":  # one extra naming another (site includes chapters)
+            continue
         wanted[name] = specifier
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -64,3 +67,47 @@ def test_no_hard_pins_that_would_replace_colab_jax(name):
 def test_py_typed_ships_with_the_package():
     assert (ROOT / "klbook" / "py.typed").exists()
     assert "py.typed" in _pyproject()["tool"]["setuptools"]["package-data"]["klbook"]
+
+
+def test_core_install_is_light_and_the_book_extras_are_extras():
+    """`pip install klbook` brings what kl, the recipe and fit need; figures, widgets and datasets
+    come with the chapters extra, the book's build with the site extra."""
+    project = _pyproject()["project"]
+    core = {_normalise(s)[0] for s in project["dependencies"]}
+    assert core == {"jax", "numpy", "numpyro", "equinox", "optax", "tqdm"}, core
+    extras = project["optional-dependencies"]
+    chapters = {_normalise(s)[0] for s in extras["chapters"]}
+    assert {"matplotlib", "ipywidgets", "scikit-learn"} <= chapters
+    site = [Requirement(s) for s in extras["site"]]
+    assert any(r.name == "klbook" and "chapters" in r.extras for r in site), (
+        "the site extra must include the chapters extra: autodoc imports every chapter module")
+    assert not {"jupyter-book", "sphinx-book-theme"} & (chapters | core)
+
+
+def test_every_requirement_has_a_lower_bound():
+    """make test-lowest installs each runtime requirement at its lower bound."""
+    project = _pyproject()["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["chapters"]:
+        assert any(s.operator == ">=" for s in Requirement(spec).specifier), (
+            f"{spec!r} has no lower bound (>=) for make test-lowest to install")
+
+
+def test_license_is_spdx_and_ships():
+    project = _pyproject()["project"]
+    assert project["license"] == "MIT", "use the SPDX string form (the table form is deprecated)"
+    assert project["license-files"] == ["LICENSE"]
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    requires = _pyproject()["build-system"]["requires"]
+    setuptools = next(Requirement(r) for r in requires if Requirement(r).name == "setuptools")
+    assert setuptools.specifier.contains("77") and not setuptools.specifier.contains("76.9"), (
+        "SPDX license strings and license-files need setuptools >= 77")
+
+
+def test_version_comes_from_the_package_metadata():
+    import importlib.metadata
+
+    import klbook
+
+    assert klbook.__version__ == importlib.metadata.version("klbook")
+    assert klbook.__version__ == _pyproject()["project"]["version"], (
+        "the installed metadata is stale: reinstall (make install)")
