@@ -87,7 +87,8 @@ def test_install_cell_installs_from_the_repository_and_keeps_jax(monkeypatch):
     assert len(calls) == 1, f"expected one pip call, got {calls}"
     args = calls[0]
     assert args[:4] == [sys.executable, "-m", "pip", "install"]
-    assert f"klbook @ git+{repository_url()}" in args
+    assert f"klbook[chapters] @ git+{repository_url()}" in args, (
+        "the install cell must ask for the chapters extra (figures, widgets, datasets)")
     for name in ("jax", "jaxlib"):
         pin = f"{name}=={importlib.metadata.version(name)}"
         assert pin in args, f"the install cell must pin the installed {name} ({pin}); got {args}"

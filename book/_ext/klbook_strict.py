@@ -33,9 +33,9 @@ INSTALL_MARKER = "# klbook set-up: install klbook only if it is missing"
 def install_cell_source(repo_url: str) -> str:
     """The first code cell of every chapter, for the repository ``repo_url``.
 
-    On Colab (or any environment without klbook) it installs klbook from the repository,
-    pinning the JAX already installed so pip can never replace Colab's GPU build. Where klbook
-    is importable it does nothing.
+    On Colab (or any environment without klbook) it installs klbook with the ``chapters`` extra
+    (figures, widgets, bundled datasets) from the repository, pinning the JAX already installed
+    so pip can never replace Colab's GPU build. Where klbook is importable it does nothing.
     """
     return (
         f"{INSTALL_MARKER} (Colab, a fresh environment);\n"
@@ -46,7 +46,7 @@ def install_cell_source(repo_url: str) -> str:
         '    pins = [f"{name}=={importlib.metadata.version(name)}"\n'
         '            for name in ("jax", "jaxlib") if importlib.util.find_spec(name)]\n'
         '    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",\n'
-        f'                           "klbook @ git+{repo_url}", *pins])'
+        f'                           "klbook[chapters] @ git+{repo_url}", *pins])'
     )
 
 
