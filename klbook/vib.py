@@ -1,0 +1,234 @@
+r"""The variational information bottleneck: a classifier that must pay for every bit it reads (chapter 7).
+
+The real world holds labelled data :math:`p(x, y)` and augments it with a *stochastic encoder*
+:math:`p(z\mid x)` that sees only the image. The dream world holds the same images as data (it
+does not model them), a fixed marginal :math:`q(z) = \mathcal{N}(0, I)` for the code, and a
+classifier :math:`q(y\mid z)` that reads the code alone. The recipe's KL then splits into
+
+.. math:: I[P;Q] = \underbrace{\left\langle -\log q(y\mid z)\right\rangle_{p(x,y)\,p(z\mid x)}}_{C,\ \text{classification distortion}}
+   + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_{p(x)\,p(z\mid x)}}_{R,\ \text{rate}}
+   - H[X, Y] ,
+
+and the variational information bottleneck (Alemi et al., 2017) minimises :math:`C + \beta R`.
+The rate bounds the information the code keeps about the image, :math:`R \ge I(X; Z)`, and the
+distortion bounds the cross-entropy of the *stochastic classifier*
+:math:`\bar q(y\mid x) = \int p(z\mid x)\, q(y\mid z)\, dz` (Jensen's inequality), which in turn
+is at least the conditional entropy :math:`H[Y\mid X]`:
+
+.. math:: C \;\ge\; \left\langle -\log \bar q(y\mid x)\right\rangle_{p(x, y)} \;\ge\; H[Y\mid X],
+   \qquad R \ge 0 .
+
+:func:`real_world` and :func:`dream_world` are the two NumPyro models (with ``NAMES`` for the
+recipe); :func:`objective` is the weighted ledger :func:`fit_betas` trains; :func:`rate` is the
+rate in closed form; :func:`predictive` is the stochastic classifier; :func:`fgsm` and
+:func:`expected_calibration_error` measure what the bits buy beyond accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+
+from klbook._checks import check_finite, is_concrete
+from klbook.divergence import check_key
+from klbook.nn import categorical_head, gaussian_head, mlp
+from klbook.recipe import data, kl_objective
+from klbook.train import fit
+
+__all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
+           "error_rate", "fit_betas", "model_at", "fgsm", "expected_calibration_error"]
+
+#: The recipe's names for the three sites: the images' term (zero: both worlds read x as data),
+#: the code's term, the rate, and the labels' term, the classification distortion.
+NAMES = {"x": "inputs", "z": "rate", "y": "distortion"}
+
+
+class VIB(eqx.Module):
+    """A stochastic encoder :math:`p(z\\mid x)` and a classifier :math:`q(y\\mid z)` reading only the code.
+
+    ``encoder``: ``x [data_dim] -> [2 latent_dim]`` (mean and raw scale of a diagonal Gaussian);
+    ``decoder``: ``z [latent_dim] -> logits [num_classes]``. Both unbatched (Equinox style).
+    """
+
+    encoder: Callable
+    decoder: Callable
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+
+    def check(self, x, y=None) -> tuple[jax.Array, jax.Array | None]:
+        """``x [N, data_dim]`` (floats in [0, 1] or any finite scale) and integer labels ``y [N]``."""
+        x = jnp.asarray(x)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.data_dim:
+            raise ValueError(f"x must have shape [N, {self.data_dim}] with N >= 1; got {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must be floating point (e.g. klbook.data.to_unit_interval); got {x.dtype}")
+        check_finite(x, "x")
+        if y is None:
+            return x, None
+        y = jnp.asarray(y)
+        if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f"y must be integer labels of shape ({x.shape[0]},); got {y.shape}, {y.dtype}")
+        if is_concrete(y):
+            low, high = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"labels must lie in 0..{self.num_classes - 1}; got {low}..{high}")
+        return x, y
+
+    def encode(self, x) -> dist.Distribution:
+        """The encoder :math:`p(z\\mid x)`: batch ``(N,)``, event ``(latent_dim,)``."""
+        x, _ = self.check(x)
+        return gaussian_head(jax.vmap(self.encoder)(x))
+
+    def classify(self, z) -> dist.Distribution:
+        """The classifier :math:`q(y\\mid z)` for codes ``z [*B, latent_dim]``: batch ``*B``."""
+        z = jnp.asarray(z)
+        if z.ndim < 1 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape [..., {self.latent_dim}]; got {z.shape}")
+        logits = jax.vmap(self.decoder)(z.reshape(-1, self.latent_dim))  # [prod(B), C]
+        return categorical_head(logits.reshape(*z.shape[:-1], self.num_classes))
+
+    def prior(self, n: int) -> dist.Distribution:
+        """The code's marginal in the dream world, :math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
+        return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
+
+
+def vib(key: jax.Array, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 256,
+        depth: int = 2) -> VIB:
+    """A VIB as in Alemi et al. (2017): an MLP encoder (``depth`` layers of ``width``) and a linear classifier."""
+    check_key(key)
+    k1, k2 = jax.random.split(key)
+    return VIB(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=depth),
+               mlp(k2, latent_dim, num_classes, depth=0), data_dim, latent_dim, num_classes)
+
+
+def real_world(model: VIB, x, y) -> None:
+    """P: labelled images ``x [N, D]``, ``y [N]`` (density unknown) and the encoder :math:`p(z\\mid x)`."""
+    x, y = model.check(x, y)
+    with numpyro.plate("data", x.shape[0]):
+        data("x", x, event_dim=1)
+        data("y", y)
+        numpyro.sample("z", model.encode(x))
+
+
+def dream_world(model: VIB, x, y) -> None:
+    """Q: the images as data, the code's marginal :math:`q(z)` and the classifier :math:`q(y\\mid z)`.
+
+    ``y`` is not read: the recipe substitutes the real world's labels and scores them.
+    """
+    x, _ = model.check(x, y)
+    with numpyro.plate("data", x.shape[0]):
+        data("x", x, event_dim=1)
+        z = numpyro.sample("z", model.prior(x.shape[0]))
+        numpyro.sample("y", model.classify(z))
+
+
+def objective(model: VIB, key: jax.Array, x, y, beta=1e-3) -> tuple[jax.Array, dict]:
+    """The VIB loss ``C + β R`` from the recipe (one draw of the code), and its terms, nats per example."""
+    obj = kl_objective(key, real_world, dream_world, model, x, y, names=NAMES, weights={"rate": beta})
+    return obj.loss, obj.terms
+
+
+def rate(model: VIB, x) -> jax.Array:
+    """The rate in closed form, :math:`I[p(z\\mid x); \\mathcal{N}(0, I)]` per example, ``[N]`` nats."""
+    q = model.encode(x)
+    return dist.kl_divergence(q, model.prior(q.batch_shape[0]))
+
+
+def predictive(key: jax.Array, model: VIB, x, num_samples: int = 1) -> jax.Array:
+    """The stochastic classifier :math:`\\bar q(y\\mid x) \\approx \\frac1S \\sum_s q(y\\mid z_s)`, ``[N, C]``.
+
+    ``num_samples = 1`` is a one-draw classifier; more draws average the class probabilities.
+    """
+    check_key(key)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    encoder = model.encode(x)
+    z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
+    return jnp.mean(model.classify(z).probs, axis=0)  # [N, C]
+
+
+def error_rate(key: jax.Array, model: VIB, x, y, num_samples: int = 1) -> jax.Array:
+    """Fraction of ``x`` the stochastic classifier (``num_samples`` draws averaged) gets wrong."""
+    _, y = model.check(x, y)
+    return jnp.mean(jnp.argmax(predictive(key, model, x, num_samples), axis=-1) != y)
+
+
+def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[float], x, y, *,
+              num_steps: int, batch_size: int = 128, optimizer: optax.GradientTransformation | None = None,
+              progress: bool = True) -> tuple[VIB, dict[str, np.ndarray]]:
+    r"""Train one VIB per β at once: parameters stacked, one vmapped, compiled loop.
+
+    Model :math:`m` minimises :math:`C + \beta_m R` (:func:`objective`) on the same batches; the
+    losses are summed, which leaves each model its own gradient. ``betas`` may contain 0 (a plain
+    stochastic classifier) and repeats (several seeds of one β). Returns the stacked models
+    (leading axis ``len(betas)``; see :func:`model_at`) and the history with ``rate/i`` and
+    ``distortion/i`` per model.
+    """
+    check_key(key)
+    betas = jnp.asarray(betas, jnp.float32)
+    if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas >= 0)):
+        raise ValueError(f"betas must be a non-empty list of non-negative numbers; got {betas}")
+    k_init, k_fit = jax.random.split(key)
+    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, betas.size))
+
+    def loss_fn(stacked, k, batch):
+        bx, by = batch
+        keys = jax.random.split(k, betas.size)
+        losses, ts = eqx.filter_vmap(lambda m, kk, b: objective(m, kk, bx, by, b))(stacked, keys, betas)
+        named = {f"{n}/{i}": ts[n][i] for n in ("rate", "distortion") for i in range(betas.size)}
+        return jnp.sum(losses), named
+
+    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=(jnp.asarray(x), jnp.asarray(y)),
+              batch_size=batch_size, optimizer=optax.adam(1e-3) if optimizer is None else optimizer,
+              progress=progress, desc=f"{betas.size} VIBs")
+    return res.params, res.history
+
+
+def model_at(models: VIB, i: int) -> VIB:
+    """Model ``i`` of models stacked by :func:`fit_betas`."""
+    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+
+
+def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.0) -> jax.Array:
+    r"""The fast gradient-sign attack (Goodfellow et al., 2015) on the classifier at the code's mean.
+
+    .. math:: x' = \mathrm{clip}\big(x + \epsilon\, \mathrm{sign}\,\nabla_x [-\log q(y\mid \mu(x))],\ [\text{low}, \text{high}]\big)
+
+    Each pixel moves by at most ``epsilon``, in the direction that raises the loss of the true
+    label fastest. Returns ``x' [N, D]``.
+    """
+    x, y = model.check(x, y)
+    if not np.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}")
+
+    def loss(xx):
+        mean = model.encode(xx).base_dist.loc  # [N, K]
+        return -jnp.sum(model.classify(mean).log_prob(y))
+
+    return jnp.clip(x + epsilon * jnp.sign(jax.grad(loss)(x)), low, high)
+
+
+def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
+    r"""Expected calibration error (Guo et al., 2017): confidence against accuracy, binned.
+
+    .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{N}\,\big|\mathrm{acc}(b) - \mathrm{conf}(b)\big|
+
+    over ``num_bins`` equal-width bins of the top-class probability. ``probs [N, C]``, ``y [N]``.
+    """
+    probs, y = jnp.asarray(probs), jnp.asarray(y)
+    if probs.ndim != 2 or y.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be [N, C] and y [N]; got {probs.shape} and {y.shape}")
+    conf = jnp.max(probs, axis=-1)
+    correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
+    bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    counts = jnp.zeros(num_bins).at[bins].add(1.0)
+    gap = jnp.abs(jnp.zeros(num_bins).at[bins].add(correct) - jnp.zeros(num_bins).at[bins].add(conf))
+    return jnp.sum(gap) / y.shape[0]

@@ -1,0 +1,116 @@
+"""klbook.vib: the chapter-7 identities (rate closed form, the classifier bound) and clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from klbook import vib
+from klbook.recipe import kl_objective
+
+N, D, K, C = 64, 12, 3, 4
+
+
+def _draws(model, x, key, n):
+    return jax.vmap(model.encode(x).sample)(jax.random.split(key, n))
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    kx, ky, km = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.uniform(kx, (N, D))
+    y = jax.random.randint(ky, (N,), 0, C)
+    return vib.vib(km, D, K, C, width=16), x, y
+
+
+def test_recipe_terms_match_closed_form_rate_and_sampled_distortion(model_and_data):
+    model, x, y = model_and_data
+    obj = kl_objective(jax.random.key(1), vib.real_world, vib.dream_world, model, x, y,
+                       names=vib.NAMES, num_particles=64)
+    assert obj.dropped == ("x", "y")
+    assert float(obj.terms["inputs"]) == 0.0
+    exact_rate = float(jnp.mean(vib.rate(model, x)))
+    se = float(obj.mc_stderr["rate"])
+    assert abs(float(obj.terms["rate"]) - exact_rate) < 4 * se
+    # the distortion is <-log q(y|z)> over the encoder's draws: an independent Monte Carlo estimate
+    z = _draws(model, x, jax.random.key(2), 4000)  # [S, N, K]
+    nll = -model.classify(z).log_prob(y)  # [S, N]
+    per_draw = np.asarray(nll.mean(axis=1))
+    ref, ref_se = per_draw.mean(), per_draw.std(ddof=1) / np.sqrt(per_draw.size)
+    assert abs(float(obj.terms["distortion"]) - ref) < 4 * np.hypot(float(obj.mc_stderr["distortion"]), ref_se)
+
+
+def test_distortion_bounds_the_stochastic_classifier_cross_entropy(model_and_data):
+    model, x, y = model_and_data
+    # C (one estimate) >= -<log qbar(y|x)>, estimated from independent draws; both within Monte Carlo error
+    z = _draws(model, x, jax.random.key(3), 2000)
+    nll = np.asarray(-model.classify(z).log_prob(y))  # [S, N]
+    distortion = nll.mean()
+    qbar = np.asarray(vib.predictive(jax.random.key(4), model, x, 2000))[np.arange(N), np.asarray(y)]
+    cross_entropy = -np.log(qbar).mean()
+    gap_se = nll.mean(axis=1).std(ddof=1) / np.sqrt(nll.shape[0])
+    assert distortion - cross_entropy > -4 * gap_se
+    # Jensen per example is strict for a non-degenerate encoder: the gap is well above its error
+    assert distortion - cross_entropy > 4 * gap_se
+
+
+def test_fit_betas_rate_falls_with_beta():
+    x = jax.random.uniform(jax.random.key(5), (200, D))
+    y = (x[:, 0] > 0.5).astype(jnp.int32)
+    models, history = vib.fit_betas(jax.random.key(6), lambda k: vib.vib(k, D, K, 2, width=16),
+                                    [0.0, 1.0], x, y, num_steps=300, batch_size=50, progress=False)
+    rates = [float(jnp.mean(vib.rate(vib.model_at(models, i), x))) for i in range(2)]
+    assert rates[1] < rates[0] / 4
+    assert set(history) >= {"rate/0", "distortion/1"}
+
+
+def test_predictive_is_a_probability_and_error_rate_in_range(model_and_data):
+    model, x, y = model_and_data
+    p = vib.predictive(jax.random.key(7), model, x, 5)
+    assert p.shape == (N, C)
+    np.testing.assert_allclose(np.asarray(p.sum(-1)), 1.0, rtol=1e-5)
+    err = float(vib.error_rate(jax.random.key(8), model, x, y, 5))
+    assert 0.0 <= err <= 1.0
+
+
+def test_fgsm_moves_each_pixel_at_most_epsilon_and_raises_the_loss(model_and_data):
+    model, x, y = model_and_data
+    x_adv = vib.fgsm(model, x, y, 0.05)
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.05 + 1e-6
+    assert float(jnp.min(x_adv)) >= 0.0 and float(jnp.max(x_adv)) <= 1.0
+
+    def loss(xx):
+        return float(-jnp.mean(model.classify(model.encode(xx).base_dist.loc).log_prob(y)))
+
+    assert loss(x_adv) > loss(x)
+
+
+def test_expected_calibration_error_against_a_direct_loop():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=500).astype(np.float32)
+    y = rng.integers(0, 3, size=500)
+    conf, pred = probs.max(-1), probs.argmax(-1)
+    ece = 0.0
+    for b in range(10):
+        inside = (np.minimum((conf * 10).astype(int), 9) == b)
+        if inside.any():
+            ece += inside.mean() * abs((pred[inside] == y[inside]).mean() - conf[inside].mean())
+    assert float(vib.expected_calibration_error(probs, y)) == pytest.approx(ece, abs=1e-5)
+    perfect = np.eye(3, dtype=np.float32)[y]
+    assert float(vib.expected_calibration_error(perfect, y)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_inputs_name_the_problem(model_and_data):
+    model, x, y = model_and_data
+    with pytest.raises(ValueError, match="shape"):
+        vib.real_world(model, x[:, :3], y)
+    with pytest.raises(ValueError, match="labels must lie"):
+        kl_objective(jax.random.key(0), vib.real_world, vib.dream_world, model, x, y + C, names=vib.NAMES)
+    with pytest.raises(ValueError, match="finite"):
+        model.encode(x.at[0, 0].set(jnp.nan))
+    with pytest.raises(TypeError, match="floating"):
+        model.encode(jnp.ones((2, D), jnp.int32))
+    with pytest.raises(ValueError, match="non-negative"):
+        vib.fit_betas(jax.random.key(0), lambda k: vib.vib(k, D, K, C), [-1.0], x, y, num_steps=1)
+    with pytest.raises(ValueError, match="num_samples"):
+        vib.predictive(jax.random.key(0), model, x, 0)
