@@ -13,6 +13,18 @@ distribution of ``data`` (the world as it is, appendix B), keyed by the same ste
 Python round trip per chunk (when the progress bar moves), and a clear
 :class:`NonFiniteLossError` naming the step and the term the moment the loss, a term or the
 gradient stops being finite. :func:`evaluate` averages the loss and its terms over a dataset.
+
+Two things a minibatch loop must get right, and how this one does:
+
+* **The objective must not depend on the batch size.** A loss built with
+  :func:`klbook.recipe.kl_objective` reports nats per example; a *global* latent's term
+  (one shared by all examples) is divided by the number of examples N of the full data set.
+  ``fit`` draws the batch outside the model, so the model's data plate only holds the batch:
+  state N with ``kl_objective(..., data_size=N)`` (N = the rows of ``data``), and the loss is
+  the same objective at every ``batch_size`` (and :func:`evaluate` agrees across batch sizes).
+* **Resuming must not replay randomness.** ``FitResult.opt_state`` carries the number of
+  steps taken; ``fit(..., opt_state=result.opt_state)`` continues the key sequence
+  :math:`k_t` where it stopped, so 10 steps then 10 more are exactly 20 steps.
 """
 
 from __future__ import annotations
@@ -29,9 +41,22 @@ from tqdm.auto import tqdm
 
 from klbook.divergence import check_key
 
-__all__ = ["fit", "evaluate", "FitResult", "NonFiniteLossError"]
+__all__ = ["fit", "evaluate", "FitResult", "FitState", "NonFiniteLossError"]
 
 LossFn = Callable[[Any, jax.Array, Any], Any]
+
+
+class FitState(NamedTuple):
+    """The optimiser's state and the number of steps taken, to resume :func:`fit` where it stopped.
+
+    Attributes:
+        optimizer_state: the Optax state (``optimizer.init(params)`` and its updates).
+        step: steps taken so far, over every resumed run: the next step folds ``step`` into the
+            key, so a resumed run draws new minibatches and new noise.
+    """
+
+    optimizer_state: Any
+    step: int
 
 
 class FitResult(NamedTuple):
@@ -40,7 +65,8 @@ class FitResult(NamedTuple):
     Attributes:
         params: the trained parameters, the same pytree (or Equinox module) type as given.
         history: ``name -> float array [num_steps]``: ``"loss"`` and every named term, per step.
-        opt_state: the optimiser state, to continue training with ``fit(..., opt_state=...)``.
+        opt_state: a :class:`FitState` (the Optax state and the step count), to continue
+            training with ``fit(..., opt_state=result.opt_state)``.
     """
 
     params: Any
@@ -115,12 +141,61 @@ def _check_output(loss_fn: LossFn, params: Any, key: jax.Array, batch: Any) -> l
     return list(terms)
 
 
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"FitState.step must be a non-negative integer (steps taken); got {step!r}")
+    return int(step)
+
+
 def _sample_batch(key: jax.Array, data: Any, n: int, batch_size: int | None) -> Any:
     """``batch_size`` i.i.d. rows of ``data`` (the empirical distribution), or all of it."""
     if data is None or batch_size is None:
         return data
     idx = jax.random.randint(key, (batch_size,), 0, n)
     return jax.tree.map(lambda leaf: leaf[idx], data)
+
+
+def _transform_name(optimizer: Any) -> str:
+    """A readable name for an Optax transformation: ``reduce_on_plateau``, ``lbfgs``, ..."""
+    qualname = getattr(getattr(optimizer, "update", None), "__qualname__", "") or ""
+    return qualname.split(".<locals>")[0] or type(optimizer).__name__
+
+
+def _extra_args(optimizer: Any, loss: Any, grads: Any, value_fn: Callable) -> dict:
+    """The extra arguments an Optax ``GradientTransformationExtraArgs`` may ask for.
+
+    ``value`` (the loss at the current parameters, for ``reduce_on_plateau``), ``grad`` and
+    ``value_fn`` (the loss as a function of the trained parameters on this step's key and
+    batch, for ``lbfgs``'s line search). A plain ``GradientTransformation`` gets none.
+    """
+    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        return {"value": loss, "grad": grads, "value_fn": value_fn}
+    return {}
+
+
+def _check_optimizer(optimizer: Any, train: Any, opt_state: Any) -> None:
+    """Trace one update (no FLOPs): the state fits the optimiser and its extra arguments are met."""
+    fresh = eqx.filter_eval_shape(optimizer.init, train)
+    if opt_state is not None and jax.tree.structure(opt_state) != jax.tree.structure(fresh):
+        raise ValueError(
+            f"opt_state does not match the optimizer {_transform_name(optimizer)} on these params "
+            "(was it made by another optimizer, or for other parameters?); pass the opt_state of a "
+            "fit with the same optimizer and params, or none to start afresh"
+        )
+    state = fresh if opt_state is None else opt_state
+    zero = jnp.zeros((), jnp.float32)
+    extra = _extra_args(optimizer, zero, train, lambda tr: zero)
+    try:
+        eqx.filter_eval_shape(lambda g, s, p: optimizer.update(g, s, p, **extra), train, state, train)
+    except TypeError as err:
+        raise TypeError(
+            f"fit cannot drive the optax transformation {_transform_name(optimizer)}: its update "
+            f"failed with {err!r}. fit calls optimizer.update(grads, state, params) and, for an "
+            "optax.GradientTransformationExtraArgs, also passes value= (the loss), grad= and "
+            "value_fn= (the loss as a function of params, on the step's key and batch); other "
+            "extra arguments are not supplied. Wrap the transformation to provide them, or train "
+            "with your own loop"
+        ) from err
 
 
 def fit(
@@ -139,13 +214,37 @@ def fit(
 ) -> FitResult:
     r"""Minimise ``loss_fn`` over ``params`` for ``num_steps`` Optax steps, compiled once.
 
-    Step :math:`t` (0-based) calls ``loss_fn(params, k_loss, batch)`` with
-    ``k_loss, k_batch = split(fold_in(key, t))``; ``batch`` holds ``batch_size`` rows of
+    Step :math:`t` calls ``loss_fn(params, k_loss, batch)`` with
+    ``k_loss, k_batch = split(fold_in(key, t))``, where :math:`t` counts the steps of every run
+    resumed from ``opt_state`` (0 for a fresh run); ``batch`` holds ``batch_size`` rows of
     ``data`` drawn uniformly with replacement using ``k_batch`` (all of ``data`` when
     ``batch_size`` is None, ``None`` when there is no data). Only floating-point arrays in
     ``params`` are trained; integer arrays and non-array leaves (an Equinox module's activation
     function, say) are kept as they are. The steps run as a ``lax.scan`` over chunks of
     ``chunk_size`` steps inside one ``jax.jit``: nothing recompiles while training.
+
+    **Global latents and N.** The batch is drawn here, outside the model, so a loss built with
+    :func:`klbook.recipe.kl_objective` sees a data plate of ``batch_size`` examples. If the
+    worlds have a global latent (a site outside the data plate, e.g. the weights of a Bayesian
+    model), pass ``data_size=N`` to ``kl_objective`` with N the number of rows of ``data``:
+    its term is then KL/N at every batch size, and the expected loss is the full-data objective
+    per example. Without it the global term would be KL/``batch_size``.
+
+    **Optimisers.** Any ``optax.GradientTransformation``. An
+    ``optax.GradientTransformationExtraArgs`` is also given ``value=`` (the loss at the current
+    parameters), ``grad=`` and ``value_fn=`` (the loss as a function of the trained parameters,
+    on this step's key and batch), which ``optax.contrib.reduce_on_plateau`` and ``optax.lbfgs``
+    need. A transformation that needs other arguments is refused before training with an error
+    naming it.
+
+    **What is checked where.** Eagerly, before anything is compiled: the key, ``loss_fn``
+    (traced once, abstractly, to check it returns a real scalar loss and a dict of real scalar
+    terms), ``num_steps``, ``batch_size``, ``chunk_size``, ``data`` (one shared leading axis, at
+    least one row), ``params`` (some floating arrays, all finite), ``optimizer`` and
+    ``opt_state`` (an abstract update is traced: the state must fit the optimiser and its extra
+    arguments must be ones supplied here). Inside the compiled loop, on every step: the loss,
+    each term and the gradient must be finite; the first step where one is not stops the
+    updates, and :class:`NonFiniteLossError` is raised when its chunk returns.
 
     Args:
         key: JAX PRNG key; the same key gives the same result.
@@ -159,21 +258,26 @@ def fit(
         chunk_size: at most this many steps per compiled chunk (the progress bar and the
             finiteness check run once per chunk; chunks are balanced so the last one is barely
             padded); default about ``num_steps / 50``.
-        opt_state: optimiser state to continue from (``FitResult.opt_state``); default fresh.
+        opt_state: where to continue from: ``FitResult.opt_state`` (a :class:`FitState`,
+            which resumes the key sequence at its step), or a bare Optax state (counted from
+            step 0); default a fresh ``optimizer.init``. Use the same ``optimizer``.
         progress: show a ``tqdm.auto`` progress bar (a widget in notebooks, text in logs).
         desc: label for the progress bar.
 
     Returns:
         :class:`FitResult` with the trained ``params``, ``history`` (``name -> [num_steps]``:
-        ``"loss"`` and every term) and ``opt_state``.
+        ``"loss"`` and every term, this run's steps) and ``opt_state`` (a :class:`FitState`).
 
     Raises:
         NonFiniteLossError: (a ``FloatingPointError``) after the chunk in which the loss, a term
-            or the gradient first became NaN or infinite; its message names the step and the
-            quantity, e.g. ``"step 37: rate is inf (loss=-37, rate=inf)"``.
+            or the gradient first became NaN or infinite; its message names the step of this
+            run and the quantity, e.g. ``"step 37: rate is inf (loss=-37, rate=inf)"``.
+        ValueError: a bad size, data, params or ``opt_state`` (the message names it).
+        TypeError: a bad key, ``loss_fn`` output or optimizer, or an optimizer needing extra
+            arguments ``fit`` does not supply.
 
     Example:
-        >>> import jax, jax.numpy as jnp
+        >>> import jax, jax.numpy as jnp, optax
         >>> x = jnp.array([1.0, 2.0, 6.0])
         >>> loss = lambda mu, key, batch: 0.5 * jnp.mean((batch - mu) ** 2)
         >>> res = fit(jax.random.key(0), loss, jnp.array(0.0), num_steps=100,
@@ -212,23 +316,30 @@ def fit(
     def full(train_, frozen_=frozen):
         return eqx.combine(train_, frozen_, static)
 
-    k0 = jax.random.fold_in(key, 0)
+    first_step = 0
+    if isinstance(opt_state, FitState):
+        first_step = _check_step(opt_state.step)
+        opt_state = opt_state.optimizer_state
+    k0 = jax.random.fold_in(key, first_step)
     names = _check_output(loss_fn, params, k0, _sample_batch(k0, data, n, batch_size))
+    _check_optimizer(optimizer, train, opt_state)
     opt_state = optimizer.init(train) if opt_state is None else opt_state
 
     # Data, frozen arrays and the key are arguments, not constants baked into the program.
     @jax.jit
-    def run_chunk(train_, opt_state_, start, key_, data_, frozen_):
+    def run_chunk(train_, opt_state_, start, offset, key_, data_, frozen_):
         def real(carry, t):
             train_, opt_state_, ok = carry
-            k_loss, k_batch = jax.random.split(jax.random.fold_in(key_, t))
+            # The global step (offset: steps of the runs this one resumes) keys the draws.
+            k_loss, k_batch = jax.random.split(jax.random.fold_in(key_, offset + t))
             batch = _sample_batch(k_batch, data_, n, batch_size)
             objective = lambda tr: _call(loss_fn, full(tr, frozen_), k_loss, batch)  # noqa: E731
             (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(train_)
             values = jnp.stack([loss, *(terms[k] for k in names)]).astype(jnp.float32)
             grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
             go = ok & jnp.all(jnp.isfinite(values)) & grads_ok  # stop updating at the first bad step
-            updates, new_state = optimizer.update(grads, opt_state_, train_)
+            extra = _extra_args(optimizer, loss, grads, lambda tr: objective(tr)[0])
+            updates, new_state = optimizer.update(grads, opt_state_, train_, **extra)
             new_train = optax.apply_updates(train_, updates)
             keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(go, a, b), new, old)  # noqa: E731
             row = jnp.where(ok, values, jnp.nan)
@@ -249,7 +360,8 @@ def fit(
     bar = tqdm(total=num_steps, desc=desc, disable=not progress, leave=True)
     try:
         for start in range(0, num_steps, chunk_size):
-            train, opt_state, ok, (chunk_rows, grads_ok) = run_chunk(train, opt_state, jnp.asarray(start), key, data, frozen)
+            train, opt_state, ok, (chunk_rows, grads_ok) = run_chunk(
+                train, opt_state, jnp.asarray(start), jnp.asarray(first_step), key, data, frozen)
             chunk_rows, grads_ok = np.asarray(chunk_rows), np.asarray(grads_ok)
             count = min(chunk_size, num_steps - start)
             if not bool(ok):
@@ -275,7 +387,7 @@ def fit(
     finally:
         bar.close()
     history = dict(zip(columns, np.concatenate(rows).T.copy()))
-    return FitResult(full(train), history, opt_state)
+    return FitResult(full(train), history, FitState(opt_state, first_step + num_steps))
 
 
 def evaluate(key: jax.Array, loss_fn: LossFn, params: Any, data: Any, batch_size: int) -> dict[str, float]:
@@ -286,6 +398,12 @@ def evaluate(key: jax.Array, loss_fn: LossFn, params: Any, data: Any, batch_size
     ``fold_in(key, i)`` and the per-batch values are averaged with weights proportional to the
     batch sizes, so for a ``loss_fn`` that returns batch means the result is the mean over all
     :math:`N` examples. At most two compilations (full batches and the remainder).
+
+    The result does not depend on ``batch_size`` (beyond Monte Carlo noise) when ``loss_fn``
+    reports per-example terms of the full data set: for a loss built with
+    :func:`klbook.recipe.kl_objective` whose worlds have a global latent, pass
+    ``data_size=N`` to it (see :func:`fit`); without it a global term is divided by the batch
+    size and the average grows as batches shrink.
 
     Args:
         key: JAX PRNG key for stochastic losses.
