@@ -100,7 +100,8 @@ class GaussianMixture(dist.Distribution):
         lead = (1,) * (jnp.ndim(value) - 1)  # broadcast the components over value's batch dims explicitly
         whiten = jax.vmap(lambda l: solve_triangular(l, jnp.eye(d), lower=True))(self.scale_tril)  # [K, D, D]
         centred = value[..., None, :] - self.loc.reshape(lead + self.loc.shape)  # [..., K, D]
-        z = jnp.einsum("kij,...kj->...ki", whiten, centred)  # [..., K, D]
+        # HIGHEST: a GPU may otherwise run float32 matrix products in TF32 (10-bit mantissa)
+        z = jnp.einsum("kij,...kj->...ki", whiten, centred, precision=jax.lax.Precision.HIGHEST)  # [..., K, D]
         log_det = jnp.sum(jnp.log(jnp.diagonal(self.scale_tril, axis1=-2, axis2=-1)), -1)  # [K]
         log_weight = jax.nn.log_softmax(self.logits) - log_det - 0.5 * d * jnp.log(2 * jnp.pi)  # [K]
         return jax.nn.logsumexp(-0.5 * jnp.sum(z**2, -1) + log_weight.reshape(lead + log_weight.shape), -1)
@@ -252,3 +253,75 @@ def _entropy_mc(key, p: dist.Distribution, num_samples: int) -> MCEstimate:
     with jax.numpy_rank_promotion("allow"):  # inside NumPyro's samplers and densities
         neg_log_p = -p.log_prob(p.sample(key, (num_samples,)))  # [S, *batch]
     return MCEstimate(jnp.mean(neg_log_p, 0), jnp.std(neg_log_p, 0, ddof=1) / jnp.sqrt(num_samples))
+
+
+def gaussian_kl(mean_p, cov_p, mean_q, cov_q) -> float:
+    r"""Closed-form :math:`I[\mathcal{N}(m_p, \Sigma_p); \mathcal{N}(m_q, \Sigma_q)]` in nats, in float64 NumPy.
+
+    .. math:: \tfrac12\Big[\operatorname{tr}(\Sigma_q^{-1}\Sigma_p) + (m_q - m_p)^\top \Sigma_q^{-1} (m_q - m_p)
+              - D + \log\frac{\det \Sigma_q}{\det \Sigma_p}\Big]
+
+    (the standard Gaussian KL, e.g. Bishop 2006, exercise 2.15 / Murphy 2012, eq. 6.17). Used by
+    chapter 4 where exactness is the claim: the excess of a Gaussian's average negative
+    log-likelihood over its minimum is exactly ``gaussian_kl(x_bar, S, mu, Sigma)``.
+    Shapes: means ``[D]``, covariances ``[D, D]``.
+    """
+    mp, mq = np.asarray(mean_p, np.float64), np.asarray(mean_q, np.float64)
+    sp, sq = np.asarray(cov_p, np.float64), np.asarray(cov_q, np.float64)
+    d = mp.shape[-1]
+    diff = mq - mp
+    _, logdet_p = np.linalg.slogdet(sp)
+    _, logdet_q = np.linalg.slogdet(sq)
+    return float(0.5 * (np.trace(np.linalg.solve(sq, sp)) + diff @ np.linalg.solve(sq, diff) - d
+                        + logdet_q - logdet_p))
+
+
+def gaussian_mle_kl(key, mean, cov, num_points: int, num_repeats: int) -> np.ndarray:
+    r"""KL from a Gaussian truth to its maximum-likelihood fit, for ``num_repeats`` independent samples.
+
+    Each repetition draws ``num_points`` points from :math:`p = \mathcal{N}(m, \Sigma)`, fits
+    :math:`\hat q = \mathcal{N}(\bar x, S)` (sample mean, covariance dividing by ``N``: maximum
+    likelihood in closed form) and returns :math:`I[p; \hat q]` (:func:`gaussian_kl`), so chapter 4
+    can average many fits: Akaike's :math:`k/(2N)` with :math:`k = D + D(D+1)/2`, and exactly
+    :func:`expected_gaussian_mle_kl`. Draws are float32 (JAX), the fit and KL float64.
+
+    Returns:
+        ``[num_repeats]`` float64 array of KLs in nats.
+    """
+    check_key(key)
+    mean, cov = np.asarray(mean, np.float64), np.asarray(cov, np.float64)
+    chol = jnp.asarray(np.linalg.cholesky(cov), jnp.float32)
+
+    def one(k):  # sufficient statistics of one sample, accumulated in float32 about the true mean
+        eps = jax.random.normal(k, (num_points, mean.shape[0])) @ chol.T  # [N, D]
+        return jnp.mean(eps, 0), eps.T @ eps / num_points  # [D], [D, D]
+
+    sums, squares = jax.lax.map(one, jax.random.split(key, num_repeats))
+    sums, squares = np.asarray(sums, np.float64), np.asarray(squares, np.float64)
+    out = np.empty(num_repeats)
+    for r in range(num_repeats):
+        s_hat = squares[r] - np.outer(sums[r], sums[r])  # S = mean of e e^T - e_bar e_bar^T
+        out[r] = gaussian_kl(mean, cov, mean + sums[r], s_hat)
+    return out
+
+
+def expected_gaussian_mle_kl(dim: int, num_points: int) -> float:
+    r"""Exact :math:`\langle I[p; \hat q] \rangle` over samples of size :math:`N` for a :math:`D`-dim Gaussian.
+
+    With :math:`NS \sim \text{Wishart}(\Sigma, N-1)` independent of :math:`\bar x`,
+    :math:`\langle S^{-1}\rangle = N\Sigma^{-1}/(N-D-2)` and
+    :math:`\langle\log\det S\rangle = \log\det\Sigma + \sum_{i=1}^D \psi\big(\tfrac{N-i}{2}\big) + D\log\tfrac2N`,
+    so
+
+    .. math:: \tfrac12\Big[\frac{D(N+1)}{N-D-2} - D + \sum_{i=1}^D \psi\big(\tfrac{N-i}{2}\big) + D\log\frac2N\Big]
+              = \frac{k}{2N} + O(N^{-2}), \quad k = D + \tfrac{D(D+1)}{2}.
+
+    Needs ``num_points > dim + 2``.
+    """
+    from scipy.special import digamma
+
+    d, n = int(dim), int(num_points)
+    if n <= d + 2:
+        raise ValueError(f"num_points must exceed dim + 2; got {n} for dim {d}")
+    psi = sum(digamma((n - i) / 2.0) for i in range(1, d + 1))
+    return float(0.5 * (d * (n + 1) / (n - d - 2) - d + psi + d * np.log(2.0 / n)))

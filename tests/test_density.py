@@ -205,3 +205,25 @@ def test_init_mixture_finds_the_components_of_a_large_sample():
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_gaussian_kl_matches_numpyro_and_is_zero_on_itself():
+    m1, c1 = np.array([0.3, -1.0]), np.array([[1.5, 0.4], [0.4, 0.8]])
+    m2, c2 = np.array([1.0, 0.5]), np.array([[0.7, -0.2], [-0.2, 1.1]])
+    expected = klbook.kl(dist.MultivariateNormal(jnp.asarray(m1), jnp.asarray(c1)),
+                         dist.MultivariateNormal(jnp.asarray(m2), jnp.asarray(c2)))
+    assert abs(density.gaussian_kl(m1, c1, m2, c2) - float(expected)) < 1e-5
+    assert abs(density.gaussian_kl(m1, c1, m1, c1)) < 1e-12
+
+
+def test_gaussian_mle_kl_averages_to_the_exact_expectation():
+    """At N = 20 the exact mean (0.179) is far from k/(2N) = 0.125, so this checks the O(1/N^2) terms."""
+    kls = density.gaussian_mle_kl(jax.random.key(20), np.ones(2), np.array([[1.0, 0.3], [0.3, 0.5]]), 20, 4000)
+    se = kls.std(ddof=1) / np.sqrt(kls.size)
+    assert np.all(kls >= 0)
+    assert abs(kls.mean() - density.expected_gaussian_mle_kl(2, 20)) < 5 * se
+    assert abs(density.expected_gaussian_mle_kl(2, 20_000) - 5 / 40_000) < 0.01 * 5 / 40_000  # -> k/(2N)
+    with pytest.raises(ValueError, match="dim \\+ 2"):
+        density.expected_gaussian_mle_kl(2, 4)
