@@ -205,8 +205,6 @@ def test_init_mixture_finds_the_components_of_a_large_sample():
 def test_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
-    with pytest.raises(error, match=message):
-        call()
 
 
 def test_gaussian_kl_matches_numpyro_and_is_zero_on_itself():
