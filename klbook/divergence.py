@@ -601,6 +601,9 @@ def log_prob(d: dist.Distribution, x) -> jnp.ndarray:
 
 
 def _log_prob(d, x):
+    if isinstance(d, (dist.BernoulliProbs, dist.BinomialProbs)):
+        # Counts as floats: xlogy's gradient cannot take an integer x that is being traced.
+        x = x.astype(jnp.result_type(d.probs, float))
     if isinstance(d, dist.BernoulliProbs):
         lp = xlogy(x, d.probs) + xlogy(1.0 - x, 1.0 - d.probs)
     elif isinstance(d, dist.BinomialProbs):
