@@ -158,7 +158,8 @@ def _sample_batch(key: jax.Array, data: Any, n: int, batch_size: int | None) -> 
 def _transform_name(optimizer: Any) -> str:
     """A readable name for an Optax transformation: ``reduce_on_plateau``, ``lbfgs``, ..."""
     qualname = getattr(getattr(optimizer, "update", None), "__qualname__", "") or ""
-    return qualname.split(".<locals>")[0] or type(optimizer).__name__
+    parts = qualname.split(".<locals>.")  # e.g. "reduce_on_plateau.<locals>.update_fn"
+    return parts[-2] if len(parts) >= 2 else type(optimizer).__name__
 
 
 def _extra_args(optimizer: Any, loss: Any, grads: Any, value_fn: Callable) -> dict:

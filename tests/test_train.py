@@ -208,3 +208,74 @@ def test_evaluate_averages_over_every_example():
         evaluate(KEY, loss, jnp.array(1.0), data, 0)
     with pytest.raises(ValueError, match="share their leading axis"):
         evaluate(KEY, loss, jnp.array(1.0), (data, data[:3]), 2)
+
+
+# --- resuming, and optimisers that need extra arguments (issue 9, finding 8) ------------------
+
+
+def test_resuming_continues_the_key_sequence_instead_of_replaying_it():
+    """10 steps then 10 more (same key, opt_state passed on) are exactly 20 steps."""
+    data = jnp.arange(40.0)
+    loss = lambda p, k, b: (jnp.mean((b - p) ** 2) + 0.1 * jax.random.normal(k), {"batch_mean": jnp.mean(b)})  # noqa: E731
+    whole = fit(KEY, loss, jnp.array(0.0), num_steps=20, data=data, batch_size=4, chunk_size=5, progress=False)
+    first = fit(KEY, loss, jnp.array(0.0), num_steps=10, data=data, batch_size=4, chunk_size=5, progress=False)
+    more = fit(KEY, loss, first.params, num_steps=10, data=data, batch_size=4, chunk_size=5,
+               opt_state=first.opt_state, progress=False)
+    assert first.opt_state.step == 10 and more.opt_state.step == 20
+    np.testing.assert_array_equal(np.concatenate([first.history["loss"], more.history["loss"]]), whole.history["loss"])
+    np.testing.assert_array_equal(more.history["batch_mean"], whole.history["batch_mean"][10:])
+    assert float(more.params) == float(whole.params)
+    # the replay the old loop did would have drawn the same batches again
+    assert not np.array_equal(more.history["batch_mean"], first.history["batch_mean"])
+
+
+def test_a_bare_optax_state_starts_at_step_zero():
+    opt = optax.sgd(0.1)
+    fresh = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=5, optimizer=opt, progress=False)
+    bare = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=5, optimizer=opt, opt_state=opt.init(jnp.array(1.0)), progress=False)
+    np.testing.assert_array_equal(fresh.history["loss"], bare.history["loss"])
+
+
+def test_resuming_with_another_optimizer_or_a_bad_step_is_refused():
+    first = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.adam(1e-2), progress=False)
+    with pytest.raises(ValueError, match="opt_state does not match the optimizer"):
+        fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.sgd(0.1, momentum=0.9),
+            opt_state=first.opt_state, progress=False)
+    with pytest.raises(ValueError, match="FitState.step must be a non-negative integer"):
+        fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.adam(1e-2),
+            opt_state=first.opt_state._replace(step=-1), progress=False)
+
+
+def test_reduce_on_plateau_gets_the_loss_as_value():
+    """reduce_on_plateau needs value=: fit passes the loss; the state records the best one."""
+    opt = optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=2, accumulation_size=1))
+    res = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=20, optimizer=opt,
+              data=jnp.array([1.0, 2.0, 6.0]), progress=False)
+    plateau = res.opt_state.optimizer_state[1]
+    # its best value is one of the losses fit recorded (it only updates on a clear improvement),
+    # below the first: fit passed the step's loss as value
+    best = float(plateau.best_value)
+    assert np.any(np.isclose(res.history["loss"], best, rtol=1e-6, atol=0)), (best, res.history["loss"])
+    assert best < res.history["loss"][0]
+
+
+def test_lbfgs_gets_value_grad_and_value_fn():
+    """lbfgs needs value=, grad=, value_fn=: on a quadratic it converges in a few steps."""
+    target = jnp.array([1.0, -2.0, 3.0])
+    loss = lambda p, k, b: 0.5 * jnp.sum((p - target) ** 2 * jnp.array([1.0, 10.0, 100.0]))  # noqa: E731
+    res = fit(KEY, loss, jnp.zeros(3), num_steps=10, optimizer=optax.lbfgs(), progress=False)
+    np.testing.assert_allclose(res.params, target, rtol=1e-4)
+
+
+def test_a_transform_needing_unknown_extra_arguments_is_refused_by_name():
+    def needs_temperature():
+        def init_fn(params):
+            return optax.EmptyState()
+
+        def update_fn(updates, state, params=None, *, temperature, **extra):
+            return jax.tree.map(lambda g: -temperature * g, updates), state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    with pytest.raises(TypeError, match="optax transformation needs_temperature.*temperature"):
+        fit(KEY, noisy_loss, jnp.array(1.0), num_steps=2, optimizer=needs_temperature(), progress=False)
