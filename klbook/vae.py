@@ -318,7 +318,7 @@ def _linear_gaussian_expected(params, cov, latent_dim: int):
     log_sigma = params[latent_dim * (2 * d + 1):]  # decoder noise (diagonal)
     s2 = jnp.exp(2 * log_s)
     m = jnp.eye(d) - w @ a
-    resid = m @ cov @ m.T + (w * s2) @ w.T  # covariance of x - W z, z ~ p(z|x)
+    resid = m @ cov @ m.T + (w * s2[None, :]) @ w.T  # covariance of x - W z, z ~ p(z|x)
     distortion = 0.5 * jnp.sum(jnp.log(2 * jnp.pi) + 2 * log_sigma + jnp.diag(resid) * jnp.exp(-2 * log_sigma))
     rate = 0.5 * (jnp.trace(a @ cov @ a.T) + jnp.sum(s2) - latent_dim - 2 * jnp.sum(log_s))
     return distortion, rate

@@ -233,3 +233,16 @@ def test_bad_inputs_are_named(small):
         vae.fit_betas(KEY, lambda k: m, [1.0, -2.0], x, num_steps=1)
     with pytest.raises(ValueError, match="betas"):
         vae.fit_betas(KEY, lambda k: m, [], x, num_steps=1)
+
+
+def test_linear_gaussian_optimum_is_tight_at_beta_one_and_trades_rate_for_distortion():
+    # a 3-dim world with a 1-dim code: at β = 1 the family contains the truth, so D + R = H (the
+    # float32 objective is optimised to ~1e-5 nats); a higher price buys less rate and more distortion.
+    w = np.array([[2.0], [1.0], [-1.0]])
+    h = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * (w @ w.T + np.eye(3)))[1]
+    d, r = vae.linear_gaussian_optimum(w, [1.0, 2.0], restarts=2)
+    assert abs(d[0] + r[0] - h) < 1e-3
+    assert r[1] < r[0] and d[1] > d[0]
+    assert 0 < (d[1] + r[1]) - (d[0] + r[0]) < (2.0 - 1.0) * (r[0] - r[1])  # the flatness bound
+    with pytest.raises(ValueError, match="weight must be"):
+        vae.linear_gaussian_optimum(np.ones(3), [1.0])

@@ -102,3 +102,26 @@ def test_a_sweep_without_images_draws_only_the_plane(sweep):
     assert ax.get_xlabel() == "rate R (nats)" and ax.get_ylabel() == "distortion D (nats)"
     with pytest.raises(ValueError, match="no images"):
         vx.draw_sweep(bare)
+
+
+def _fake_sweep(rate, identified):
+    m = len(rate)
+    z = np.zeros(m)
+    chain = vae.Chain(np.full(m, 50.0), np.asarray(rate, float), np.asarray(rate, float), np.full(m, 40.0) + rate)
+    se = vae.Chain(np.full(m, 0.1), np.full(m, 0.01), np.full(m, 0.05), np.full(m, 0.1))
+    chain = chain._replace(neg_log_marginal=np.array([45.0, 41.0, 48.0])[:m])
+    avg = np.ones((2, 2))
+    imgs = np.stack([avg + 0.5 * np.arange(4).reshape(2, 2), avg - 0.5 * np.arange(4).reshape(2, 2)])
+    recon = np.stack([imgs, imgs, np.stack([avg, avg])])[:m]
+    return vx.BetaSweep(np.array([0.1, 1.0, 100.0])[:m], chain, se, z + 1.0, z + 0.5, 3.0, 10.0,
+                        np.asarray(identified, float), None, None, imgs, recon, recon, 2.0)
+
+
+def test_check_sweep_passes_a_consistent_sweep_and_names_a_broken_claim():
+    x_train = np.ones((4, 4))  # the average image is all ones
+    ok = vx.check_sweep(_fake_sweep([20.0, 5.0, 0.0], [1.0, 0.5, 0.0]), x_train, 16, 400)
+    assert list(ok.collapsed) == [False, False, True] and ok.best == 1
+    with pytest.raises(AssertionError, match="Fano"):  # 0.99 identified with a rate of 5 nats among 400
+        vx.check_sweep(_fake_sweep([20.0, 5.0, 0.0], [1.0, 0.99, 0.0]), x_train, 16, 400)
+    with pytest.raises(AssertionError, match="lowest β"):
+        vx.check_sweep(_fake_sweep([20.0, 5.0, 0.0], [0.5, 0.1, 0.0]), x_train, 16, 400)
