@@ -3,9 +3,10 @@ only, and chapter 1 executed top to bottom with nbclient.
 
 The wheel is built from a copy of the source tree (so stale ``build/`` output cannot leak in)
 and installed into a new virtual environment with pip, which may fetch the runtime dependencies
-from the registry; the book and test extras are *not* installed, and neither is the source tree
-(no editable install). The environment gets only what a Colab machine already has for running a
-notebook: ``ipykernel`` and ``nbclient``. Chapter 1 then runs in a temporary directory, with that
+from the registry, with the ``chapters`` extra (figures, widgets, datasets): exactly what the
+notebooks' install cell asks for on Colab. The site and test extras are *not* installed, and
+neither is the source tree (no editable install). The environment gets only what a Colab machine
+already has for running a notebook: ``ipykernel`` and ``nbclient``. Chapter 1 then runs in a temporary directory, with that
 environment's kernel, exactly as a reader would run it: its first cell finds klbook installed and
 does nothing. A last cell added by the test proves klbook came from the wheel. Each step is
 timed; the times are printed and written to ``_build/wheel-test.json``.
@@ -140,6 +141,9 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
 
     names = zipfile.ZipFile(wheel).namelist()
     assert "klbook/__init__.py" in names and "klbook/py.typed" in names
+    licenses = [n for n in names if ".dist-info/" in n and n.endswith("/LICENSE")]
+    assert licenses, f"the wheel ships no LICENSE file: {names}"
+    assert zipfile.ZipFile(wheel).read(licenses[0]).decode().startswith("MIT License")
     assert not [n for n in names if n.startswith(("tests/", "book/", "scripts/"))], names
 
     start = time.perf_counter()
@@ -147,7 +151,7 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     _run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
     _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-          str(wheel), "ipykernel", "nbclient"], timeout=1800)
+          f"{wheel}[chapters]", "ipykernel", "nbclient"], timeout=1800)
     # Its own kernel, registered inside the environment; JUPYTER_DATA_DIR hides any user-wide
     # kernel named python3 that could point at another interpreter.
     env = {k: v for k, v in os.environ.items()
@@ -166,6 +170,8 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     for extra in ("jupyter-book", "sphinx", "pytest", "nbval", "selenium"):
         assert f"\n{extra}==" not in "\n" + freeze, f"{extra} is not a runtime dependency"
     assert project["dependencies"], "pyproject.toml lists no runtime dependencies"
+    for extra in ("matplotlib", "ipywidgets", "scikit-learn"):  # the chapters extra came along
+        assert f"\n{extra}==" in "\n" + freeze, f"{extra} (the chapters extra) is missing"
 
     workdir = tmp_path / "reader"
     workdir.mkdir()
