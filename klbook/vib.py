@@ -26,7 +26,7 @@ rate in closed form; :func:`predictive` is the stochastic classifier; :func:`fgs
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import equinox as eqx
 import jax
@@ -43,7 +43,8 @@ from klbook.recipe import data, kl_objective
 from klbook.train import fit
 
 __all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
-           "error_rate", "fit_betas", "model_at", "fgsm", "expected_calibration_error"]
+           "error_rate", "fit_betas", "model_at", "Scores", "evaluate", "fgsm", "expected_calibration_error",
+           "labelled_mixture", "label_posterior"]
 
 #: The recipe's names for the three sites: the images' term (zero: both worlds read x as data),
 #: the code's term, the rate, and the labels' term, the classification distortion.
@@ -195,6 +196,68 @@ def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[
 def model_at(models: VIB, i: int) -> VIB:
     """Model ``i`` of models stacked by :func:`fit_betas`."""
     return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+
+
+class Scores(NamedTuple):
+    """What :func:`evaluate` measures for one model on a labelled set (nats, fractions; scalars)."""
+
+    rate: jax.Array  #: closed-form rate :math:`R`, averaged over the images
+    distortion: jax.Array  #: :math:`C = \langle -\log q(y\mid z)\rangle` over the encoder's draws
+    distortion_se: jax.Array  #: its Monte Carlo standard error (over the independent draws)
+    error_one: jax.Array  #: expected error of a one-draw classifier (averaged over the draws)
+    error_avg: jax.Array  #: error of the stochastic classifier with ``num_samples`` draws averaged
+    calibration: jax.Array  #: expected calibration error of that averaged classifier
+    error_mean_code: jax.Array  #: error of the classifier read at the code's mean, :math:`q(y\mid\mu(x))`
+
+
+def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
+    r"""Rate, distortion, errors and calibration of one VIB on ``x [N, D]``, ``y [N]``.
+
+    ``num_samples`` draws :math:`z_s \sim p(z\mid x)` per image serve every sampled score; the
+    distortion's standard error treats the ``num_samples`` draws (each averaged over the images)
+    as independent estimates. ``error_one`` averages the one-draw error over the draws (lower
+    variance than a single draw, same expectation).
+    """
+    check_key(key)
+    x, y = model.check(x, y)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2 (for a standard error); got {num_samples!r}")
+    encoder = model.encode(x)
+    z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
+    log_probs = jax.nn.log_softmax(model.classify(z).logits, axis=-1)  # [S, N, C]
+    nll = -jnp.take_along_axis(log_probs, y[None, :, None], axis=-1)[..., 0]  # [S, N]
+    per_draw = jnp.mean(nll, axis=1)  # [S]
+    qbar = jnp.mean(jnp.exp(log_probs), axis=0)  # [N, C]
+    wrong_one = jnp.argmax(log_probs, axis=-1) != y[None, :]  # [S, N]
+    at_mean = jnp.argmax(model.classify(encoder.base_dist.loc).logits, axis=-1)  # [N]
+    return Scores(rate=jnp.mean(rate(model, x)), distortion=jnp.mean(per_draw),
+                  distortion_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
+                  error_one=jnp.mean(wrong_one), error_avg=jnp.mean(jnp.argmax(qbar, -1) != y),
+                  calibration=expected_calibration_error(qbar, y), error_mean_code=jnp.mean(at_mean != y))
+
+
+def labelled_mixture(key: jax.Array, num_samples: int, mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
+    r"""Labelled points from a Gaussian mixture: the label is the component, ``x [N, d]``, ``y [N]``.
+
+    With :func:`label_posterior` this is a world whose :math:`p(y\mid x)`, hence :math:`H[Y\mid X]`,
+    is known, so the chain of bounds can be checked end to end (e.g. on
+    :func:`klbook.data.ring_mixture`).
+    """
+    check_key(key)
+    k_which, k_noise = jax.random.split(key)
+    y = jax.random.categorical(k_which, mixture.mixing_distribution.logits, shape=(int(num_samples),))
+    base = mixture.component_distribution.base_dist
+    x = base.loc[y] + base.scale[y] * jax.random.normal(k_noise, (int(num_samples), base.loc.shape[-1]))
+    return x, y.astype(jnp.int32)
+
+
+def label_posterior(mixture: dist.MixtureSameFamily, x) -> jax.Array:
+    r"""The true :math:`p(y\mid x) \propto w_y\, \mathcal{N}(x; \mu_y, \Sigma_y)` of a mixture's components, ``[N, C]``."""
+    x = jnp.asarray(x)
+    base = mixture.component_distribution.base_dist  # loc, scale [C, d]
+    log_lik = dist.Normal(base.loc[None], base.scale[None]).log_prob(x[:, None, :]).sum(-1)  # [N, C]
+    logits = jax.nn.log_softmax(mixture.mixing_distribution.logits)[None, :] + log_lik  # [N, C]
+    return jax.nn.softmax(logits, axis=-1)
 
 
 def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.0) -> jax.Array:

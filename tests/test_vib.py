@@ -114,3 +114,33 @@ def test_bad_inputs_name_the_problem(model_and_data):
         vib.fit_betas(jax.random.key(0), lambda k: vib.vib(k, D, K, C), [-1.0], x, y, num_steps=1)
     with pytest.raises(ValueError, match="num_samples"):
         vib.predictive(jax.random.key(0), model, x, 0)
+
+
+def test_evaluate_matches_its_parts(model_and_data):
+    model, x, y = model_and_data
+    s = vib.evaluate(jax.random.key(9), model, x, y, num_samples=8)
+    assert float(s.rate) == pytest.approx(float(jnp.mean(vib.rate(model, x))), rel=1e-6)
+    z = _draws(model, x, jax.random.key(9), 8)  # the same draws evaluate uses
+    nll = -model.classify(z).log_prob(y)  # [S, N]
+    assert float(s.distortion) == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert float(s.distortion_se) == pytest.approx(float(nll.mean(axis=1).std(ddof=1) / np.sqrt(8)), rel=1e-4)
+    for e in (s.error_one, s.error_avg, s.error_mean_code, s.calibration):
+        assert 0.0 <= float(e) <= 1.0
+    with pytest.raises(ValueError, match="num_samples"):
+        vib.evaluate(jax.random.key(0), model, x, y, num_samples=1)
+
+
+def test_labelled_mixture_posterior_is_bayes_rule():
+    from klbook.data import ring_mixture
+    mix = ring_mixture(4, radius=1.0, scale=0.7)
+    x, y = vib.labelled_mixture(jax.random.key(10), 20000, mix)
+    assert x.shape == (20000, 2) and y.shape == (20000,)
+    np.testing.assert_allclose(np.bincount(np.asarray(y), minlength=4) / 20000, 0.25, atol=0.02)
+    post = np.asarray(vib.label_posterior(mix, x), np.float64)
+    np.testing.assert_allclose(post.sum(-1), 1.0, rtol=1e-5)
+    # the posterior is calibrated: its mean probability of each class matches the class frequency
+    # among points, and the label's cross-entropy under it is the smallest of any classifier (here
+    # compared with the uniform guess)
+    nll = -np.log(post[np.arange(20000), np.asarray(y)])
+    assert nll.mean() < np.log(4) - 0.1
+    np.testing.assert_allclose(post.mean(0), np.bincount(np.asarray(y), minlength=4) / 20000, atol=0.01)
