@@ -110,7 +110,9 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
     round), Beta, Gamma, Exponential, Dirichlet, Uniform, and any ``Independent``/``expand``
     wrapping of these (klbook's own closed forms, which handle the boundary cases). Any other
     pair registered in NumPyro's ``numpyro.distributions.kl.kl_divergence`` (for example
-    Weibull–Gamma, Kumaraswamy–Beta, Delta–anything) is computed by NumPyro.
+    Weibull–Gamma, Kumaraswamy–Beta, Delta–anything) is computed by NumPyro, as NumPyro
+    computes it (its Kumaraswamy–Beta is a truncated series: 0.0383 nats for
+    Kumaraswamy(2, 3) against Beta(1.5, 2), where quadrature gives 0.0450).
 
     **What is checked where.** Types, event shapes, batch shapes and numbers of categories are
     static and raise the same errors eagerly and inside ``jax.jit``/``grad``/``vmap``.
@@ -391,7 +393,8 @@ def _mvn_parts(d, name):
     check_finite(loc, f"Normal loc of {name}")
     check_positive(scale, f"Normal scale of {name}")
     ok = _ok(lambda m, s: jnp.all(finite_ok(m) & positive_ok(s), -1), loc, scale)
-    return loc, scale[..., :, None] * jnp.eye(scale.shape[-1], dtype=scale.dtype), (ok,)
+    eye = jnp.broadcast_to(jnp.eye(scale.shape[-1], dtype=scale.dtype), scale.shape + scale.shape[-1:])
+    return loc, scale[..., :, None] * eye, (ok,)  # scale_tril = diag(scale)   [..., D, D]
 
 
 def _kl_mvn(p, q):

@@ -227,8 +227,54 @@ def test_entropy_of_coins():
 
 # --------------------------------------------------------------------------- bad input
 def test_unsupported_pair_names_both_and_points_at_mc_kl():
-    with pytest.raises(TypeError, match=r"I\[Normal; Laplace\].*mc_kl"):
+    # NotImplementedError, as NumPyro and TFP raise, so their fallback code catches it.
+    with pytest.raises(NotImplementedError, match=r"I\[Normal; Laplace\].*mc_kl"):
         kl(dist.Normal(0.0, 1.0), dist.Laplace(0.0, 1.0))
+    # Still a TypeError too, for code written against earlier klbook.
+    with pytest.raises(TypeError, match=r"I\[Normal; Laplace\]"):
+        kl(dist.Normal(0.0, 1.0), dist.Laplace(0.0, 1.0))
+    # Wrapped pairs name what they wrap, and the same error comes out under jit.
+    p, q = dist.Laplace(jnp.zeros(3), 1.0).to_event(1), dist.MultivariateNormal(jnp.zeros(3), jnp.eye(3))
+    with pytest.raises(NotImplementedError, match=r"I\[Independent\(Laplace\); MultivariateNormal\].*mc_kl"):
+        kl(p, q)
+    with pytest.raises(NotImplementedError, match=r"Independent\(Laplace\)"):
+        jax.jit(kl)(p, q)
+    with pytest.raises(NotImplementedError, match=r"I\[MultivariateNormal; Independent\(Laplace\)\]"):
+        kl(q, p)
+
+
+def test_pairs_in_numpyros_registry_are_used():
+    from numpyro.distributions.kl import kl_divergence
+
+    # Kumaraswamy-Beta is NumPyro's truncated series (0.0383 at a=2, b=3 where quadrature
+    # gives 0.0450), so only Weibull-Gamma is also checked against Monte Carlo.
+    for p, q, exact in [
+        (dist.Kumaraswamy(jnp.array([2.0, 0.5]), 3.0), dist.Beta(1.5, 2.0), False),
+        (dist.Weibull(jnp.array([2.0, 0.8]), 1.5), dist.Gamma(2.0, 1.0), True),
+    ]:
+        with jax.numpy_rank_promotion("allow"):  # NumPyro's own closed form broadcasts by rank
+            reference = kl_divergence(p, q)
+        np.testing.assert_allclose(kl(p, q), reference, rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5)
+        if exact:
+            est = mc_kl(jax.random.key(2), p, q, 20000)
+            assert bool(jnp.all(jnp.abs(est.value - reference) < 5 * est.stderr)), (est, reference)
+
+
+def test_pairs_registered_with_numpyro_later_are_used():
+    from multipledispatch import dispatch
+
+    class Left(dist.Normal):
+        pass
+
+    class Right(dist.Laplace):
+        pass
+
+    @dispatch(Left, Right)
+    def kl_divergence(p, q):  # joins NumPyro's kl_divergence dispatcher (same name and namespace)
+        return jnp.full(jnp.broadcast_shapes(p.batch_shape, q.batch_shape), 42.0)
+
+    assert float(kl(Left(0.0, 1.0), Right(0.0, 1.0))) == 42.0
 
 
 def test_not_a_distribution():
@@ -277,6 +323,129 @@ def test_bad_parameters_are_named(p, message):
 def test_binomial_counts_must_match():
     with pytest.raises(ValueError, match="equal total_count"):
         kl(dist.Binomial(10, probs=0.5), dist.Binomial(16, probs=0.5))
+
+
+@pytest.mark.parametrize(
+    "p, q, message",
+    [
+        (dist.Poisson(-1.0, validate_args=False), dist.Poisson(1.0), "Poisson rate of p must be non-negative"),
+        (dist.Poisson(1.0), dist.Poisson(-1.0, validate_args=False), "Poisson rate of q must be non-negative"),
+        (
+            dist.Binomial(-3, probs=0.5, validate_args=False),
+            dist.Binomial(-3, probs=0.2, validate_args=False),
+            "Binomial total_count of p must be non-negative",
+        ),
+        (
+            dist.Binomial(2.5, probs=0.5, validate_args=False),
+            dist.Binomial(2.5, probs=0.2, validate_args=False),
+            "Binomial total_count of p must be a whole number",
+        ),
+        (dist.Categorical(probs=jnp.array([0.2, 0.2]), validate_args=False), dist.Categorical(probs=jnp.ones(2) / 2), "must sum to 1"),
+        (dist.Uniform(1.0, 0.0, validate_args=False), dist.Uniform(0.0, 2.0), "Uniform width high - low of p must be positive"),
+        (dist.Exponential(0.0, validate_args=False), dist.Exponential(1.0), "Exponential rate of p must be positive"),
+        (
+            dist.MultivariateNormal(jnp.zeros(2), scale_tril=jnp.diag(jnp.array([1.0, 0.0])), validate_args=False),
+            dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
+            "scale_tril of p must have a non-zero diagonal",
+        ),
+    ],
+)
+def test_bad_parameters_raise_eagerly_with_validation_off(p, q, message):
+    with pytest.raises(ValueError, match=message):
+        kl(p, q)
+
+
+# Invalid parameters reaching kl inside jit: NaN (documented), never a finite wrong number.
+TRACED_BAD = {
+    "bernoulli-1.5": (lambda t: kl(dist.Bernoulli(probs=t), dist.Bernoulli(probs=0.5)), 1.5),
+    "bernoulli-q-negative": (lambda t: kl(dist.Bernoulli(probs=0.5), dist.Bernoulli(probs=t)), -0.1),
+    "categorical-sum-0.4": (
+        lambda t: kl(dist.Categorical(probs=jnp.stack([t, t])), dist.Categorical(probs=jnp.ones(2) / 2)),
+        0.2,
+    ),
+    "categorical-q-sum": (
+        lambda t: kl(dist.Categorical(probs=jnp.ones(2) / 2), dist.Categorical(probs=jnp.stack([t, t]))),
+        0.2,
+    ),
+    "normal-both-scales-negative": (lambda t: kl(dist.Normal(0.0, t), dist.Normal(0.0, t)), -1.0),
+    "normal-scale-negative": (lambda t: kl(dist.Normal(0.0, t), dist.Normal(0.0, 1.0)), -1.0),
+    "poisson-negative": (lambda t: kl(dist.Poisson(t), dist.Poisson(1.0)), -1.0),
+    "binomial-negative-count": (lambda t: kl(dist.Binomial(t, probs=0.5), dist.Binomial(t, probs=0.2)), -3.0),
+    "binomial-counts-differ": (lambda t: kl(dist.Binomial(t, probs=0.5), dist.Binomial(16, probs=0.2)), 10.0),
+    "mvn-diag-negative": (
+        lambda t: kl(dist.Normal(jnp.zeros(2), t).to_event(1), dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2))),
+        -1.0,
+    ),
+    "mvn-zero-diagonal": (
+        lambda t: kl(
+            dist.MultivariateNormal(jnp.zeros(2), scale_tril=jnp.diag(jnp.stack([1.0, t]))),
+            dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
+        ),
+        0.0,
+    ),
+    "beta-negative": (lambda t: kl(dist.Beta(t, 2.0), dist.Beta(1.0, 1.0)), -1.0),
+    "gamma-negative": (lambda t: kl(dist.Gamma(2.0, t), dist.Gamma(2.0, t)), -1.0),
+    "exponential-negative": (lambda t: kl(dist.Exponential(t), dist.Exponential(t)), -1.0),
+    "dirichlet-negative": (
+        lambda t: kl(dist.Dirichlet(jnp.stack([t, 1.0])), dist.Dirichlet(jnp.stack([t, 1.0]))),
+        -1.0,
+    ),
+    "uniform-reversed": (lambda t: kl(dist.Uniform(t, 0.0), dist.Uniform(t, 0.0)), 1.0),
+    "entropy-bernoulli-1.5": (lambda t: entropy(dist.Bernoulli(probs=t)), 1.5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACED_BAD))
+def test_bad_parameters_under_jit_give_nan(name):
+    f, bad = TRACED_BAD[name]
+    assert bool(jnp.isnan(jax.jit(f)(jnp.float32(bad)))), name
+
+
+def test_under_jit_only_the_bad_batch_entries_are_nan():
+    f = jax.jit(lambda t: kl(dist.Bernoulli(probs=t), dist.Bernoulli(probs=0.5)))
+    out = f(jnp.array([0.2, 1.5, 1.0, -0.5]))
+    np.testing.assert_array_equal(jnp.isnan(out), [False, True, False, True])
+    np.testing.assert_allclose(out[2], LN2, rtol=1e-6)
+
+
+def test_gradients_of_valid_parameters_are_unchanged_by_the_masks():
+    f = lambda t: kl(dist.Normal(0.0, t), dist.Normal(0.0, 1.0))  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(2.0), 2.0 - 0.5, rtol=1e-6)  # t - 1/t
+
+
+# --------------------------------------------------------------------------- diagonal vs full (item 10)
+D = 4
+FULL = dist.MultivariateNormal(
+    jnp.array([0.3, -0.2, 0.5, 0.0]), covariance_matrix=jnp.eye(D) * 1.5 + 0.4 * jnp.ones((D, D))
+)
+
+
+@pytest.mark.parametrize(
+    "diagonal",
+    [
+        dist.Normal(0.0, 1.0).expand([D]).to_event(1),
+        dist.Normal(jnp.zeros(D), 1.0).to_event(1),
+        dist.Normal(jnp.zeros(D), jnp.ones(D)).to_event(1),
+    ],
+    ids=["expand-to_event", "vector-loc", "vector-both"],
+)
+@pytest.mark.parametrize("order", ["diag-full", "full-diag"])
+def test_standard_normal_prior_against_full_gaussian(diagonal, order):
+    p, q = (diagonal, FULL) if order == "diag-full" else (FULL, diagonal)
+    identity = dist.MultivariateNormal(jnp.zeros(D), jnp.eye(D))
+    reference = kl(identity, FULL) if order == "diag-full" else kl(FULL, identity)
+    np.testing.assert_allclose(kl(p, q), reference, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5)
+    est = mc_kl(jax.random.key(5), p, q, 20000)
+    assert abs(est.value - reference) < 5 * est.stderr
+
+
+def test_batched_expanded_diagonal_against_full():
+    p = dist.Normal(jnp.array([0.0, 1.0])[:, None], 1.0).expand([2, D]).to_event(1)  # batch (2,)
+    out = kl(p, FULL)
+    assert out.shape == (2,)
+    for i, m in enumerate([0.0, 1.0]):
+        np.testing.assert_allclose(out[i], kl(dist.MultivariateNormal(jnp.full(D, m), jnp.eye(D)), FULL), rtol=1e-6)
 
 
 def test_mc_kl_bad_arguments():
