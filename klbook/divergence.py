@@ -351,7 +351,8 @@ def _kl_normal(p, q):
         check_positive(d.scale, f"Normal scale of {name}")
     ratio = p.scale / q.scale
     out = 0.5 * (ratio**2 + ((p.loc - q.loc) / q.scale) ** 2 - 1.0) - jnp.log(ratio)
-    oks = [_ok(f, v) for v, f in ((p.loc, finite_ok), (q.loc, finite_ok), (p.scale, positive_ok), (q.scale, positive_ok))]
+    checks = ((p.loc, finite_ok), (q.loc, finite_ok), (p.scale, positive_ok), (q.scale, positive_ok))
+    oks = [_ok(f, v) for v, f in checks]
     return _nan_unless(out, *oks)
 
 
@@ -384,7 +385,8 @@ def _mvn_parts(d, name):
                 "(a positive-definite covariance); got a zero"
             )
         ok_loc = _ok(lambda m: jnp.all(finite_ok(m), -1), d.loc)
-        ok_tril = _ok(lambda t: jnp.all(finite_ok(t), (-2, -1)) & jnp.all(jnp.diagonal(t, 0, -2, -1) != 0, -1), d.scale_tril)
+        tril_ok = lambda t: jnp.all(finite_ok(t), (-2, -1)) & jnp.all(jnp.diagonal(t, 0, -2, -1) != 0, -1)  # noqa: E731
+        ok_tril = _ok(tril_ok, d.scale_tril)
         return d.loc, d.scale_tril, (ok_loc, ok_tril)
     parts = _diagonal_normal(d)
     if parts is None:

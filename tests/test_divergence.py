@@ -340,8 +340,16 @@ def test_binomial_counts_must_match():
             dist.Binomial(2.5, probs=0.2, validate_args=False),
             "Binomial total_count of p must be a whole number",
         ),
-        (dist.Categorical(probs=jnp.array([0.2, 0.2]), validate_args=False), dist.Categorical(probs=jnp.ones(2) / 2), "must sum to 1"),
-        (dist.Uniform(1.0, 0.0, validate_args=False), dist.Uniform(0.0, 2.0), "Uniform width high - low of p must be positive"),
+        (
+            dist.Categorical(probs=jnp.array([0.2, 0.2]), validate_args=False),
+            dist.Categorical(probs=jnp.ones(2) / 2),
+            "must sum to 1",
+        ),
+        (
+            dist.Uniform(1.0, 0.0, validate_args=False),
+            dist.Uniform(0.0, 2.0),
+            "Uniform width high - low of p must be positive",
+        ),
         (dist.Exponential(0.0, validate_args=False), dist.Exponential(1.0), "Exponential rate of p must be positive"),
         (
             dist.MultivariateNormal(jnp.zeros(2), scale_tril=jnp.diag(jnp.array([1.0, 0.0])), validate_args=False),

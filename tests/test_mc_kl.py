@@ -118,8 +118,9 @@ def test_infinite_estimate_keeps_a_finite_gradient_elsewhere():
     # A fair coin against a double-headed one: +inf, and no NaN leaks into the gradient of q's
     # other, finite entry.
     def f(t):
-        est = mc_kl(jax.random.key(1), dist.Bernoulli(probs=jnp.array([0.5, t])), dist.Bernoulli(probs=jnp.array([1.0, 0.5])), 100)
-        return est.value
+        p = dist.Bernoulli(probs=jnp.array([0.5, t]))
+        q = dist.Bernoulli(probs=jnp.array([1.0, 0.5]))
+        return mc_kl(jax.random.key(1), p, q, 100).value
 
     assert f(0.3)[0] == jnp.inf
     g = jax.grad(lambda t: f(t)[1])(0.3)
