@@ -62,7 +62,6 @@ Conventions.
   totals (``nan`` with a single particle).
 * **Masks** (``handlers.mask``, ``obs_mask``) are refused with an error: a masked site would
   silently drop terms from the ledger.
-
 * **Model arguments.** ``kl_objective(key, real, dream, *args, model_kwargs={...})``: positional
   arguments after the two worlds go to both models, keyword arguments for the models go in the
   ``model_kwargs`` dict. The recipe's own options are keyword-only and never reach the models,
