@@ -19,6 +19,9 @@
 #   test-site       the built site in headless Chromium: every page, equation, image and internal
 #                   link (tests/test_site.py; needs Debian's chromium and chromium-driver)
 #   test-wheel      the wheel installed into a fresh virtualenv runs chapter 1 (tests/test_wheel.py)
+#   test-lowest     the lowest versions pyproject.toml allows: a separate venv (_build/lowest-venv, uv,
+#                   caches in _build) with every runtime requirement at its lower bound runs the unit
+#                   tests and executes chapters 1, 3 and 6 with their asserts (scripts/lowest_versions.py)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -51,7 +54,7 @@ timed = @mkdir -p _build; start=$$(date +%s); $(2); status=$$?; \
 	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status; make run $(RUN_ID))" | tee -a _build/layer-times.txt; \
 	exit $$status
 
-.PHONY: install site-assets book test test-unit test-notebooks test-seeds gpu-check full-check test-book test-site test-wheel refresh clean
+.PHONY: install site-assets book test test-unit test-notebooks test-seeds gpu-check full-check test-book test-site test-wheel test-lowest refresh clean
 
 install: $(STAMP)
 
@@ -119,7 +122,24 @@ test-site: test-book
 test-wheel: install
 	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
 
-test: test-unit test-notebooks test-seeds test-book test-site test-wheel
+# Layer 6: the declared lower bounds, installed (uv, constraints generated from pyproject.toml)
+# (core and chapters extra) into a fresh venv, the tools resolved as usual; the unit tests (the
+# same selection as test-unit) and chapters 1, 3 and 6 top to bottom with their asserts, at quick
+# (outputs are not compared).
+LOWEST := _build/lowest-venv
+LOWEST_NOTEBOOKS := book/ch01_weight_of_evidence.ipynb book/ch03_recipe.ipynb book/ch06_vae.ipynb
+LOWEST_INSTALL := -c _build/lowest-constraints.txt -e .[site,test]
+test-lowest: install
+	$(call timed,lowest,rm -rf $(LOWEST) && export UV_CACHE_DIR=$(CURDIR)/_build/uv-cache && \
+	  $(PY) scripts/lowest_versions.py constraints > _build/lowest-constraints.txt && \
+	  $(VENV)/bin/uv venv -q --python $(PY) $(LOWEST) && \
+	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
+	  $(LOWEST)/bin/python scripts/lowest_versions.py check && \
+	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider \
+	    $(addprefix --ignore=,$(INTEGRATION)) && \
+	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks $(LOWEST_NOTEBOOKS))
+
+test: test-unit test-notebooks test-seeds test-book test-site test-wheel test-lowest
 	@echo "Every layer passed. Times of this run (all runs are in _build/layer-times.txt):"
 	@grep -F "make run $(RUN_ID))" _build/layer-times.txt
 

@@ -1,0 +1,121 @@
+"""The lowest-versions layer (``make test-lowest``): klbook at the lower bounds it declares.
+
+pyproject.toml is the source of truth. Three steps, each a sub-command:
+
+``constraints``
+    print ``name==lower-bound`` for every runtime requirement (the core install and the
+    ``chapters`` extra), for ``uv pip install -c`` (or ``pip install -c``). The test tools are
+    resolved as usual: the layer tests klbook's range, not pytest's.
+``check``
+    in the environment that runs it, print the installed version of every runtime requirement
+    (and of jaxlib, SciPy and Python, which follow from them), and fail unless each runtime
+    requirement is installed at exactly its declared lower bound.
+``notebooks NOTEBOOK...``
+    execute each notebook top to bottom with nbclient, in its own directory, with this
+    environment's kernel; a cell that raises (a failed ``assert``) fails. Outputs are not
+    compared with the stored ones (the notebook layer does that at the current versions) and
+    nothing is written back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def runtime_requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = project["dependencies"] + project["optional-dependencies"]["chapters"]
+    return [r for r in map(Requirement, specs) if r.marker is None or r.marker.evaluate()]
+
+
+def lower_bound(req: Requirement) -> str:
+    lows = [s.version for s in req.specifier if s.operator == ">="]
+    if len(lows) != 1:
+        sys.exit(f"{req} needs exactly one lower bound (>=) for the lowest-versions layer")
+    return lows[0]
+
+
+def constraints() -> None:
+    for req in runtime_requirements():
+        print(f"{req.name}=={lower_bound(req)}")
+
+
+def check() -> None:
+    wrong = []
+    print(f"lowest versions (Python {platform.python_version()}):")
+    for req in runtime_requirements():
+        installed, low = importlib.metadata.version(req.name), lower_bound(req)
+        ok = Version(installed) == Version(low)
+        wrong += [] if ok else [f"{req.name} {installed} (declared lower bound {low})"]
+        print(f"  {req.name:14s} {installed:10s} {'= lower bound' if ok else '!= ' + low}")
+    for name in ("jaxlib", "scipy"):
+        print(f"  {name:14s} {importlib.metadata.version(name):10s} (follows from the above)")
+    if wrong:
+        sys.exit("not at the declared lower bound: " + "; ".join(wrong))
+
+
+def notebooks(paths: list[str]) -> None:
+    # This environment's kernel and no other: an empty user data directory hides any user-wide
+    # "python3" kernel, and the kernel is registered inside this environment.
+    data_dir = ROOT / "_build" / "lowest-jupyter"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["JUPYTER_DATA_DIR"] = str(data_dir)
+    os.environ.pop("JUPYTER_PATH", None)
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name",
+                    "python3"], check=True, capture_output=True)
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    failed = []
+    for path in map(Path, paths):
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute()
+            outcome = "passed"
+        except CellExecutionError as err:
+            outcome = "FAILED"
+            failed.append(path.name)
+            print(str(err)[-3000:], file=sys.stderr)
+        print(f"  {time.perf_counter() - start:6.1f} s  {path.name}: {outcome}", flush=True)
+    if failed:
+        sys.exit(f"failed at the lowest versions: {', '.join(failed)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("constraints")
+    sub.add_parser("check")
+    sub.add_parser("notebooks").add_argument("paths", nargs="+")
+    args = parser.parse_args()
+    if args.command == "constraints":
+        constraints()
+    elif args.command == "check":
+        check()
+    else:
+        notebooks(args.paths)
+
+
+if __name__ == "__main__":
+    main()
