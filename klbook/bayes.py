@@ -1,0 +1,248 @@
+r"""Variational Bayes is the recipe with a global code (chapter 10).
+
+The real world holds a data set :math:`D = \{(x_i, y_i)\}_{i=1}^N` from a process outside our
+control and augments it with *one* draw of the parameters, :math:`\theta \sim p(\theta\mid D)`, a
+distribution we choose and train (the post's notation: this :math:`p(\theta\mid D)` is the
+*variational* posterior, which most texts call :math:`q`). The dream world is exchangeable data,
+a prior and a likelihood, :math:`q(\theta)\prod_i q(y_i\mid x_i, \theta)`. The recipe's KL per
+example of the data set is
+
+.. math:: \frac{1}{N} I[P;Q] = \underbrace{\frac1N\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}_{\text{distortion}}
+   + \frac1N\underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
+   - \frac1N\langle\log p(D)\rangle ,
+
+the negative ELBO per example, minus the data's own (dropped) log density. Its minimum over all
+:math:`p(\theta\mid D)` is :math:`-\log q(D)/N`, the negative log evidence, reached at the exact
+posterior :math:`q(\theta\mid D) \propto q(\theta)\, q(D\mid\theta)`. A weight :math:`\beta` on the
+distortion, as the post writes it, moves the minimiser to the *tempered* posterior
+:math:`\propto q(\theta)\, q(D\mid\theta)^\beta`.
+
+:func:`real_world` and :func:`dream_world` are the two NumPyro models; :func:`objective` is the
+ledger (``rate`` is scaled by 1/N at every batch size, through NumPyro's subsampling idiom or
+``data_size``); :func:`fit_posterior` trains a :func:`gaussian` family; the conjugate closed
+forms are the Beta–Bernoulli coin (:func:`coin_posterior`, :func:`coin_log_evidence`), Bayesian
+linear regression with known noise (:func:`regression_posterior`,
+:func:`regression_log_evidence`) and the mean-field gap (:func:`mean_field_gap`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from scipy.special import betaln
+
+from klbook.recipe import KLObjective, data, kl_objective
+from klbook.train import FitResult, fit
+
+__all__ = ["NAMES", "real_world", "dream_world", "joint_model", "objective", "gaussian",
+           "init_gaussian", "fit_posterior", "evaluate", "coin", "linear", "logistic", "Gaussian",
+           "coin_posterior", "coin_log_evidence", "regression_posterior", "regression_log_evidence",
+           "mean_field_gap", "gaussian_kl", "predictive_log_lik"]
+
+#: The recipe's names: the parameters' term is the rate, the responses' term the distortion.
+NAMES = {"theta": "rate", "x": "inputs", "y": "distortion"}
+
+Likelihood = Callable[[jax.Array, jax.Array | None], dist.Distribution]
+
+
+def _rows(y, subsample_size):
+    """The data plate over the rows of ``y``: all of them, or NumPyro's random subsample."""
+    return numpyro.plate("data", jnp.shape(y)[0], subsample_size=subsample_size)
+
+
+def real_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
+    """P: the data ``y [N]`` (and inputs ``x [N, d]``), density unknown, and one global θ ~ ``posterior``.
+
+    ``prior`` and ``likelihood`` are unused here (both worlds take the same arguments).
+    """
+    numpyro.sample("theta", posterior)
+    plate = _rows(y, subsample_size)
+    with plate as idx:
+        if x is not None:
+            data("x", x[idx], event_dim=1)
+        data("y", y[idx])
+
+
+def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
+    r"""Q: θ ~ ``prior``, then exchangeable responses :math:`y_i \sim q(y\mid x_i, \theta)`.
+
+    The inputs are data in both worlds; ``y`` is not read (the recipe scores the real world's).
+    """
+    theta = numpyro.sample("theta", prior)
+    plate = _rows(y, subsample_size)
+    with plate as idx:
+        xb = None
+        if x is not None:
+            xb = x[idx]
+            data("x", xb, event_dim=1)
+        numpyro.sample("y", likelihood(theta, xb))
+
+
+def joint_model(prior, likelihood: Likelihood, y, x=None) -> None:
+    """The dream world conditioned on the data, for MCMC (``numpyro.infer.NUTS``)."""
+    theta = numpyro.sample("theta", prior)
+    with numpyro.plate("data", jnp.shape(y)[0]):
+        numpyro.sample("y", likelihood(theta, x), obs=y)
+
+
+def objective(key, posterior, prior, likelihood: Likelihood, y, x=None, *, beta: float = 1.0,
+              num_particles: int = 1, data_size: int | None = None,
+              subsample_size: int | None = None) -> KLObjective:
+    r"""The ledger, nats per example of the full data set: ``distortion``, ``rate`` (= KL/N), ``inputs`` (0).
+
+    ``loss`` is :math:`\beta\,D + R`. Pass ``data_size=N`` when ``y`` is a batch drawn outside
+    the model, or ``subsample_size=B`` to let NumPyro draw the batch from the full ``y``.
+    """
+    names = {k: v for k, v in NAMES.items() if x is not None or k != "x"}
+    return kl_objective(key, real_world, dream_world, posterior, prior, likelihood, y, x,
+                        subsample_size, names=names, weights={"distortion": beta},
+                        num_particles=num_particles, data_size=data_size)
+
+
+def coin(theta, x=None) -> dist.Distribution:
+    """Chapter 1's coin: each flip is heads with probability θ."""
+    return dist.Bernoulli(probs=theta)
+
+
+def linear(noise: float) -> Likelihood:
+    """Linear regression with known noise: :math:`y \\sim \\mathcal N(x^\\top\\theta, \\sigma^2)`."""
+    return lambda theta, x: dist.Normal(x @ theta, noise)
+
+
+def logistic(theta, x) -> dist.Distribution:
+    """Logistic regression: :math:`y \\sim \\mathrm{Bernoulli}(\\sigma(x^\\top\\theta))`."""
+    return dist.Bernoulli(logits=x @ theta)
+
+
+def gaussian(params: dict) -> dist.Distribution:
+    """A Gaussian family: full-rank if ``params`` has ``"tril"`` ``[d, d]``, mean-field otherwise.
+
+    The diagonal is ``softplus`` of the raw parameters, so every value of ``params`` is valid.
+    """
+    if "tril" in params:
+        raw = params["tril"]
+        tril = jnp.tril(raw, -1) + jnp.diag(jax.nn.softplus(jnp.diag(raw)))
+        return dist.MultivariateNormal(params["loc"], scale_tril=tril)
+    return dist.Normal(params["loc"], jax.nn.softplus(params["raw_scale"])).to_event(1)
+
+
+def init_gaussian(dim: int, full_rank: bool, scale: float = 0.1) -> dict:
+    """Initial parameters of :func:`gaussian`: mean 0, standard deviations ``scale``."""
+    raw = float(np.log(np.expm1(scale)))
+    if full_rank:
+        return {"loc": jnp.zeros(dim), "tril": jnp.eye(dim) * raw}
+    return {"loc": jnp.zeros(dim), "raw_scale": jnp.full(dim, raw)}
+
+
+def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
+                  betas=(1.0,), num_steps: int = 2000, batch_size: int | None = None,
+                  num_particles: int = 8, learning_rate: float = 0.01, desc: str | None = None,
+                  progress: bool = True) -> FitResult:
+    """Minimise :func:`objective` over ``params`` of ``family(params)``, one fit per β in ``betas``.
+
+    ``params`` has a leading axis of ``len(betas)`` (one parameter set per β); the fits are
+    independent (the summed loss has a separate gradient for each set, and Adam scales each
+    parameter by itself) but compile once. Adam with a cosine-decayed learning rate, which anneals
+    the gradient noise. Batches of ``batch_size`` rows are drawn by :func:`klbook.train.fit` (all
+    rows when ``None``) and ``data_size=N`` is passed, so the rate is KL/N at every batch size.
+    """
+    n = int(jnp.shape(y)[0])
+    rows = (y,) if x is None else (y, x)
+    betas = jnp.asarray(betas, jnp.float32)
+
+    def loss(p, k, batch):
+        def one(pi, beta, ki):
+            out = objective(ki, family(pi), prior, likelihood, batch[0], batch[1] if x is not None else None,
+                            beta=beta, num_particles=num_particles, data_size=n)
+            return out.loss, out.total
+        losses, totals = jax.vmap(one)(p, betas, jax.random.split(k, betas.shape[0]))
+        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
+
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+    return fit(key, loss, params, num_steps=num_steps, optimizer=optax.adam(schedule),
+               data=rows, batch_size=batch_size, desc=desc, progress=progress)
+
+
+def evaluate(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
+             num_particles: int = 4096) -> KLObjective:
+    """:func:`objective` (β = 1) for each parameter set along the leading axis of ``params``, compiled once."""
+    @jax.jit
+    def run(k, p):
+        return jax.vmap(lambda pi: objective(k, family(pi), prior, likelihood, y, x,
+                                             num_particles=num_particles))(p)
+    return run(key, params)
+
+
+# ----------------------------------------------------------------- closed forms (float64, numpy)
+
+def coin_posterior(heads: int, tails: int, a: float = 1.0, b: float = 1.0, beta: float = 1.0) -> tuple[float, float]:
+    r"""Beta(a, b) prior, Bernoulli flips: the (tempered) posterior :math:`\mathrm{Beta}(a + \beta h, b + \beta t)`."""
+    return a + beta * heads, b + beta * tails
+
+
+def coin_log_evidence(heads: int, tails: int, a: float = 1.0, b: float = 1.0) -> float:
+    r""":math:`\log q(D) = \log B(a + h, b + t) - \log B(a, b)` for one ordered sequence of flips."""
+    return float(betaln(a + heads, b + tails) - betaln(a, b))
+
+
+class Gaussian(NamedTuple):
+    """A Gaussian by its mean ``[d]`` and precision ``[d, d]`` (float64)."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+
+    @property
+    def cov(self) -> np.ndarray:
+        return np.linalg.inv(self.precision)
+
+
+def regression_posterior(x, y, noise: float, prior_scale: float, beta: float = 1.0) -> Gaussian:
+    r"""Prior :math:`\mathcal N(0, \tau^2 I)`, likelihood :math:`\mathcal N(X\theta, \sigma^2 I)`.
+
+    The (tempered) posterior has precision :math:`S = I/\tau^2 + \beta X^\top X/\sigma^2` and mean
+    :math:`S^{-1}\beta X^\top y/\sigma^2` (Bishop 2006, section 3.3).
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    s = np.eye(x.shape[1]) / prior_scale**2 + beta * x.T @ x / noise**2
+    return Gaussian(np.linalg.solve(s, beta * x.T @ y / noise**2), s)
+
+
+def regression_log_evidence(x, y, noise: float, prior_scale: float) -> float:
+    r""":math:`\log q(D) = \log\mathcal N(y; 0, \sigma^2 I + \tau^2 X X^\top)` (Bishop 2006, eq. 3.86)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    c = noise**2 * np.eye(len(y)) + prior_scale**2 * x @ x.T
+    _, logdet = np.linalg.slogdet(c)
+    return float(-0.5 * (y @ np.linalg.solve(c, y) + logdet + len(y) * np.log(2 * np.pi)))
+
+
+def mean_field_gap(precision) -> float:
+    r"""KL from the best mean-field Gaussian to :math:`\mathcal N(\mu, S^{-1})`: :math:`\tfrac12\sum_i\log S_{ii} - \tfrac12\log\det S`.
+
+    The best member (KL with the expectation under the mean-field member, the direction the
+    recipe minimises) has mean :math:`\mu` and variances :math:`1/S_{ii}` (Bishop 2006, 10.1.2).
+    """
+    s = np.asarray(precision, np.float64)
+    return float(0.5 * np.sum(np.log(np.diag(s))) - 0.5 * np.linalg.slogdet(s)[1])
+
+
+def gaussian_kl(mean0, cov0, target: Gaussian) -> float:
+    r""":math:`I[\mathcal N(m_0, \Sigma_0); \mathcal N(\mu, S^{-1})]` in float64 (expectation under the first)."""
+    m0, c0 = np.asarray(mean0, np.float64), np.asarray(cov0, np.float64)
+    d = m0 - target.mean
+    return float(0.5 * (np.trace(target.precision @ c0) + d @ target.precision @ d - len(m0)
+                        - np.linalg.slogdet(target.precision)[1] - np.linalg.slogdet(c0)[1]))
+
+
+def predictive_log_lik(likelihood: Likelihood, thetas, y, x=None) -> jax.Array:
+    r"""Held-out log predictive per example, :math:`\frac1M\sum_j \log \frac1S\sum_s q(y_j\mid x_j, \theta_s)`.
+
+    ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family).
+    """
+    lp = jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas)          # [S, M]
+    return jnp.mean(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(lp.shape[0]))

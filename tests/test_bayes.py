@@ -1,0 +1,166 @@
+"""klbook.bayes: the recipe's optimum against conjugate closed forms, the mean-field gap, minibatches."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from klbook import bayes, kl
+
+N, DIM, NOISE, TAU = 60, 2, 1.0, 1.0
+EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def stack(params, k):
+    return jax.tree.map(lambda a: jnp.stack([a] * k), params)
+
+
+def one(params, i):
+    return jax.tree.map(lambda a: a[i], params)
+
+
+@pytest.fixture(scope="module")
+def regression():
+    key = jax.random.key(0)
+    corr = np.array([[1.0, 0.9], [0.9, 1.0]])
+    x = jax.random.normal(jax.random.fold_in(key, 0), (N, DIM)) @ jnp.asarray(np.linalg.cholesky(corr).T, jnp.float32)
+    y = x @ jnp.array([0.7, -0.4]) + NOISE * jax.random.normal(jax.random.fold_in(key, 1), (N,))
+    prior = dist.Normal(jnp.zeros(DIM), TAU).to_event(1)
+    return x, y, prior
+
+
+def test_closed_forms_against_direct_computation():
+    # coin: log B(a+h, b+t) - log B(a, b) against the sum over the sequence of predictive probabilities
+    h, t, a, b = 3, 5, 2.0, 1.5
+    seq = [1] * h + [0] * t
+    direct, ha, ta = 0.0, 0, 0
+    for flip in seq:
+        p = (a + ha) / (a + b + ha + ta)
+        direct += math.log(p if flip else 1 - p)
+        ha, ta = ha + flip, ta + 1 - flip
+    assert abs(bayes.coin_log_evidence(h, t, a, b) - direct) < 1e-12
+    assert bayes.coin_posterior(h, t, a, b, beta=0.5) == (a + 1.5, b + 2.5)
+
+
+def test_regression_evidence_is_prior_times_likelihood_over_posterior(regression):
+    x, y, _ = regression
+    post = bayes.regression_posterior(x, y, NOISE, TAU)
+    theta = np.array([0.3, -0.2])     # any theta: log q(D) = log q(theta) + log q(D|theta) - log q(theta|D)
+    xd, yd = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    log_prior = -0.5 * theta @ theta / TAU**2 - DIM / 2 * math.log(2 * math.pi * TAU**2)
+    r = yd - xd @ theta
+    log_lik = -0.5 * r @ r / NOISE**2 - N / 2 * math.log(2 * math.pi * NOISE**2)
+    d = theta - post.mean
+    log_post = -0.5 * d @ post.precision @ d + 0.5 * np.linalg.slogdet(post.precision)[1] - DIM / 2 * math.log(2 * math.pi)
+    assert abs(bayes.regression_log_evidence(x, y, NOISE, TAU) - (log_prior + log_lik - log_post)) < 1e-9
+
+
+def test_mean_field_gap_is_the_kl_of_the_best_member():
+    s = np.array([[2.0, 0.8, 0.1], [0.8, 1.5, -0.4], [0.1, -0.4, 1.0]])
+    target = bayes.Gaussian(np.zeros(3), s)
+    best = bayes.gaussian_kl(np.zeros(3), np.diag(1 / np.diag(s)), target)
+    assert abs(best - bayes.mean_field_gap(s)) < 1e-12
+    for scale in (0.9, 1.1):        # any other diagonal member is further
+        assert bayes.gaussian_kl(np.zeros(3), np.diag(scale / np.diag(s)), target) > best
+
+
+def test_objective_at_the_exact_posterior_is_minus_log_evidence_with_no_spread(regression):
+    x, y, prior = regression
+    post = bayes.regression_posterior(x, y, NOISE, TAU)
+    q = dist.MultivariateNormal(jnp.asarray(post.mean, jnp.float32), jnp.asarray(post.cov, jnp.float32))
+    out = bayes.objective(jax.random.key(1), q, prior, bayes.linear(NOISE), y, x, num_particles=64)
+    target = -bayes.regression_log_evidence(x, y, NOISE, TAU) / N
+    assert abs(float(out.total) - target) <= 256 * EPS * target
+    assert float(out.mc_stderr["total"]) <= 256 * EPS * target
+    assert set(out.terms) == {"rate", "distortion", "inputs"}
+
+
+def test_coin_recipe_recovers_tempered_posteriors():
+    flips = jnp.array([1] * 7 + [0] * 13, jnp.int32)
+    family = lambda p: dist.Beta(jnp.exp(p[0]), jnp.exp(p[1]))
+    betas = (0.5, 1.0, 2.0)
+    res = bayes.fit_posterior(jax.random.key(2), family, jnp.zeros((3, 2)), dist.Beta(1.0, 1.0), bayes.coin,
+                              flips, betas=betas, num_steps=600, learning_rate=0.2, progress=False)
+    for i, b in enumerate(betas):
+        exact = dist.Beta(*bayes.coin_posterior(7, 13, beta=b))
+        others = [dist.Beta(*bayes.coin_posterior(7, 13, beta=o)) for o in betas if o != b]
+        k = float(kl(family(res.params[i]), exact))
+        assert k < 0.02 and all(k < 0.1 * float(kl(family(res.params[i]), o)) for o in others)
+
+
+@pytest.fixture(scope="module")
+def fits(regression):
+    x, y, prior = regression
+    full = bayes.fit_posterior(jax.random.key(3), bayes.gaussian, stack(bayes.init_gaussian(DIM, True), 3), prior,
+                               bayes.linear(NOISE), y, x, betas=(1.0, 0.5, 2.0), num_steps=1500,
+                               learning_rate=0.05, progress=False)
+    mf = bayes.fit_posterior(jax.random.key(4), bayes.gaussian, stack(bayes.init_gaussian(DIM, False), 1), prior,
+                             bayes.linear(NOISE), y, x, num_steps=1500, learning_rate=0.05, progress=False)
+    return full, mf
+
+
+def test_full_rank_optimum_is_the_exact_and_tempered_posterior(regression, fits):
+    x, y, prior = regression
+    full, _ = fits
+    for i, b in enumerate((1.0, 0.5, 2.0)):
+        q = bayes.gaussian(one(full.params, i))
+        k = bayes.gaussian_kl(q.mean, q.covariance_matrix, bayes.regression_posterior(x, y, NOISE, TAU, beta=b))
+        assert k < 0.01, (b, k)
+    q = bayes.gaussian(one(full.params, 0))
+    k = bayes.gaussian_kl(q.mean, q.covariance_matrix, bayes.regression_posterior(x, y, NOISE, TAU))
+    ev = bayes.evaluate(jax.random.key(5), bayes.gaussian, jax.tree.map(lambda a: a[:1], full.params), prior,
+                        bayes.linear(NOISE), y, x, num_particles=4096)
+    excess = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)   # = KL(q || posterior)
+    assert abs(excess - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
+
+
+def test_mean_field_gap_measured_by_the_recipe(regression, fits):
+    x, y, prior = regression
+    _, mf = fits
+    post = bayes.regression_posterior(x, y, NOISE, TAU)
+    gap = bayes.mean_field_gap(post.precision)
+    assert gap > 0.5                                    # correlation 0.9: a gap well above the noise
+    q = bayes.gaussian(one(mf.params, 0))
+    k = bayes.gaussian_kl(q.mean, jnp.diag(q.variance), post)
+    assert 0 <= k - gap < 0.02
+    ev = bayes.evaluate(jax.random.key(6), bayes.gaussian, mf.params, prior, bayes.linear(NOISE), y, x,
+                        num_particles=16384)
+    measured = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)
+    assert abs(measured - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
+
+
+@pytest.mark.parametrize("batch", [8, 64])
+def test_minibatch_objective_has_the_full_data_expectation(batch):
+    key = jax.random.key(7)
+    n = 128
+    x = jax.random.normal(jax.random.fold_in(key, 0), (n, DIM))
+    y = x @ jnp.array([1.0, 0.5]) + jax.random.normal(jax.random.fold_in(key, 1), (n,))
+    prior = dist.Normal(jnp.zeros(DIM), TAU).to_event(1)
+    q = dist.Normal(jnp.array([0.8, 0.4]), jnp.array([0.2, 0.3])).to_event(1)
+    keys = jax.random.split(jax.random.fold_in(key, 2), 4000)
+
+    def values(b):
+        run = jax.vmap(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), y, x, subsample_size=b))
+        return np.asarray(jax.jit(run)(keys).total, np.float64)
+
+    sub, full = values(batch), values(None)
+    se = math.sqrt(sub.var() / sub.size + full.var() / full.size)
+    assert abs(sub.mean() - full.mean()) <= 4 * se
+    # fit's way: the batch drawn outside, N stated; the rate is KL/N, not KL/B
+    idx = jnp.arange(batch)
+    out = bayes.objective(key, q, prior, bayes.linear(NOISE), y[idx], x[idx], data_size=n, num_particles=2)
+    assert abs(float(out.terms["rate"]) - float(kl(q, prior)) / n) < 1e-5 + 4 * float(out.mc_stderr["rate"])
+
+
+def test_predictive_log_lik_of_a_point_mass_is_the_log_likelihood():
+    x = jnp.array([[1.0, 2.0], [0.5, -1.0]])
+    y = jnp.array([1.0, 0.0])
+    theta = jnp.array([0.3, -0.2])
+    expected = dist.Bernoulli(logits=x @ theta).log_prob(y).mean()
+    got = bayes.predictive_log_lik(bayes.logistic, jnp.stack([theta] * 5), y, x)
+    assert abs(float(got - expected)) < 8 * EPS
