@@ -123,12 +123,14 @@ test-wheel: install
 	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
 
 # Layer 6: the declared lower bounds, installed (uv, constraints generated from pyproject.toml)
-# (core and chapters extra) into a fresh venv, the tools resolved as usual; the unit tests (the
-# same selection as test-unit) and chapters 1, 3 and 6 top to bottom with their asserts, at quick
-# (outputs are not compared).
+# (core and chapters extra) into a fresh venv, the test tools resolved as usual; the package's
+# unit tests (test-unit's selection less the checks on the project's own files, which do not
+# depend on klbook's dependencies: the Colab edition, notebook conventions, pyproject) and
+# chapters 1, 3 and 6 top to bottom with their asserts, at quick (outputs are not compared).
 LOWEST := _build/lowest-venv
 LOWEST_NOTEBOOKS := book/ch01_weight_of_evidence.ipynb book/ch03_recipe.ipynb book/ch06_vae.ipynb
-LOWEST_INSTALL := -c _build/lowest-constraints.txt -e .[site,test]
+LOWEST_INSTALL := -c _build/lowest-constraints.txt -e .[chapters,test]
+PROJECT_FILE_TESTS := tests/test_colab.py tests/test_notebook_conventions.py tests/test_project_files.py
 test-lowest: install
 	$(call timed,lowest,rm -rf $(LOWEST) && export UV_CACHE_DIR=$(CURDIR)/_build/uv-cache && \
 	  $(PY) scripts/lowest_versions.py constraints > _build/lowest-constraints.txt && \
@@ -136,7 +138,7 @@ test-lowest: install
 	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
 	  $(LOWEST)/bin/python scripts/lowest_versions.py check && \
 	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider \
-	    $(addprefix --ignore=,$(INTEGRATION)) && \
+	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
 	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks $(LOWEST_NOTEBOOKS))
 
 test: test-unit test-notebooks test-seeds test-book test-site test-wheel test-lowest

@@ -260,10 +260,11 @@ def test_reduce_on_plateau_gets_the_loss_as_value():
 
 
 def test_lbfgs_gets_value_grad_and_value_fn():
-    """lbfgs needs value=, grad=, value_fn=: on a quadratic it converges in a few steps."""
+    """lbfgs needs value=, grad=, value_fn=: on a quadratic it converges in a few dozen steps
+    (optax 0.2.3, the lowest allowed, takes about 20 to reach 1e-4; newer ones fewer)."""
     target = jnp.array([1.0, -2.0, 3.0])
     loss = lambda p, k, b: 0.5 * jnp.sum((p - target) ** 2 * jnp.array([1.0, 10.0, 100.0]))  # noqa: E731
-    res = fit(KEY, loss, jnp.zeros(3), num_steps=10, optimizer=optax.lbfgs(), progress=False)
+    res = fit(KEY, loss, jnp.zeros(3), num_steps=30, optimizer=optax.lbfgs(), progress=False)
     np.testing.assert_allclose(res.params, target, rtol=1e-4)
 
 
