@@ -60,6 +60,15 @@ def test_first_code_cell_is_the_install_cell(path):
     )
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_install_cell_is_collapsed_on_the_site(path):
+    """The install cell is plumbing: the site shows it collapsed (``hide-input``), still there."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cell = next(c for c in nb["cells"] if c.get("cell_type") == "code")
+    assert "hide-input" in cell.get("metadata", {}).get("tags", []), (
+        f"{path.name}: tag the install cell 'hide-input' (scripts/tag_install_cells.py)")
+
+
 # --- what the cell does -----------------------------------------------------------------------
 
 

@@ -144,7 +144,7 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     licenses = [n for n in names if ".dist-info/" in n and n.endswith("/LICENSE")]
     assert licenses, f"the wheel ships no LICENSE file: {names}"
     assert zipfile.ZipFile(wheel).read(licenses[0]).decode().startswith("MIT License")
-    assert not [n for n in names if n.startswith(("tests/", "book/", "scripts/"))], names
+    assert not [n for n in names if n.startswith(("tests/", "book/", "scripts/", "colab/"))], names
 
     start = time.perf_counter()
     venv = tmp_path / "venv"
@@ -189,6 +189,22 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     assert Path(outcome["where"]["prefix"]).resolve() == venv.resolve(), outcome
     assert Path(outcome["where"]["klbook"]).resolve().is_relative_to(venv.resolve()), (
         f"klbook was imported from {outcome['where']['klbook']}, not from the wheel")
+
+    # The Colab edition of the same chapter (colab/, scripts/make_colab.py), as the launch buttons
+    # open it: plain Markdown, the same code, run in the same fresh environment.
+    if chapter.parent == ROOT / "book":
+        colab = ROOT / "colab" / chapter.name
+        assert colab.exists(), f"no {colab.relative_to(ROOT)}: run make colab"
+        colab_dir = workdir / "colab"
+        colab_dir.mkdir()
+        shutil.copy(colab, colab_dir / chapter.name)
+        start = time.perf_counter()
+        result = _run([str(python), str(driver), str(colab_dir / chapter.name), str(colab_dir),
+                       str(NOTEBOOK_TIMEOUT)], env=env, cwd=colab_dir, timeout=3600)
+        times["execute colab/" + chapter.name] = time.perf_counter() - start
+        colab_outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        assert colab_outcome["errors"] == 0, colab_outcome
+        assert Path(colab_outcome["where"]["klbook"]).resolve().is_relative_to(venv.resolve())
 
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps({"notebook": chapter.name, "wheel": wheel.name,
