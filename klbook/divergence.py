@@ -121,7 +121,7 @@ def kl(p: dist.Distribution, q: dist.Distribution) -> jnp.ndarray:
     * eagerly (concrete parameters, whatever NumPyro's ``validate_args``), an invalid parameter
       raises ``ValueError`` naming it: a probability outside [0, 1] or a probability vector
       whose sum is not 1, beyond float rounding (``4 eps`` per probability, ``4 n eps`` for a
-      vector of ``n``; see :mod:`klbook._checks`); a non-finite location, logit (``-inf``
+      vector of ``n``; see ``klbook._checks``); a non-finite location, logit (``-inf``
       logits are certain-never outcomes and allowed, and so are ``±inf`` Bernoulli logits)
       or scale-tril entry; a scale, rate or concentration that is not positive; a negative
       Poisson rate; a Binomial ``total_count`` that is not a non-negative whole number, or
