@@ -103,10 +103,13 @@ endif
 
 # Layer 2b: every notebook at the quick scale under other seeds: every assert must hold and every
 # measured output must stay within its declared tolerance of the stored one.
+# The seeds run side by side (two processes on two cores); each one's log is printed when all end.
 test-seeds: install
-	$(call timed,seeds,status=0; for s in $(SEEDS); do echo "-- seed $$s"; \
-	  KLBOOK_SCALE=quick KLBOOK_SEED=$$s KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json \
-	  $(NBVAL) $(NOTEBOOKS) || status=1; done; test $$status = 0)
+	$(call timed,seeds,for s in $(SEEDS); do ( KLBOOK_SCALE=quick KLBOOK_SEED=$$s \
+	  KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json $(NBVAL) $(NOTEBOOKS) > _build/seed-$$s.log 2>&1; \
+	  echo $$? > _build/seed-$$s.status ) & done; wait; status=0; for s in $(SEEDS); do \
+	  echo "-- seed $$s"; cat _build/seed-$$s.log; test "$$(cat _build/seed-$$s.status)" = 0 || status=1; done; \
+	  test $$status = 0)
 
 # Layer 3: the book builds strictly (warnings are errors; bad notebooks fail the build), and the
 # strictness itself is tested on tiny books that must fail.
