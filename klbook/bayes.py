@@ -37,6 +37,7 @@ import numpyro.distributions as dist
 import optax
 from scipy.special import betaln
 
+from klbook.divergence import gaussian_kl as _gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
@@ -232,11 +233,12 @@ def mean_field_gap(precision) -> float:
 
 
 def gaussian_kl(mean0, cov0, target: Gaussian) -> float:
-    r""":math:`I[\mathcal N(m_0, \Sigma_0); \mathcal N(\mu, S^{-1})]` in float64 (expectation under the first)."""
-    m0, c0 = np.asarray(mean0, np.float64), np.asarray(cov0, np.float64)
-    d = m0 - target.mean
-    return float(0.5 * (np.trace(target.precision @ c0) + d @ target.precision @ d - len(m0)
-                        - np.linalg.slogdet(target.precision)[1] - np.linalg.slogdet(c0)[1]))
+    r""":math:`I[\mathcal N(m_0, \Sigma_0); \mathcal N(\mu, S^{-1})]` in float64 (expectation under the first).
+
+    The target is given by its precision :math:`S`, as the conjugate posteriors here are;
+    :func:`klbook.divergence.gaussian_kl` does the arithmetic.
+    """
+    return _gaussian_kl(mean0, cov0, target.mean, precision_q=target.precision)
 
 
 def predictive_log_lik(likelihood: Likelihood, thetas, y, x=None) -> jax.Array:

@@ -39,7 +39,7 @@ except ModuleNotFoundError as err:
     _require_chapters_extra("klbook.density", err)
 
 from klbook._checks import check_finite
-from klbook.divergence import MCEstimate, check_key
+from klbook.divergence import MCEstimate, check_key, gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
@@ -255,33 +255,12 @@ def _entropy_mc(key, p: dist.Distribution, num_samples: int) -> MCEstimate:
     return MCEstimate(jnp.mean(neg_log_p, 0), jnp.std(neg_log_p, 0, ddof=1) / jnp.sqrt(num_samples))
 
 
-def gaussian_kl(mean_p, cov_p, mean_q, cov_q) -> float:
-    r"""Closed-form :math:`I[\mathcal{N}(m_p, \Sigma_p); \mathcal{N}(m_q, \Sigma_q)]` in nats, in float64 NumPy.
-
-    .. math:: \tfrac12\Big[\operatorname{tr}(\Sigma_q^{-1}\Sigma_p) + (m_q - m_p)^\top \Sigma_q^{-1} (m_q - m_p)
-              - D + \log\frac{\det \Sigma_q}{\det \Sigma_p}\Big]
-
-    (the standard Gaussian KL, e.g. Bishop 2006, exercise 2.15 / Murphy 2012, eq. 6.17). Used by
-    chapter 4 where exactness is the claim: the excess of a Gaussian's average negative
-    log-likelihood over its minimum is exactly ``gaussian_kl(x_bar, S, mu, Sigma)``.
-    Shapes: means ``[D]``, covariances ``[D, D]``.
-    """
-    mp, mq = np.asarray(mean_p, np.float64), np.asarray(mean_q, np.float64)
-    sp, sq = np.asarray(cov_p, np.float64), np.asarray(cov_q, np.float64)
-    d = mp.shape[-1]
-    diff = mq - mp
-    _, logdet_p = np.linalg.slogdet(sp)
-    _, logdet_q = np.linalg.slogdet(sq)
-    return float(0.5 * (np.trace(np.linalg.solve(sq, sp)) + diff @ np.linalg.solve(sq, diff) - d
-                        + logdet_q - logdet_p))
-
-
 def gaussian_mle_kl(key, mean, cov, num_points: int, num_repeats: int) -> np.ndarray:
     r"""KL from a Gaussian truth to its maximum-likelihood fit, for ``num_repeats`` independent samples.
 
     Each repetition draws ``num_points`` points from :math:`p = \mathcal{N}(m, \Sigma)`, fits
     :math:`\hat q = \mathcal{N}(\bar x, S)` (sample mean, covariance dividing by ``N``: maximum
-    likelihood in closed form) and returns :math:`I[p; \hat q]` (:func:`gaussian_kl`), so chapter 4
+    likelihood in closed form) and returns :math:`I[p; \hat q]` (:func:`klbook.divergence.gaussian_kl`), so chapter 4
     can average many fits: Akaike's :math:`k/(2N)` with :math:`k = D + D(D+1)/2`, and exactly
     :func:`expected_gaussian_mle_kl`. Draws are float32 (JAX), the fit and KL float64.
 

@@ -47,6 +47,7 @@ __all__ = [
     "mc_kl",
     "entropy",
     "cross_entropy",
+    "gaussian_kl",
     "log_prob",
     "register_kl",
     "MCEstimate",
@@ -529,6 +530,66 @@ def _kl_uniform(p, q):
     inside = (q.low <= p.low) & (p.high <= q.high)
     out = jnp.log(q.high - q.low) - jnp.log(p.high - p.low)
     return _nan_unless(jnp.where(inside, out, jnp.inf), *oks)
+
+
+# --------------------------------------------------------------------------------------------
+# The Gaussian closed form in float64, for checks where exactness is the claim.
+
+
+def gaussian_kl(mean_p, cov_p, mean_q, cov_q=None, *, precision_q=None) -> float:
+    r"""Closed-form :math:`I[\mathcal{N}(m_p, \Sigma_p); \mathcal{N}(m_q, \Sigma_q)]` in nats, in float64 NumPy.
+
+    .. math:: \tfrac12\Big[\operatorname{tr}(\Sigma_q^{-1}\Sigma_p) + (m_q - m_p)^\top \Sigma_q^{-1} (m_q - m_p)
+              - D + \log\frac{\det \Sigma_q}{\det \Sigma_p}\Big]
+
+    (the standard Gaussian KL, e.g. Bishop 2006, exercise 2.15). :func:`kl` computes the same
+    divergence in JAX at the distributions' precision (float32 by default); this one converts to
+    float64 first, for the chapters' checks where exactness is the claim (chapter 4's excess
+    log-loss, chapter 10's gap between a fitted family and the exact posterior). The second
+    Gaussian is given by its covariance ``cov_q`` or, where that is what the math produces (a
+    posterior's precision), by ``precision_q`` :math:`= \Sigma_q^{-1}`; exactly one of the two.
+
+    Shapes: means ``[D]``, covariances and precision ``[D, D]``.
+
+    Raises:
+        ValueError: shapes that do not agree, non-finite entries, neither or both of ``cov_q`` and
+            ``precision_q``, or a matrix that is not symmetric positive definite.
+    """
+    if (cov_q is None) == (precision_q is None):
+        raise ValueError("gaussian_kl: give the second Gaussian's covariance cov_q or its precision "
+                         "precision_q, exactly one of the two")
+    mp, mq = np.asarray(mean_p, np.float64), np.asarray(mean_q, np.float64)
+    sp = np.asarray(cov_p, np.float64)
+    mat_q = np.asarray(cov_q if precision_q is None else precision_q, np.float64)
+    name_q = "cov_q" if precision_q is None else "precision_q"
+    if mp.ndim != 1 or mq.shape != mp.shape:
+        raise ValueError(f"gaussian_kl: means must be vectors of one length [D]; got mean_p "
+                         f"{mp.shape} and mean_q {mq.shape}")
+    d = mp.shape[0]
+    for what, m in (("cov_p", sp), (name_q, mat_q)):
+        if m.shape != (d, d):
+            raise ValueError(f"gaussian_kl: {what} must be [{d}, {d}] to match the means; got {m.shape}")
+    for what, x in (("mean_p", mp), ("mean_q", mq), ("cov_p", sp), (name_q, mat_q)):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"gaussian_kl: {what} has non-finite entries")
+    logdets = []
+    for what, m in (("cov_p", sp), (name_q, mat_q)):
+        # A matrix computed in float32 (a sample covariance X^T X / N) is symmetric only up to its
+        # rounding, about sqrt(N) float32 eps of its largest entry: allow 1e-4 of it, refuse more.
+        if np.abs(m - m.T).max() > 1e-4 * np.abs(m).max():
+            raise ValueError(f"gaussian_kl: {what} is not symmetric")
+        sign, logdet = np.linalg.slogdet(m)
+        if sign <= 0 or np.linalg.eigvalsh(m).min() <= 0:
+            raise ValueError(f"gaussian_kl: {what} is not positive definite")
+        logdets.append(logdet)
+    sp, mat_q = 0.5 * (sp + sp.T), 0.5 * (mat_q + mat_q.T)
+    diff = mq - mp
+    if precision_q is None:   # log det Sigma_q - log det Sigma_p
+        trace, quad, log_ratio = (np.trace(np.linalg.solve(mat_q, sp)),
+                                  diff @ np.linalg.solve(mat_q, diff), logdets[1] - logdets[0])
+    else:                     # with P = Sigma_q^{-1}: log det Sigma_q = -log det P
+        trace, quad, log_ratio = np.trace(mat_q @ sp), diff @ mat_q @ diff, -logdets[1] - logdets[0]
+    return float(0.5 * (trace + quad - d + log_ratio))
 
 
 # --------------------------------------------------------------------------------------------

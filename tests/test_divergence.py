@@ -473,3 +473,50 @@ def test_entropy_without_closed_form():
 
     with pytest.raises(TypeError, match="no closed form for NoEntropy"):
         entropy(NoEntropy(0.0, 1.0))
+
+
+# --- the float64 Gaussian closed form -------------------------------------------------------
+
+
+def test_gaussian_kl_matches_numpyro_is_zero_on_itself_and_takes_a_precision():
+    from klbook.divergence import gaussian_kl
+
+    m1, c1 = np.array([0.3, -1.0]), np.array([[1.5, 0.4], [0.4, 0.8]])
+    m2, c2 = np.array([1.0, 0.5]), np.array([[0.7, -0.2], [-0.2, 1.1]])
+    expected = kl(dist.MultivariateNormal(jnp.asarray(m1), jnp.asarray(c1)),
+                  dist.MultivariateNormal(jnp.asarray(m2), jnp.asarray(c2)))
+    value = gaussian_kl(m1, c1, m2, c2)
+    assert abs(value - float(expected)) < 1e-5          # numpyro's float32 against float64
+    assert abs(gaussian_kl(m1, c1, m1, c1)) < 1e-12
+    assert abs(gaussian_kl(m1, c1, m2, precision_q=np.linalg.inv(c2)) - value) < 1e-12
+    # chapter 4's and chapter 10's helpers are this one
+    from klbook import bayes, density
+    assert density.gaussian_kl is gaussian_kl
+    target = bayes.Gaussian(jnp.asarray(m2), jnp.asarray(np.linalg.inv(c2)))
+    assert abs(bayes.gaussian_kl(m1, c1, target) - value) < 1e-6
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((np.zeros(2), np.eye(2), np.zeros(2)), {}, "exactly one"),
+    ((np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)), {"precision_q": np.eye(2)}, "exactly one"),
+    ((np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), {}, "vectors of one length"),
+    ((np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), {}, "cov_p must be"),
+    ((np.zeros(2), np.eye(2), np.zeros(2)), {"precision_q": np.eye(3)}, "precision_q must be"),
+    ((np.array([0.0, np.nan]), np.eye(2), np.zeros(2), np.eye(2)), {}, "mean_p has non-finite"),
+    ((np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]])), {}, "cov_q is not symmetric"),
+    ((np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2)), {}, "cov_p is not positive definite"),
+])
+def test_gaussian_kl_names_bad_input(args, kwargs, message):
+    from klbook.divergence import gaussian_kl
+
+    with pytest.raises(ValueError, match=message):
+        gaussian_kl(*args, **kwargs)
+
+
+def test_gaussian_kl_accepts_a_float32_sample_covariance():
+    """X^T X / N in float32 is symmetric only up to rounding; that is not an error."""
+    from klbook.divergence import gaussian_kl
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (5000, 6)), np.float32)
+    s = (x.T @ x / x.shape[0]).astype(np.float32)
+    assert np.isfinite(gaussian_kl(np.zeros(6), s, np.zeros(6), np.eye(6)))
