@@ -8,7 +8,8 @@
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
 #                   integration tests below)
-#   test-notebooks  every notebook re-executes with nbval and reproduces its stored outputs under the
+#   test-notebooks  every notebook re-executes with nbval (two at a time, each in its own kernel:
+#                   --dist loadscope keeps a notebook's cells in order) and reproduces its stored outputs under the
 #                   reproducibility contract: exact outputs exactly, measured ones (trained or Monte
 #                   Carlo) within the tolerance declared beside them (tests/nbval_contract.py)
 #   test-seeds      the same notebooks under other seeds (KLBOOK_SEED): every assert holds, and every
@@ -30,6 +31,10 @@ STAMP  := $(VENV)/.installed-stamp
 NOTEBOOKS := $(wildcard book/*.ipynb)
 # Per-cell timeout for nbval (seconds); a chapter should take about a minute in all.
 NBVAL_TIMEOUT ?= 600
+# Test processes side by side (pytest-xdist) for the unit tests and the notebook layer: the
+# machine this is written for has two cores. JOBS=0 runs everything in one process.
+JOBS ?= 2
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS))
 # The notebook layer's nbval command: the reproducibility contract (tests/nbval_contract.py) compares
 # exact outputs exactly and measured ones within the tolerance declared beside them.
 NBVAL := PYTHONPATH=tests $(PY) -m pytest -p nbval_contract --nbval --nbval-current-env \
@@ -91,14 +96,14 @@ book: install site-assets
 
 # Layer 1: the package's unit and property tests, and the checks on the project's own files.
 test-unit: install
-	$(call timed,unit,$(PY) -m pytest tests -q $(addprefix --ignore=,$(INTEGRATION)))
+	$(call timed,unit,$(PY) -m pytest tests -q $(XDIST) $(addprefix --ignore=,$(INTEGRATION)))
 
 # Layer 2: every notebook re-executes and reproduces its stored outputs.
 test-notebooks: install
 ifeq ($(NOTEBOOKS),)
 	@echo "== layer notebooks: no notebook under book/ yet"
 else
-	$(call timed,notebooks,KLBOOK_SCALE=quick KLBOOK_SEED=0 $(NBVAL) $(NOTEBOOKS))
+	$(call timed,notebooks,KLBOOK_SCALE=quick KLBOOK_SEED=0 $(NBVAL) $(XDIST) $(if $(XDIST),--dist loadscope) $(NOTEBOOKS))
 endif
 
 # Layer 2b: every notebook at the quick scale under other seeds: every assert must hold and every
@@ -140,7 +145,7 @@ test-lowest: install
 	  $(VENV)/bin/uv venv -q --python $(PY) $(LOWEST) && \
 	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
 	  $(LOWEST)/bin/python scripts/lowest_versions.py check && \
-	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider \
+	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) \
 	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
 	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks $(LOWEST_NOTEBOOKS))
 
