@@ -49,6 +49,17 @@ Conventions.
   :math:`\nabla \langle f\rangle_p = \langle (f - b)\nabla\log p\rangle_p`, added to ``loss`` with
   zero value, with a leave-one-out baseline :math:`b` over particles (use ``num_particles >= 2``
   for a useful baseline; with one particle :math:`b = 0`).
+* **Exact enumeration** (chapter 8). ``enumerate_sites=("y",)`` sums a small discrete latent of
+  P out exactly instead of sampling it: for every value :math:`v` of its support the particle is
+  run with :math:`y = v` substituted in the real world (the other sites drawn with the same
+  random numbers for every :math:`v`), and each example's ledger is the average over :math:`v`
+  weighted by :math:`p(y = v\mid\cdot)`. The site's own term becomes the exact
+  :math:`\sum_v p(v\mid\cdot)\log p(v\mid\cdot)/q(v\mid\cdot)`, and gradients flow through the
+  weights (no score function). Each enumerated site must be a latent of P with an enumerable
+  support (``Categorical``, ``Bernoulli``, ...), one scalar per example in the data plate (batch
+  shape ``(B,)``, event shape ``()``); every site of the worlds must lie in the data plate, and P
+  must have no other non-reparameterisable latent (each would need a score function term per
+  value). The cost is one pass per value (per combination of values with several sites).
 * **Weights.** ``weights={"rate": beta}`` multiplies a named term in ``loss`` (β-VAE, VIB, ...);
   ``total`` stays the unweighted sum, the KL itself. ``handlers.scale`` is ignored: use weights.
 * **Standard errors** come in two kinds, for two questions. ``stderr`` answers "how far is the
@@ -270,16 +281,20 @@ class _Layout:
     shapes: dict[str, tuple[int, ...]]  # site -> batch shape
 
 
-def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales):
+def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, fixed=None):
     """One draw from P scored under both worlds.
 
     ``scales`` maps a site to the factor its log-ratio is multiplied by (``size / subsample``
     of its subsampled plates other than the data plate); ``None`` while the structure is
-    still unknown (the first trace). Returns ``{site: (per_unit [U] or None, global scalar or
-    None, score log p or None)}`` and the static :class:`_Layout`.
+    still unknown (the first trace). ``fixed`` maps enumerated latent sites to the values
+    substituted for them in P (their term then carries no score function). Returns ``{site:
+    (per_unit [U] or None, global scalar or None, score log p or None)}`` and the static
+    :class:`_Layout`; with ``fixed``, also ``{site: per-unit log p(site)}`` of the fixed sites.
     """
     key_real, key_dream = jax.random.split(key)
-    real_sites, real_plates = _trace(real, key_real, args, kwargs)
+    real_sites, real_plates = _trace(real, key_real, args, kwargs,
+                                     substitute_fn=None if not fixed else lambda msg: fixed.get(msg["name"])
+                                     if msg["type"] == "sample" and not msg["is_observed"] else None)
     values = {n: s["value"] for n, s in real_sites.items()}
     plate_sizes = {n: _plate_sizes(s) for n, s in real_plates.items()}
 
@@ -295,7 +310,7 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales):
     dream_sites, dream_plates = _trace(dream, key_dream, args, kwargs, substitute_fn=same_draw)
     _check_worlds(real_sites, dream_sites, real_plates, dream_plates)
     plate_sizes.update({n: _plate_sizes(s) for n, s in dream_plates.items() if n not in plate_sizes})
-    out, frames, shapes = {}, {}, {}
+    out, frames, shapes, fixed_log_p = {}, {}, {}, {}
     for name, p_site in real_sites.items():
         q_site = dream_sites[name]
         value = p_site["value"]
@@ -314,7 +329,7 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales):
                 )
         else:
             log_p = p_site["fn"].log_prob(value)
-            score = None if p_site["fn"].has_rsample else log_p
+            score = None if p_site["fn"].has_rsample or (fixed and name in fixed) else log_p
         ratio = jnp.broadcast_to(log_p - log_q, shape)
         if scales is not None and scales[name] != 1.0:
             ratio = ratio * scales[name]
@@ -325,8 +340,52 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales):
             score = jnp.sum(score) if per is None else per
         out[name] = (unit, None if unit is not None else jnp.sum(ratio), score)
         frames[name], shapes[name] = _frames(p_site), shape
+        if fixed and name in fixed:
+            fixed_log_p[name] = _per_unit(jnp.broadcast_to(log_p, shape), shape, dim)
     layout = _Layout({n: s["is_observed"] for n, s in real_sites.items()}, plate_sizes, frames, shapes)
+    if fixed:
+        return out, layout, fixed_log_p
     return out, layout
+
+
+def _check_enumerate(sites, real, key, args, kwargs, layout, plate, first) -> dict[str, jnp.ndarray]:
+    """The support of each site to enumerate (name -> values ``[V]``), after checking it can be."""
+    if isinstance(sites, str) or not all(isinstance(n, str) for n in sites):
+        raise TypeError(f"enumerate_sites must be a tuple of site names, e.g. ('y',); got {sites!r}")
+    sites = tuple(sites)
+    if not sites:
+        return {}
+    unknown = sorted(set(sites) - set(layout.observed))
+    if unknown:
+        raise ValueError(f"enumerate_sites refers to sites {unknown} that the worlds do not have; sites: "
+                         f"{sorted(layout.observed)}")
+    observed = sorted(n for n in sites if layout.observed[n])
+    if observed:
+        raise ValueError(f"enumerate_sites {observed} are data sites of the real world: only latent "
+                         "sites of P (drawn, not observed) can be summed out")
+    outside = sorted(n for n, fr in layout.frames.items() if plate is None or plate not in fr)
+    if outside:
+        raise ValueError(f"enumerating needs every site in the data plate, one ledger per example; sites "
+                         f"{outside} are outside it")
+    real_sites = sample_sites(real, key, *args, **kwargs)
+    support = {}
+    for name in sites:
+        fn = real_sites[name]["fn"]
+        shape = layout.shapes[name]
+        if not fn.has_enumerate_support or fn.event_shape != () or len(shape) != 1:
+            raise ValueError(
+                f"site {name!r} cannot be enumerated: it needs a discrete distribution with an "
+                f"enumerable support (Categorical, Bernoulli, ...), one scalar per example (batch "
+                f"shape (B,), event shape ()); it has {type(fn).__name__} with {_describe((shape, fn.event_shape))}"
+            )
+        support[name] = jnp.reshape(fn.enumerate_support(expand=False), (-1,))
+    others = sorted(n for n, (_, _, score) in first.items() if score is not None and n not in sites)
+    if others:
+        raise NotImplementedError(
+            f"sites {others} of the real world are not reparameterisable and are not enumerated: "
+            "enumerate them too (enumerate_sites) or drop enumerate_sites to use score functions"
+        )
+    return support
 
 
 _DEFAULT_PLATE = "data"
@@ -348,6 +407,7 @@ def kl_objective(
     data_plate: str | None = _DefaultPlate(_DEFAULT_PLATE),
     data_size: int | None = None,
     base_measure: Mapping[str, Any] | None = None,
+    enumerate_sites: tuple[str, ...] | list[str] = (),
     **unexpected: Any,
 ) -> KLObjective:
     r"""Monte Carlo estimate of :math:`I[P;Q]` split into named terms (the ledger).
@@ -382,6 +442,9 @@ def kl_objective(
         data_size: N, the number of examples in the full data set, when the batch is drawn
             outside the model; default: the data plate's full size.
         base_measure: data site -> a NumPyro distribution or a callable ``x -> log m(x)``.
+        enumerate_sites: discrete latent sites of P to sum out exactly, one pass per value of
+            their support, instead of sampling them (see *Exact enumeration* in the module's
+            conventions; chapter 8).
 
     Returns:
         :class:`KLObjective` ``(loss, total, terms, stderr, mc_stderr, dropped)``.
@@ -392,9 +455,14 @@ def kl_objective(
             is not subsampled the same way in both worlds; ``data_plate`` names no plate of the
             worlds; ``data_size`` is not a positive integer, is given without a data plate or
             contradicts a subsampled data plate's size; a name, weight or base measure refers to
-            something that does not exist; or ``num_particles < 1``.
+            something that does not exist; ``num_particles < 1``; or an enumerated site is
+            not a per-example scalar latent of P with an enumerable support, a site lies outside
+            the data plate, or P has another non-reparameterisable latent while enumerating.
         TypeError: if ``key`` is not a PRNG key, a world is not callable, or a keyword argument
-            meant for the models is passed directly (put it in ``model_kwargs``).
+            meant for the models is passed directly (put it in ``model_kwargs``), or
+            ``enumerate_sites`` is not a tuple of names.
+        NotImplementedError: if P has a non-reparameterisable latent that is not enumerated
+            while another is (it would need a score-function term per enumerated value).
 
     All of these are raised while the models are traced: eagerly, and the same under
     ``jax.jit`` (they depend on shapes and structure only). The values are not checked: a
@@ -481,7 +549,24 @@ def kl_objective(
     def particle(k):
         return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales)[0]
 
-    if num_particles == 1:
+    enumerated = _check_enumerate(enumerate_sites, real, keys[0], args, kwargs, layout, plate, first)
+    if enumerated:
+        def particle(k):  # noqa: F811  (every combination of the enumerated values, weighted by P)
+            grids = jnp.meshgrid(*[values for values in enumerated.values()], indexing="ij")
+            combos = {n: g.reshape(-1) for n, g in zip(enumerated, grids)}  # [V] each
+
+            def at(vals):
+                fixed = {n: jnp.broadcast_to(v, layout.shapes[n]) for n, v in vals.items()}
+                out, _, log_p = _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, fixed)
+                return out, sum(log_p.values())  # [U] log p of this combination
+
+            outs, log_w = jax.vmap(at)(combos)  # [V, U] per site, [V, U]
+            w = jnp.exp(log_w)
+            return {n: (jnp.sum(w * unit, axis=0), None, score) for n, (unit, _, score) in outs.items()}
+
+    if enumerated:
+        parts = jax.vmap(particle)(keys)
+    elif num_particles == 1:
         parts = jax.tree.map(lambda a: a[None], particle(keys[0]) if rescale else first)
     else:
         parts = jax.vmap(particle)(keys)

@@ -1,0 +1,426 @@
+r"""Semi-supervised learning: two choices of worlds when only some images carry a label (chapter 8).
+
+**The post's model** (:class:`CodeModel`). The real world holds the data and an encoder
+:math:`p(z\mid x)` that reads the image only; the dream world draws a code :math:`z \sim q(z)` and
+predicts *both* the image, :math:`q(x\mid z)`, and the label, :math:`q(y\mid z)`, from it. With
+weights on the two distortions, as the post writes it,
+
+.. math:: \mathcal{L}_\text{post} = \left\langle -\beta \log q(x\mid z) - \gamma \log q(y\mid z)
+   + \log\frac{p(z\mid x)}{q(z)} \right\rangle .
+
+When an example has no label, :math:`y` is simply not a site of its worlds: the dream world's
+:math:`q(y\mid z)` is summed out (it is a leaf, so it sums to one) and the label's term vanishes.
+Per example of the whole set of :math:`N = N_l + N_u` images the recipe gives
+
+.. math:: \mathcal{L} = \frac{N_l}{N}\big(\beta D_l + \gamma C_l + R_l\big) + \frac{N_u}{N}\big(\beta D_u + R_u\big),
+
+with :math:`D = \langle -\log q(x\mid z)\rangle` the image's distortion, :math:`C = \langle -\log
+q(y\mid z)\rangle` the label's and :math:`R` the rate (:func:`post_objective`).
+
+**M2** (Kingma et al., 2014; :class:`M2`). Another choice of worlds: the real world gets a
+classifier :math:`p(y\mid x)` that *imputes* the missing label, and an encoder :math:`p(z\mid x, y)`;
+the dream world draws the label from :math:`q(y)`, the code from :math:`q(z)` and the image from
+:math:`q(x\mid y, z)`. For an unlabelled image the label is a latent of the real world, and its
+ten values are summed out exactly (``kl_objective(..., enumerate_sites=("y",))``):
+
+.. math:: U(x) = \sum_{y} p(y\mid x)\Big[\log\frac{p(y\mid x)}{q(y)} + \Big\langle \log\frac{p(z\mid x,y)}{q(z)}
+   - \log q(x\mid y,z)\Big\rangle_{p(z\mid x,y)}\Big].
+
+A labelled image's label is data, and the classifier does not appear in its worlds at all, so
+Kingma et al. add :math:`\alpha\langle -\log p(y\mid x)\rangle` over the labelled images
+(:func:`m2_objective`).
+
+The pixels are counts out of ``total_count`` (16 for the 8×8 digits) with binomial likelihoods
+(:func:`klbook.nn.binomial_head`); the networks read ``x / total_count``. :func:`fit_models`
+trains many models at once (one per seed or per weight, each with its own labelled set),
+vmapped over a leading axis.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+
+from klbook._checks import check_finite, is_concrete
+from klbook.divergence import check_key
+from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
+from klbook.recipe import data, kl_objective
+from klbook.train import fit
+
+__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "M2", "Classifier", "code_model", "m2", "classifier",
+           "post_real_world", "post_dream_world", "m2_real_world", "m2_dream_world", "post_objective",
+           "m2_objective", "supervised_objective", "split_labelled", "Split", "fit_models", "model_at",
+           "error_rate", "image_terms"]
+
+#: Recipe names for the post's model: the image's distortion D, the label's distortion C, the rate R.
+POST_NAMES = {"x": "distortion", "y": "classification", "z": "rate"}
+#: Recipe names for M2: the image's distortion, the label's term and the rate.
+M2_NAMES = {"x": "distortion", "y": "label", "z": "rate"}
+
+
+def _check(x, y, data_dim: int, num_classes: int, total_count: int, y_name: str = "y"):
+    """``x [N, data_dim]`` counts in 0..total_count, ``y [N]`` labels in 0..num_classes-1 (or None)."""
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != data_dim:
+        raise ValueError(f"x must have shape [N, {data_dim}] with N >= 1; got {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"x must hold integer pixel counts in 0..{total_count}; got {x.dtype}")
+    if is_concrete(x):
+        low, high = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
+        if low < 0 or high > total_count:
+            raise ValueError(f"pixel counts must lie in 0..{total_count}; got {low}..{high}")
+    if y is None:
+        return x, None
+    y = jnp.asarray(y)
+    if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"{y_name} must be integer labels of shape ({x.shape[0]},); got {y.shape}, {y.dtype}")
+    if is_concrete(y):
+        low, high = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}; got {low}..{high}")
+    return x, y
+
+
+class CodeModel(eqx.Module):
+    r"""The post's model: encoder :math:`p(z\mid x)`, decoder :math:`q(x\mid z)`, classifier :math:`q(y\mid z)`.
+
+    Networks are unbatched: ``encoder [D] -> [2K]``, ``decoder [K] -> [D]`` (pixel logits),
+    ``head [K] -> [C]`` (label logits).
+    """
+
+    encoder: Callable
+    decoder: Callable
+    head: Callable
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
+    def check(self, x, y=None):
+        """Checked ``x [N, D]`` (integer counts) and ``y [N]`` (integer labels, or None)."""
+        return _check(x, y, self.data_dim, self.num_classes, self.total_count)
+
+    def encode(self, x) -> dist.Distribution:
+        """:math:`p(z\\mid x)`: batch ``(N,)``, event ``(K,)``."""
+        x, _ = self.check(x)
+        return gaussian_head(jax.vmap(self.encoder)(x / self.total_count))
+
+    def decode(self, z) -> dist.Distribution:
+        """:math:`q(x\\mid z)`, binomial pixels out of ``total_count``: batch ``(N,)``, event ``(D,)``."""
+        return binomial_head(jax.vmap(self.decoder)(z), self.total_count)
+
+    def classify(self, z) -> dist.Distribution:
+        """:math:`q(y\\mid z)` for codes ``z [N, K]``: batch ``(N,)``."""
+        return categorical_head(jax.vmap(self.head)(z))
+
+    def prior(self, n: int) -> dist.Distribution:
+        """:math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
+        return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
+
+    def predict(self, x) -> jax.Array:
+        """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
+        return self.classify(self.encode(x).base_dist.loc).probs
+
+
+class M2(eqx.Module):
+    r"""Kingma et al.'s M2: classifier :math:`p(y\mid x)`, encoder :math:`p(z\mid x, y)`, decoder :math:`q(x\mid y, z)`.
+
+    ``classifier [D] -> [C]``, ``encoder [D + C] -> [2K]``, ``decoder [K + C] -> [D]``; the label
+    enters the encoder and decoder one-hot.
+    """
+
+    classifier: Callable
+    encoder: Callable
+    decoder: Callable
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
+    def check(self, x, y=None):
+        """Checked ``x [N, D]`` (integer counts) and ``y [N]`` (integer labels, or None)."""
+        return _check(x, y, self.data_dim, self.num_classes, self.total_count)
+
+    def classify(self, x) -> dist.Distribution:
+        """The real world's classifier :math:`p(y\\mid x)`: batch ``(N,)``."""
+        x, _ = self.check(x)
+        return categorical_head(jax.vmap(self.classifier)(x / self.total_count))
+
+    def encode(self, x, y) -> dist.Distribution:
+        """:math:`p(z\\mid x, y)`: batch ``(N,)``, event ``(K,)``."""
+        x, _ = self.check(x)
+        inputs = jnp.concatenate([x / self.total_count, jax.nn.one_hot(y, self.num_classes)], axis=-1)
+        return gaussian_head(jax.vmap(self.encoder)(inputs))
+
+    def decode(self, z, y) -> dist.Distribution:
+        """:math:`q(x\\mid y, z)`: batch ``(N,)``, event ``(D,)``."""
+        inputs = jnp.concatenate([z, jax.nn.one_hot(y, self.num_classes)], axis=-1)
+        return binomial_head(jax.vmap(self.decoder)(inputs), self.total_count)
+
+    def label_prior(self, n: int) -> dist.Distribution:
+        """:math:`q(y)`, uniform over the classes: batch ``(n,)``."""
+        return dist.Categorical(logits=jnp.zeros((n, self.num_classes)))
+
+    def prior(self, n: int) -> dist.Distribution:
+        """:math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
+        return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
+
+    def predict(self, x) -> jax.Array:
+        """Class probabilities of the classifier :math:`p(y\\mid x)`, ``[N, C]``."""
+        return self.classify(x).probs
+
+
+class Classifier(eqx.Module):
+    """A plain classifier :math:`q(y\\mid x)` (the supervised-only baseline), same network as M2's."""
+
+    net: Callable
+    data_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
+    def check(self, x, y=None):
+        """Checked ``x [N, D]`` (integer counts) and ``y [N]`` (integer labels, or None)."""
+        return _check(x, y, self.data_dim, self.num_classes, self.total_count)
+
+    def classify(self, x) -> dist.Distribution:
+        """:math:`q(y\\mid x)`: batch ``(N,)``."""
+        x, _ = self.check(x)
+        return categorical_head(jax.vmap(self.net)(x / self.total_count))
+
+    def predict(self, x) -> jax.Array:
+        """Class probabilities, ``[N, C]``."""
+        return self.classify(x).probs
+
+
+def code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
+               head_depth: int = 1, total_count: int = 16) -> CodeModel:
+    """The post's model with one-hidden-layer MLPs of ``width``; the label head has ``head_depth`` hidden layers."""
+    check_key(key)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return CodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+                     mlp(k2, latent_dim, data_dim, width=width, depth=1),
+                     mlp(k3, latent_dim, num_classes, width=width, depth=head_depth), data_dim, latent_dim,
+                     num_classes, total_count)
+
+
+def m2(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> M2:
+    """M2 with one-hidden-layer MLPs of ``width`` for the classifier, encoder and decoder."""
+    check_key(key)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return M2(mlp(k1, data_dim, num_classes, width=width, depth=1),
+              mlp(k2, data_dim + num_classes, 2 * latent_dim, width=width, depth=1),
+              mlp(k3, latent_dim + num_classes, data_dim, width=width, depth=1),
+              data_dim, latent_dim, num_classes, total_count)
+
+
+def classifier(key, data_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> Classifier:
+    """The supervised-only baseline: the same one-hidden-layer MLP as M2's classifier."""
+    check_key(key)
+    return Classifier(mlp(key, data_dim, num_classes, width=width, depth=1), data_dim, num_classes, total_count)
+
+
+def post_real_world(model: CodeModel, x, y=None) -> None:
+    """P of the post's model: images ``x [N, D]`` (and labels ``y [N]`` when given) and :math:`p(z\\mid x)`."""
+    x, y = model.check(x, y)
+    with numpyro.plate("data", x.shape[0]):
+        data("x", x, event_dim=1)
+        if y is not None:
+            data("y", y)
+        numpyro.sample("z", model.encode(x))
+
+
+def post_dream_world(model: CodeModel, x, y=None) -> None:
+    """Q of the post's model: :math:`q(z)\\,q(x\\mid z)\\,q(y\\mid z)`; without labels, :math:`q(y\\mid z)` is summed out (dropped)."""
+    x, y = model.check(x, y)
+    with numpyro.plate("data", x.shape[0]):
+        z = numpyro.sample("z", model.prior(x.shape[0]))
+        numpyro.sample("x", model.decode(z))
+        if y is not None:
+            numpyro.sample("y", model.classify(z))
+
+
+def m2_real_world(model: M2, x, y=None) -> None:
+    """P of M2: images, labels as data when given, else imputed by :math:`p(y\\mid x)`; then :math:`p(z\\mid x, y)`."""
+    x, y = model.check(x, y)
+    with numpyro.plate("data", x.shape[0]):
+        data("x", x, event_dim=1)
+        if y is None:
+            y = numpyro.sample("y", model.classify(x))
+        else:
+            data("y", y)
+        numpyro.sample("z", model.encode(x, y))
+
+
+def m2_dream_world(model: M2, x, y=None) -> None:
+    """Q of M2: :math:`q(y)\\,q(z)\\,q(x\\mid y, z)`, the label drawn whether or not the data carry it."""
+    x, _ = model.check(x, y)
+    n = x.shape[0]
+    with numpyro.plate("data", n):
+        y = numpyro.sample("y", model.label_prior(n))
+        z = numpyro.sample("z", model.prior(n))
+        numpyro.sample("x", model.decode(z, y))
+
+
+def _fractions(n_labelled: int, n_unlabelled) -> tuple[float, float]:
+    if isinstance(n_unlabelled, bool) or not isinstance(n_unlabelled, (int, np.integer)) or n_unlabelled < 1:
+        raise ValueError(f"n_unlabelled (the size of the whole unlabelled set) must be a positive integer; got {n_unlabelled!r}")
+    n = n_labelled + int(n_unlabelled)
+    return n_labelled / n, int(n_unlabelled) / n
+
+
+def post_objective(model: CodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
+                   gamma=1.0) -> tuple[jax.Array, dict]:
+    r"""The post's semi-supervised loss per example of the whole set, and its terms (nats).
+
+    .. math:: \frac{N_l}{N}\big(\beta D_l + \gamma C_l + R_l\big) + \frac{N_u}{N}\big(\beta D_u + R_u\big)
+
+    ``x_l [N_l, D]``, ``y_l [N_l]``: the labelled images (all of them); ``x_u [B, D]``: a batch of
+    the ``n_unlabelled`` unlabelled images. Terms: ``distortion`` and ``rate`` (over all
+    images), ``classification`` (per labelled image), and ``loss``.
+    """
+    check_key(key)
+    f_l, f_u = _fractions(jnp.shape(x_l)[0], n_unlabelled)
+    k_l, k_u = jax.random.split(key)
+    lab = kl_objective(k_l, post_real_world, post_dream_world, model, x_l, y_l, names=POST_NAMES,
+                       weights={"distortion": beta, "classification": gamma})
+    unl = kl_objective(k_u, post_real_world, post_dream_world, model, x_u,
+                       names={n: t for n, t in POST_NAMES.items() if n != "y"}, weights={"distortion": beta})
+    terms = {n: f_l * lab.terms[n] + f_u * unl.terms[n] for n in ("distortion", "rate")}
+    terms["classification"] = lab.terms["classification"]
+    return f_l * lab.loss + f_u * unl.loss, terms
+
+
+def m2_objective(model: M2, key, x_l, y_l, x_u, n_unlabelled: int, *, alpha=1.0) -> tuple[jax.Array, dict]:
+    r"""M2's loss per example of the whole set (Kingma et al., 2014, eq. 9), and its terms (nats).
+
+    .. math:: \frac{N_l}{N}\big(L(x, y) + \alpha\langle -\log p(y\mid x)\rangle\big) + \frac{N_u}{N}\,U(x)
+
+    :math:`L` is the recipe's KL with the label as data, :math:`U` the recipe's KL with the label
+    a latent of the real world, summed out exactly over its values. Arguments as
+    :func:`post_objective`. Terms: ``distortion``, ``rate``, ``label`` (over all images),
+    ``classification`` (the classifier's cross-entropy per labelled image), and ``loss``.
+    """
+    check_key(key)
+    f_l, f_u = _fractions(jnp.shape(x_l)[0], n_unlabelled)
+    k_l, k_u = jax.random.split(key)
+    lab = kl_objective(k_l, m2_real_world, m2_dream_world, model, x_l, y_l, names=M2_NAMES)
+    unl = kl_objective(k_u, m2_real_world, m2_dream_world, model, x_u, names=M2_NAMES, enumerate_sites=("y",))
+    ce = -jnp.mean(model.classify(x_l).log_prob(y_l))
+    terms = {n: f_l * lab.terms[n] + f_u * unl.terms[n] for n in ("distortion", "rate", "label")}
+    terms["classification"] = ce
+    return f_l * (lab.loss + alpha * ce) + f_u * unl.loss, terms
+
+
+def supervised_objective(model: Classifier, key, x_l, y_l, x_u=None, n_unlabelled: int = 1, *,
+                         weight=1.0) -> tuple[jax.Array, dict]:
+    """Cross-entropy of the labelled images alone, :math:`\\langle -\\log q(y\\mid x)\\rangle` (the baseline).
+
+    Same signature as the other objectives; ``x_u`` and ``n_unlabelled`` are ignored.
+    """
+    ce = -jnp.mean(model.classify(x_l).log_prob(y_l))
+    return weight * ce, {"classification": ce}
+
+
+class Split(NamedTuple):
+    """A labelled/unlabelled split of a training set: ``labelled [R, L]`` and ``unlabelled [R, N - L]`` row indices."""
+
+    labelled: np.ndarray
+    unlabelled: np.ndarray
+
+
+def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
+    """``num_splits`` random splits of the labels ``y [N]``: ``per_class`` labelled images of each class, the rest unlabelled.
+
+    Raises ValueError if a class has fewer than ``per_class`` images.
+    """
+    check_key(key)
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"y must be integer labels of shape (N,); got {y.shape}, {y.dtype}")
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer; got {per_class!r}")
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < per_class:
+        raise ValueError(f"class {classes[counts.argmin()]} has {counts.min()} images, fewer than per_class={per_class}")
+    labelled, unlabelled = [], []
+    for r in range(num_splits):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, r), y.shape[0]))
+        chosen = np.concatenate([order[y[order] == c][:per_class] for c in classes])
+        labelled.append(np.sort(chosen))
+        unlabelled.append(np.setdiff1d(np.arange(y.shape[0]), chosen))
+    return Split(np.stack(labelled), np.stack(unlabelled))
+
+
+def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, weights, *, num_steps: int,
+               batch_size: int = 100, optimizer: optax.GradientTransformation | None = None,
+               progress: bool = True, desc: str = "models") -> tuple[eqx.Module, dict[str, np.ndarray]]:
+    r"""Train one model per entry of ``weights`` at once: parameters stacked, one vmapped, compiled loop.
+
+    Model :math:`m` sees the labelled images of ``split`` row :math:`m` (all of them every step)
+    and a batch of ``batch_size`` of its unlabelled images, and minimises ``objective(model, key,
+    x_l, y_l, x_u, n_unlabelled, weight)`` with its own weight (:math:`\gamma`, :math:`\alpha`, ...):
+    ``objective`` is e.g. ``lambda m, k, xl, yl, xu, n, w: post_objective(m, k, xl, yl, xu, n, gamma=w)``.
+    ``x [N, D]``, ``y [N]``: the training set; ``split`` has one row per model. Returns the stacked
+    models (see :func:`model_at`) and the history (``loss`` and each term summed over models).
+    """
+    check_key(key)
+    weights = jnp.asarray(weights, jnp.float32)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    check_finite(weights, "weights")
+    if weights.ndim != 1 or split.labelled.shape[0] != weights.shape[0]:
+        raise ValueError(f"weights must be a list with one entry per row of split ({split.labelled.shape[0]}); "
+                         f"got shape {weights.shape}")
+    m = weights.shape[0]
+    x_l, y_l = x[split.labelled], y[split.labelled]  # [M, L, D], [M, L]
+    x_u = x[split.unlabelled]  # [M, U, D]
+    n_u = int(split.unlabelled.shape[1])
+    k_init, k_fit = jax.random.split(key)
+    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, m))
+
+    def loss_fn(stacked, k, rows):  # rows [B]: the same positions in each model's unlabelled set
+        def one(model, kk, xl, yl, xu, w):
+            return objective(model, kk, xl, yl, xu[rows], n_u, w)
+
+        losses, terms = eqx.filter_vmap(one)(stacked, jax.random.split(k, m), x_l, y_l, x_u, weights)
+        return jnp.sum(losses), {n: jnp.sum(t) for n, t in terms.items()}
+
+    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=jnp.arange(n_u), batch_size=batch_size,
+              optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,
+              desc=f"{m} {desc}")
+    return res.params, res.history
+
+
+def model_at(models, i: int):
+    """Model ``i`` of models stacked by :func:`fit_models`."""
+    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+
+
+def error_rate(models, x, y) -> np.ndarray:
+    """Test error of each of the stacked ``models`` (``[M]``): argmax of ``predict`` against ``y [N]``."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    probs = eqx.filter_vmap(lambda mm: mm.predict(x))(models)  # [M, N, C]
+    return np.asarray(jnp.mean(jnp.argmax(probs, axis=-1) != y[None, :], axis=-1))
+
+
+def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]:
+    """The unlabelled ledger of each stacked post's model on images ``x [N, D]``: ``distortion`` and ``rate`` ``[M]`` (nats per image).
+
+    The recipe's terms of :func:`post_real_world` / :func:`post_dream_world` without labels,
+    ``num_particles`` draws of the code per image.
+    """
+    check_key(key)
+    x = jnp.asarray(x)
+    names = {n: t for n, t in POST_NAMES.items() if n != "y"}
+
+    def one(m):
+        obj = kl_objective(key, post_real_world, post_dream_world, m, x, names=names, num_particles=num_particles)
+        return {n: obj.terms[n] for n in ("distortion", "rate")}
+
+    return {n: np.asarray(v) for n, v in eqx.filter_jit(eqx.filter_vmap(one))(models).items()}

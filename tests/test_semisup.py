@@ -1,0 +1,115 @@
+"""klbook.semisup: the chapter-8 identities (a missing label drops its term; M2's sum over labels) and clear errors."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from klbook import semisup as ss
+from klbook.recipe import kl_objective as _kl_objective
+
+
+def kl_objective(key, real, dream, *args, **options):  # compiled: eager NumPyro tracing is slow
+    return eqx.filter_jit(lambda k, a: _kl_objective(k, real, dream, *a, **options))(key, args)
+
+N, D, K, C, T = 12, 6, 2, 3, 4  # images, pixels, code, classes, counts per pixel
+
+
+@pytest.fixture(scope="module")
+def batch():
+    kx, ky = jax.random.split(jax.random.key(0))
+    return jax.random.randint(kx, (N, D), 0, T + 1), jax.random.randint(ky, (N,), 0, C)
+
+
+def test_a_missing_label_drops_exactly_its_term(batch):
+    x, y = batch
+    model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    lab = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x, y, names=ss.POST_NAMES)
+    unl = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x,
+                       names={"x": "distortion", "z": "rate"})
+    assert set(unl.terms) == {"distortion", "rate"} and unl.dropped == ("x",) and lab.dropped == ("x", "y")
+    for name in ("distortion", "rate"):  # same key, same codes: the same terms
+        np.testing.assert_allclose(unl.terms[name], lab.terms[name], rtol=1e-6)
+    np.testing.assert_allclose(lab.total - unl.total, lab.terms["classification"], rtol=1e-5)
+
+
+def test_post_objective_weights_and_fractions(batch):
+    x, y = batch
+    model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    k_l, k_u = jax.random.split(jax.random.key(3))
+    loss, terms = eqx.filter_jit(lambda m, k: ss.post_objective(m, k, x[:4], y[:4], x[4:], 20, beta=0.5, gamma=7.0))(
+        model, jax.random.key(3))
+    lab = kl_objective(k_l, ss.post_real_world, ss.post_dream_world, model, x[:4], y[:4], names=ss.POST_NAMES).terms
+    unl = kl_objective(k_u, ss.post_real_world, ss.post_dream_world, model, x[4:],
+                       names={"x": "distortion", "z": "rate"}).terms
+    f_l, f_u = 4 / 24, 20 / 24
+    want = f_l * (0.5 * lab["distortion"] + 7.0 * lab["classification"] + lab["rate"]) \
+        + f_u * (0.5 * unl["distortion"] + unl["rate"])
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(terms["classification"], lab["classification"], rtol=1e-6)
+
+
+def test_m2_unlabelled_term_is_the_classifier_weighted_labelled_terms_minus_its_entropy(batch):
+    # U(x) = sum_y p(y|x) L(x, y) - H[p(y|x)], for one image, within Monte Carlo error
+    x, _ = batch
+    model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
+    one = x[:1]
+    u = kl_objective(jax.random.key(5), ss.m2_real_world, ss.m2_dream_world, model, one,
+                     names=ss.M2_NAMES, enumerate_sites=("y",), num_particles=400)
+    p = np.asarray(model.classify(one).probs[0])
+
+    @eqx.filter_jit
+    def labelled(m, k):  # L(x, v) for every label v, one compiled call
+        def at(v):
+            lv = _kl_objective(jax.random.fold_in(k, v), ss.m2_real_world, ss.m2_dream_world, m, one, v[None],
+                               names=ss.M2_NAMES, num_particles=400)
+            return lv.total, lv.mc_stderr["total"]
+        return jax.vmap(at)(jnp.arange(C))
+
+    totals, ses = (np.asarray(a) for a in labelled(model, jax.random.key(6)))
+    parts, var = totals, float(np.sum((p * ses) ** 2))
+    want = float(np.dot(p, parts) + np.sum(p * np.log(p)))
+    assert abs(float(u.total) - want) < 4 * np.sqrt(var + float(u.mc_stderr["total"]) ** 2)
+    # the label's own term is the exact KL(p(y|x) || uniform): no sampling noise at all
+    np.testing.assert_allclose(u.terms["label"], np.sum(p * np.log(p * C)), rtol=1e-5, atol=1e-6)
+
+
+def test_split_labelled_is_balanced_and_disjoint():
+    y = np.repeat(np.arange(C), 7)
+    split = ss.split_labelled(jax.random.key(7), y, 2, num_splits=3)
+    assert split.labelled.shape == (3, 2 * C) and split.unlabelled.shape == (3, 7 * C - 2 * C)
+    for lab, unl in zip(split.labelled, split.unlabelled):
+        assert np.all(np.bincount(y[lab], minlength=C) == 2)
+        assert np.array_equal(np.sort(np.concatenate([lab, unl])), np.arange(y.size))
+    assert not np.array_equal(split.labelled[0], split.labelled[1])
+    with pytest.raises(ValueError, match="fewer than per_class"):
+        ss.split_labelled(jax.random.key(7), y, 8)
+
+
+def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
+    x, y = batch
+    y = jnp.arange(N) % C
+    split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
+    models, history = ss.fit_models(
+        jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+        lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w),
+        x, y, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
+    assert np.all(np.isfinite(history["loss"])) and history["loss"].shape == (20,)
+    err = ss.error_rate(models, x, y)
+    assert err.shape == (2,) and np.all((0 <= err) & (err <= 1))
+
+
+def test_bad_inputs_are_named(batch):
+    x, y = batch
+    model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    with pytest.raises(TypeError, match="integer pixel counts"):
+        model.encode(x.astype(jnp.float32))
+    with pytest.raises(ValueError, match="0..4"):
+        model.encode(x + T)
+    with pytest.raises(ValueError, match="labels must lie"):
+        ss.post_real_world(model, x, y + C)
+    with pytest.raises(ValueError, match="shape"):
+        ss.post_real_world(model, x, y[:3])
+    with pytest.raises(ValueError, match="n_unlabelled"):
+        ss.post_objective(model, jax.random.key(0), x, y, x, 0)
