@@ -1,0 +1,342 @@
+r"""Bayes by Backprop: variational Bayes over the weights of a neural network (chapter 11).
+
+The worlds are chapter 10's (:func:`klbook.bayes.real_world`, :func:`klbook.bayes.dream_world`)
+with a network's weights as the global code :math:`\theta` and a conditional likelihood
+:math:`q(y\mid x, \theta)` read off the network's output by a head. The real world augments the
+data with one draw :math:`\theta\sim p(\theta\mid D)`, a mean-field Gaussian; the dream world is a
+prior :math:`q(\theta)` times :math:`\prod_i q(y_i\mid x_i,\theta)`. Per example of the data set,
+
+.. math:: \frac1N I[P;Q] = \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}_{\text{distortion}}
+   + \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
+   + \text{const},
+
+minimised on minibatches with the rate divided by the *full* N (Blundell et al. 2015, "Bayes
+by Backprop"; the recipe's ``data_size=``). :func:`objective` is that ledger through
+:func:`klbook.recipe.kl_objective`. :func:`objective_lrt` estimates the same expected distortion
+with the *local reparameterisation trick* (Kingma, Salimans and Welling 2015): instead of one
+weight draw shared by the batch, each example gets its own draw of every pre-activation,
+:math:`h_j = \sum_i a_i W_{ij} \sim \mathcal N\big(\sum_i a_i\mu_{ij},\ \sum_i a_i^2\sigma_{ij}^2\big)`,
+which is exact for each example and makes the examples' noises independent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import optax
+from jax.flatten_util import ravel_pytree
+
+from klbook import bayes
+from klbook._checks import check_finite, check_positive
+from klbook.divergence import NoClosedFormError, check_key, kl
+from klbook.nn import mlp
+from klbook.recipe import KLObjective
+from klbook.train import FitResult, fit
+
+__all__ = ["Network", "network", "Likelihood", "regression", "classifier", "init_posterior",
+           "gaussian_prior", "scale_mixture_prior", "objective", "objective_lrt", "fit_posterior",
+           "fit_point", "outputs", "outputs_lrt", "predictive_probs", "Reliability", "reliability",
+           "entropy", "rotate_digits", "gradient_draws"]
+
+
+class Network(eqx.Module):
+    r"""An MLP whose weights are one flat vector :math:`\theta` ``[num_weights]``.
+
+    ``net(theta, x)`` maps ``x [B, in_size]`` to ``[B, out_size]``; ``net.unravel(theta)`` is the
+    ``eqx.nn.MLP`` with those weights. Built by :func:`network` from :func:`klbook.nn.mlp`.
+    """
+
+    template: eqx.nn.MLP
+    unravel_fn: Callable = eqx.field(static=True)
+    num_weights: int = eqx.field(static=True)
+
+    def unravel(self, theta) -> eqx.nn.MLP:
+        """The ``eqx.nn.MLP`` whose weights are ``theta [num_weights]``."""
+        arrays, static = eqx.partition(self.template, eqx.is_array)
+        return eqx.combine(self.unravel_fn(theta), static)
+
+    def init_weights(self) -> jax.Array:
+        """The template's initial weights (Equinox's default initialisation), flat ``[num_weights]``."""
+        return ravel_pytree(eqx.filter(self.template, eqx.is_array))[0]
+
+    def __call__(self, theta, x) -> jax.Array:
+        """Outputs ``[B, out_size]`` of the network with weights ``theta [num_weights]`` on ``x [B, in_size]``."""
+        return jax.vmap(self.unravel(theta))(x)
+
+
+def network(key: jax.Array, in_size: int, out_size: int, *, width: int = 16, depth: int = 1,
+            activation: Callable = jnp.tanh) -> Network:
+    """A :class:`Network` over :func:`klbook.nn.mlp` ``(key, in_size, out_size, width, depth)``.
+
+    ``activation`` must act elementwise (``jnp.tanh``, ``jax.nn.relu``): :func:`outputs_lrt`
+    applies it to pre-activations of any shape. Chapter 11 uses one hidden layer of ReLUs.
+
+    Raises:
+        ValueError: a size or depth that is not a positive integer (from :func:`klbook.nn.mlp`).
+    """
+    template = mlp(key, in_size, out_size, width=width, depth=depth, activation=activation)
+    flat, unravel = ravel_pytree(eqx.filter(template, eqx.is_array))
+    return Network(template, unravel, int(flat.shape[0]))
+
+
+class Likelihood(NamedTuple):
+    r""":math:`q(y\mid x, \theta)`: ``head(network(theta, x))``, a NumPyro distribution, one event per example."""
+
+    network: Network
+    head: Callable[[jax.Array], dist.Distribution]
+
+    def __call__(self, theta, x) -> dist.Distribution:
+        return self.head(self.network(theta, x))
+
+
+def regression(net: Network, noise: float) -> Likelihood:
+    r"""Regression with known noise: :math:`y\sim\mathcal N(f_\theta(x), \sigma^2)`, ``out_size`` 1."""
+    check_positive(noise, "noise")
+    return Likelihood(net, lambda out: dist.Normal(out[..., 0], noise))
+
+
+def classifier(net: Network) -> Likelihood:
+    r"""Classification: :math:`y\sim\mathrm{Categorical}(\mathrm{softmax}\, f_\theta(x))`."""
+    return Likelihood(net, lambda out: dist.CategoricalLogits(out))
+
+
+def init_posterior(net: Network, scale: float = 1e-2) -> dict:
+    """Mean-field parameters for :func:`klbook.bayes.gaussian`: means at the network's initial
+    weights (symmetry broken), standard deviations ``scale`` (small, as Blundell et al. start)."""
+    check_positive(scale, "scale")
+    raw = float(np.log(np.expm1(scale)))
+    return {"loc": net.init_weights(), "raw_scale": jnp.full(net.num_weights, raw)}
+
+
+def gaussian_prior(num_weights: int, scale: float = 1.0) -> dist.Distribution:
+    r""":math:`q(\theta) = \mathcal N(0, s^2 I)` over ``num_weights`` weights (event shape ``[num_weights]``)."""
+    check_positive(scale, "scale")
+    return dist.Normal(jnp.zeros(num_weights), scale).to_event(1)
+
+
+def scale_mixture_prior(num_weights: int, pi: float = 0.5, scale1: float = 1.0,
+                        scale2: float = float(np.exp(-6.0))) -> dist.Distribution:
+    r"""Blundell et al. (2015, eq. 7): each weight :math:`\sim \pi\,\mathcal N(0, s_1^2) + (1-\pi)\,\mathcal N(0, s_2^2)`.
+
+    With :math:`s_2 \ll s_1` most weights are pulled hard towards 0 while a few may be large.
+    Event shape ``[num_weights]``; the rate has no closed form against it (the recipe samples it).
+    """
+    if not 0.0 < pi < 1.0:
+        raise ValueError(f"pi must be in (0, 1); got {pi}")
+    check_positive(scale1, "scale1")
+    check_positive(scale2, "scale2")
+    mixing = dist.Categorical(probs=jnp.broadcast_to(jnp.array([pi, 1 - pi]), (num_weights, 2)))
+    parts = dist.Normal(jnp.zeros((num_weights, 2)), jnp.broadcast_to(jnp.array([scale1, scale2]), (num_weights, 2)))
+    return dist.MixtureSameFamily(mixing, parts).to_event(1)
+
+
+def _check_xy(likelihood: Likelihood, x, y):
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.ndim != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"x must be [N, in_size] and y [N]; got {x.shape} and {y.shape}")
+    if x.shape[1] != likelihood.network.template.in_size:
+        raise ValueError(f"x has {x.shape[1]} features but the network takes {likelihood.network.template.in_size}")
+    check_finite(x, "x")
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        check_finite(y, "y")
+    return x, y
+
+
+def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
+              beta: float = 1.0, num_particles: int = 1) -> KLObjective:
+    r"""Bayes by Backprop's ledger through the recipe: ``distortion`` and ``rate`` (KL/N), nats per example.
+
+    One weight draw :math:`\theta\sim p(\theta\mid D)` = ``bayes.gaussian(params)`` per particle,
+    shared by the batch ``x [B, in]``, ``y [B]``; ``data_size=N`` makes the rate KL/N at every B.
+    ``loss`` is :math:`\beta D + R` (:func:`klbook.bayes.objective`).
+    """
+    return bayes.objective(key, bayes.gaussian(params), prior, likelihood, y, x, beta=beta,
+                           num_particles=num_particles, data_size=data_size)
+
+
+def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
+    r"""Network outputs ``[B, out]`` under the local reparameterisation trick.
+
+    Layer by layer, for activations ``a [B, in]``: pre-activations
+    :math:`h \sim \mathcal N(a\mu_W^\top + \mu_b,\ a^2 (\sigma_W^2)^\top + \sigma_b^2)`, drawn
+    independently for every example (Kingma, Salimans and Welling 2015, eq. 6). Each example's
+    outputs have the same distribution as with its own weight draw.
+    """
+    means = net.unravel(params["loc"])
+    sds = net.unravel(jax.nn.softplus(params["raw_scale"]))
+    a = x
+    last = len(means.layers) - 1
+    for i, (m, s) in enumerate(zip(means.layers, sds.layers)):
+        mu = a @ m.weight.T + m.bias[None, :]                            # [B, out_i]
+        var = (a * a) @ (s.weight * s.weight).T + (s.bias * s.bias)[None, :]   # [B, out_i]
+        h = mu + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
+        a = h if i == last else means.activation(h)
+    return a
+
+
+def outputs(key, params: dict, net: Network, x, num_samples: int) -> jax.Array:
+    """Outputs ``[S, B, out]`` for ``num_samples`` weight draws from ``bayes.gaussian(params)``."""
+    thetas = jax.vmap(lambda k: bayes.gaussian(params).sample(k))(jax.random.split(key, num_samples))  # [S, W]
+    return jax.vmap(lambda t: net(t, x))(thetas)
+
+
+def _rate(key, params, prior) -> jax.Array:
+    """KL(p(θ|D) ‖ q(θ)) in closed form where :func:`klbook.kl` has one, else one sampled log ratio."""
+    posterior = bayes.gaussian(params)
+    try:
+        return kl(posterior, prior)
+    except NoClosedFormError:
+        theta = posterior.sample(key)
+        return posterior.log_prob(theta) - prior.log_prob(theta)
+
+
+def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
+                  beta: float = 1.0) -> KLObjective:
+    r"""The same ledger with the distortion by the local reparameterisation trick (:func:`outputs_lrt`).
+
+    ``distortion`` = :math:`\frac1B\sum_i -\log q(y_i\mid f_i)` with per-example pre-activation
+    draws; ``rate`` = KL/N, in closed form against a Gaussian prior (:func:`klbook.kl`), else one
+    sampled log ratio. Its expectation equals :func:`objective`'s; only the variance differs.
+    ``stderr``/``mc_stderr`` are the distortion's spread between examples over :math:`\sqrt B`.
+    """
+    k_out, k_rate = jax.random.split(key)
+    out = outputs_lrt(k_out, params, likelihood.network, x)
+    nll = -likelihood.head(out).log_prob(y)                              # [B]
+    distortion, rate = jnp.mean(nll), _rate(k_rate, params, prior) / data_size
+    se = jnp.std(nll, ddof=1) / jnp.sqrt(nll.shape[0])
+    terms = {"distortion": distortion, "rate": rate}
+    errors = {"distortion": se, "rate": jnp.zeros(()), "total": se}
+    return KLObjective(beta * distortion + rate, distortion + rate, terms, errors, errors, ("y",))
+
+
+def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, local_reparam: bool = False,
+                  betas=(1.0,), num_steps: int = 2000, batch_size: int | None = 128,
+                  learning_rate: float = 1e-2, progress: bool = True, desc: str | None = None) -> FitResult:
+    """Train mean-field posteriors, one per β in ``betas``, on minibatches (compiled once).
+
+    ``params`` carries a leading ``[len(betas)]`` axis (see :func:`klbook.bayes.fit_posterior`,
+    whose loop this is). Each step draws ``batch_size`` rows and passes ``data_size=N``, so the
+    rate is KL/N whatever the batch. ``local_reparam`` picks :func:`objective_lrt` over
+    :func:`objective` (one weight draw per batch). Adam, cosine-decayed learning rate.
+    ``history`` has ``loss`` and ``total, beta=...`` per step. ``x [N, in_size]``, ``y [N]``
+    (floats for regression, integer labels for classification).
+
+    Raises:
+        ValueError: ``x`` and ``y`` of mismatched or wrong shapes, a feature count the network
+            does not take, or non-finite data (eagerly, before compiling).
+    """
+    check_key(key)
+    x, y = _check_xy(likelihood, x, y)
+    n = int(y.shape[0])
+    betas = jnp.asarray(betas, jnp.float32)
+    one = objective_lrt if local_reparam else objective
+
+    def loss(p, k, batch):
+        yb, xb = batch
+
+        def single(pi, beta, ki):
+            out = one(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta)
+            return out.loss, out.total
+        losses, totals = jax.vmap(single)(p, betas, jax.random.split(k, betas.shape[0]))
+        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
+
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+    return fit(key, loss, params, num_steps=num_steps, optimizer=optax.adam(schedule),
+               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
+
+
+def fit_point(key, theta, likelihood: Likelihood, y, x, *, num_steps: int = 2000, batch_size: int | None = 128,
+              learning_rate: float = 1e-2, progress: bool = True, desc: str | None = None) -> FitResult:
+    r"""A deterministic network of the same size: maximum likelihood, :math:`\min_\theta -\frac1B\sum\log q(y_i\mid x_i,\theta)`.
+
+    ``theta [num_weights]`` (e.g. ``net.init_weights()``); Adam with a cosine-decayed learning rate.
+    Chapter 11's deterministic baseline. Raises ``ValueError`` on bad data, as :func:`fit_posterior`.
+    """
+    check_key(key)
+    x, y = _check_xy(likelihood, x, y)
+
+    def loss(t, k, batch):
+        yb, xb = batch
+        nll = -jnp.mean(likelihood(t, xb).log_prob(yb))
+        return nll, {"distortion": nll}
+
+    schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+    return fit(key, loss, theta, num_steps=num_steps, optimizer=optax.adam(schedule),
+               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
+
+
+def predictive_probs(key, params: dict, net: Network, x, num_samples: int = 64) -> jax.Array:
+    r"""Posterior predictive class probabilities :math:`\frac1S\sum_s \mathrm{softmax}\, f_{\theta_s}(x)`, ``[B, C]``."""
+    return jnp.mean(jax.nn.softmax(outputs(key, params, net, x, num_samples), axis=-1), axis=0)
+
+
+def entropy(probs) -> jax.Array:
+    r"""Predictive entropy :math:`-\sum_c p_c\log p_c` in nats, per row of ``probs [B, C]``."""
+    probs = jnp.asarray(probs)
+    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
+
+
+class Reliability(NamedTuple):
+    """A reliability diagram's bins: mean ``confidence``, ``accuracy`` and ``count`` per bin ``[num_bins]``."""
+
+    confidence: jax.Array
+    accuracy: jax.Array
+    count: jax.Array
+
+
+def reliability(probs, y, num_bins: int = 10) -> Reliability:
+    r"""Equal-width bins of the top-class probability; empty bins hold ``nan``.
+
+    The expected calibration error (:func:`klbook.vib.expected_calibration_error`, chapter 7) is
+    :math:`\sum_b \frac{n_b}{N}|\mathrm{acc}_b - \mathrm{conf}_b|` over these bins.
+    """
+    probs, y = jnp.asarray(probs), jnp.asarray(y)
+    if probs.ndim != 2 or y.shape != probs.shape[:1]:
+        raise ValueError(f"probs must be [N, C] and y [N]; got {probs.shape} and {y.shape}")
+    conf = jnp.max(probs, axis=-1)
+    correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
+    bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    count = jnp.zeros(num_bins).at[bins].add(1.0)
+    safe = jnp.where(count > 0, count, jnp.nan)
+    return Reliability(jnp.zeros(num_bins).at[bins].add(conf) / safe,
+                       jnp.zeros(num_bins).at[bins].add(correct) / safe, count)
+
+
+def rotate_digits(x, quarter_turns: int = 1) -> jax.Array:
+    """8×8 digits ``[N, 64]`` rotated by ``quarter_turns`` × 90°: inputs unlike the training data.
+
+    Raises:
+        ValueError: if ``x`` is not ``[N, 64]``.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != 64:
+        raise ValueError(f"x must be [N, 64] (flattened 8x8 digits); got {x.shape}")
+    return jnp.rot90(x.reshape(-1, 8, 8), k=quarter_turns, axes=(1, 2)).reshape(-1, 64)
+
+
+def gradient_draws(key, params: dict, prior, likelihood: Likelihood, y, x, *, batch_size: int,
+                   num_draws: int, local_reparam: bool) -> jax.Array:
+    r"""``num_draws`` independent draws ``[R, 2 * num_weights]`` of the distortion's gradient.
+
+    Each draw takes a fresh minibatch of ``batch_size`` rows (with replacement) and fresh noise,
+    and differentiates the minibatch distortion with respect to the posterior's ``loc`` and
+    ``raw_scale`` (concatenated): the stochastic gradient training follows, by :func:`objective`
+    (one weight draw per batch) or :func:`objective_lrt`. The trace of their covariance is the
+    estimator's variance (section on the local reparameterisation trick).
+    """
+    check_key(key)
+    x, y = _check_xy(likelihood, x, y)
+    n = int(y.shape[0])
+    one = objective_lrt if local_reparam else objective
+
+    def draw(k):
+        k_batch, k_noise = jax.random.split(k)
+        idx = jax.random.randint(k_batch, (batch_size,), 0, n)
+        g = jax.grad(lambda p: one(k_noise, p, prior, likelihood, y[idx], x[idx], data_size=n).terms["distortion"])(params)
+        return jnp.concatenate([g["loc"], g["raw_scale"]])
+    return jax.lax.map(draw, jax.random.split(key, num_draws))

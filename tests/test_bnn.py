@@ -1,0 +1,149 @@
+"""klbook.bnn: minibatch scaling of the rate, the local reparameterisation trick (unbiased, lower
+variance), the closed forms it uses, and errors on bad input."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from klbook import bayes, bnn, kl, vib
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def regression():
+    key = jax.random.key(0)
+    x = jax.random.uniform(jax.random.fold_in(key, 0), (N, 1), minval=-2.0, maxval=2.0)
+    y = jnp.sin(2 * x[:, 0]) + 0.2 * jax.random.normal(jax.random.fold_in(key, 1), (N,))
+    net = bnn.network(jax.random.fold_in(key, 2), 1, 1, width=4, depth=1, activation=jax.nn.relu)
+    params = bnn.init_posterior(net, scale=0.3)
+    return x, y, net, bnn.regression(net, 0.2), bnn.gaussian_prior(net.num_weights), params
+
+
+def test_network_is_the_equinox_mlp_with_those_weights(regression):
+    x, _, net, _, _, _ = regression
+    theta = net.init_weights()
+    assert theta.shape == (net.num_weights,) == (13,)
+    np.testing.assert_allclose(net(theta, x), jax.vmap(net.template)(x), rtol=1e-6)
+    np.testing.assert_allclose(net(2 * theta, x), jax.vmap(net.unravel(2 * theta))(x), rtol=1e-6)
+
+
+def test_rate_is_kl_over_the_full_n_at_every_batch_size(regression):
+    x, y, _, lik, prior, params = regression
+    exact = float(kl(bayes.gaussian(params), prior))                         # closed form, nats
+    for b in (4, N):
+        run = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y[:b], x[:b], data_size=N, num_particles=500))
+        out = run(jax.random.key(1))
+        assert abs(float(out.terms["rate"]) - exact / N) < 5 * float(out.mc_stderr["rate"]), (b, out.terms)
+    lrt = bnn.objective_lrt(jax.random.key(1), params, prior, lik, y[:4], x[:4], data_size=N)
+    assert abs(float(lrt.terms["rate"]) - exact / N) <= 1e-6 * exact   # closed form against a Gaussian prior
+
+
+def test_minibatch_objective_has_the_full_data_expectation(regression):
+    x, y, _, lik, prior, params = regression
+    full = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y, x, data_size=N, num_particles=1000))(jax.random.key(2))
+
+    def batch_value(k):
+        kb, ko = jax.random.split(k)
+        idx = jax.random.randint(kb, (8,), 0, N)
+        return bnn.objective(ko, params, prior, lik, y[idx], x[idx], data_size=N).total
+
+    v = jax.jit(jax.vmap(batch_value))(jax.random.split(jax.random.key(3), 1000))
+    se = math.hypot(float(jnp.std(v)) / math.sqrt(1000), float(full.mc_stderr["total"]))
+    assert abs(float(jnp.mean(v)) - float(full.total)) < 5 * se
+
+
+def test_lrt_outputs_have_each_examples_weight_draw_distribution(regression):
+    x, _, net, _, _, params = regression
+    s = 2000
+    per_weights = bnn.outputs(jax.random.key(4), params, net, x[:3], s)[..., 0]        # [S, 3]
+    per_lrt = jax.vmap(lambda k: bnn.outputs_lrt(k, params, net, x[:3]))(jax.random.split(jax.random.key(5), s))[..., 0]
+    for a, b in ((per_weights, per_lrt),):
+        m_se = jnp.sqrt(jnp.var(a, 0) / s + jnp.var(b, 0) / s)
+        assert np.all(np.abs(np.asarray(a.mean(0) - b.mean(0))) < 5 * np.asarray(m_se))
+        np.testing.assert_allclose(np.asarray(a.std(0)), np.asarray(b.std(0)), rtol=0.1)
+    # the difference: examples share a weight draw (correlated) without the trick, not with it
+    corr = lambda o: float(jnp.corrcoef(o[:, 0], o[:, 1])[0, 1])
+    assert abs(corr(per_lrt)) < 5 / math.sqrt(s) < corr(per_weights) - 5 / math.sqrt(s)
+
+
+def test_lrt_distortion_is_unbiased(regression):
+    x, y, _, lik, prior, params = regression
+    keys = jax.random.split(jax.random.key(6), 2000)
+    plain = jax.jit(jax.vmap(lambda k: bnn.objective(k, params, prior, lik, y, x, data_size=N).terms["distortion"]))(keys)
+    local = jax.jit(jax.vmap(lambda k: bnn.objective_lrt(k, params, prior, lik, y, x, data_size=N).terms["distortion"]))(keys)
+    se = math.hypot(float(jnp.std(plain)), float(jnp.std(local))) / math.sqrt(len(keys))
+    assert abs(float(jnp.mean(plain) - jnp.mean(local))) < 5 * se
+    assert float(jnp.std(local)) < float(jnp.std(plain))
+
+
+def test_lrt_reduces_the_gradient_variance():
+    key = jax.random.key(7)
+    x = jax.random.uniform(jax.random.fold_in(key, 0), (200, 6))
+    y = (x[:, 0] + x[:, 1] > 1).astype(jnp.int32) + (x[:, 2] > 0.5).astype(jnp.int32)
+    net = bnn.network(jax.random.fold_in(key, 1), 6, 3, width=8, depth=1, activation=jax.nn.relu)
+    lik, prior, params = bnn.classifier(net), bnn.gaussian_prior(net.num_weights), bnn.init_posterior(net, scale=0.3)
+    draws = 100
+    sq = {}
+    for lrt in (False, True):
+        g = np.asarray(bnn.gradient_draws(jax.random.key(8), params, prior, lik, y, x, batch_size=64,
+                                          num_draws=draws, local_reparam=lrt), np.float64)
+        assert g.shape == (draws, 2 * net.num_weights)
+        sq[lrt] = np.sum((g - g.mean(0)) ** 2, axis=1)
+    ratio = sq[False].mean() / sq[True].mean()
+    se = ratio * math.hypot(*(sq[k].std(ddof=1) / sq[k].mean() / math.sqrt(draws) for k in sq))
+    assert ratio - 4 * se > 1.0, (ratio, se)
+
+
+def test_reliability_bins_give_chapter_7s_ece_and_entropy_closed_forms():
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(9), (300, 10)) * 3)
+    y = jax.random.randint(jax.random.key(10), (300,), 0, 10)
+    rel = bnn.reliability(probs, y)
+    ok = rel.count > 0
+    ece = jnp.sum(jnp.where(ok, rel.count * jnp.abs(rel.accuracy - rel.confidence), 0.0)) / 300
+    assert abs(float(ece) - float(vib.expected_calibration_error(probs, y))) < 1e-6
+    assert float(rel.count.sum()) == 300
+    assert abs(float(bnn.entropy(jnp.full((1, 10), 0.1))[0]) - math.log(10)) < 1e-6
+    assert float(bnn.entropy(jnp.eye(10))[3]) == 0.0
+
+
+def test_scale_mixture_prior_density_and_sampled_rate():
+    p = bnn.scale_mixture_prior(3, pi=0.25, scale1=1.0, scale2=0.1)
+    w = jnp.array([0.0, 0.05, -2.0])
+    n = lambda v, s: math.exp(-0.5 * (v / s) ** 2) / (s * math.sqrt(2 * math.pi))
+    manual = sum(math.log(0.25 * n(float(v), 1.0) + 0.75 * n(float(v), 0.1)) for v in w)
+    assert abs(float(p.log_prob(w)) - manual) < 1e-5
+    net = bnn.network(jax.random.key(0), 3, 2, width=2, depth=1)
+    params = bnn.init_posterior(net)
+    x, y = jnp.ones((5, 3)), jnp.zeros(5, jnp.int32)
+    out = jax.jit(lambda k: bnn.objective_lrt(k, params, bnn.scale_mixture_prior(net.num_weights),
+                                              bnn.classifier(net), y, x, data_size=5))(jax.random.key(1))
+    # no closed form against the mixture: a sampled rate
+    assert np.isfinite(float(out.total))
+
+
+def test_bad_inputs_name_the_problem(regression):
+    x, y, net, lik, prior, params = regression
+    with pytest.raises(ValueError, match=r"x must be \[N, in_size\] and y \[N\]"):
+        bnn.fit_posterior(jax.random.key(0), params, prior, lik, y[:5], x, num_steps=1)
+    with pytest.raises(ValueError, match="features but the network takes 1"):
+        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, y, jnp.ones((N, 2)), num_steps=1)
+    with pytest.raises(ValueError, match="x must be finite|non-finite|NaN"):
+        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, y, x.at[0, 0].set(jnp.nan), num_steps=1)
+    with pytest.raises(ValueError, match=r"flattened 8x8 digits"):
+        bnn.rotate_digits(jnp.ones((3, 63)))
+    with pytest.raises(ValueError, match=r"pi must be in \(0, 1\)"):
+        bnn.scale_mixture_prior(3, pi=1.5)
+    with pytest.raises(ValueError, match="noise"):
+        bnn.regression(net, -1.0)
+    with pytest.raises(ValueError, match=r"probs must be \[N, C\]"):
+        bnn.reliability(jnp.ones(5), jnp.ones(5, jnp.int32))
+    assert np.array_equal(bnn.rotate_digits(bnn.rotate_digits(jnp.arange(128.0).reshape(2, 64), 2), 2),
+                          jnp.arange(128.0).reshape(2, 64))
+    assert isinstance(lik(net.init_weights(), x), dist.Normal)
