@@ -288,7 +288,9 @@ def _grid(model: Diffusion, num_steps: int) -> jax.Array:
 
 
 def names(num_steps: int) -> dict[str, str]:
-    """The ledger's names for the sites of :func:`real_world` with ``T = num_steps``."""
+    """The ledger's names for the sites of :func:`real_world` with ``T = num_steps`` (chapter 9):
+    ``z{T}`` (that is :math:`z_1`) is the ``prior`` term, ``z0 .. z{T-1}`` the ``diffusion`` term and the
+    data site ``x`` the ``reconstruction`` term."""
     out = {f"z{num_steps}": "prior", "x": "reconstruction"}
     out.update({f"z{i}": "diffusion" for i in range(num_steps)})
     return out
@@ -296,7 +298,12 @@ def names(num_steps: int) -> dict[str, str]:
 
 def real_world(model: Diffusion, x, num_steps: int) -> None:
     r"""P: the data ``x [N, D]`` and the forward process, drawn top down: :math:`z_1\sim q(z_1\mid x)`,
-    then :math:`z_{(i-1)/T}\sim q(z_{(i-1)/T}\mid z_{i/T}, x)`. Site ``z{i}`` is :math:`z_{i/T}`."""
+    then :math:`z_{(i-1)/T}\sim q(z_{(i-1)/T}\mid z_{i/T}, x)`. Site ``z{i}`` is :math:`z_{i/T}`, ``[N, D]``.
+
+    Raises:
+        ValueError: if ``x`` is not ``[N, D]``, finite and on the model's grid, or ``num_steps`` is
+            not a positive integer (eagerly, while the model is traced).
+    """
     x = model.check(x)
     gam = _grid(model, num_steps)
     with numpyro.plate("data", x.shape[0]):
@@ -309,7 +316,7 @@ def real_world(model: Diffusion, x, num_steps: int) -> None:
 
 def dream_world(model: Diffusion, x, num_steps: int) -> None:
     r"""Q: :math:`z_1\sim\mathcal{N}(0, I)`, the reverse steps :math:`p(z_s\mid z_t) = q(z_s\mid z_t, \hat x(z_t; t))`
-    and the decoder :math:`p(x\mid z_0)`. ``x`` only sets the shape."""
+    and the decoder :math:`p(x\mid z_0)`. ``x`` only sets the shape. Raises as :func:`real_world`."""
     x = model.check(x)
     gam = _grid(model, num_steps)
     with numpyro.plate("data", x.shape[0]):
@@ -321,7 +328,14 @@ def dream_world(model: Diffusion, x, num_steps: int) -> None:
 
 
 def objective(model: Diffusion, key, x, num_steps: int) -> tuple[jax.Array, dict]:
-    """The recipe's loss (nats per example) for the ``T``-step worlds and its named terms."""
+    r"""The recipe's loss for the ``T``-step worlds, nats per example, and its named terms (chapter 9).
+
+    ``kl_objective(key, real_world, dream_world, model, x, T, names=names(T))``: one draw of the whole
+    chain per example, every site's log-ratio sampled, so its expectation is the ledger
+    :math:`\text{prior} + \mathcal{L}_T + \text{reconstruction}`, an upper bound on
+    :math:`-\log p(x)` (up to the dropped data entropy). Returns ``(loss, terms)`` as
+    :func:`klbook.train.fit` wants them.
+    """
     obj = kl_objective(key, real_world, dream_world, model, x, num_steps, names=names(num_steps))
     return obj.loss, obj.terms
 
