@@ -221,8 +221,9 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, loc
 
     ``params`` carries a leading ``[len(betas)]`` axis (see :func:`klbook.bayes.fit_posterior`,
     whose loop this is). Each step draws ``batch_size`` rows and passes ``data_size=N``, so the
-    rate is KL/N whatever the batch. ``local_reparam`` picks :func:`objective_lrt` over
-    :func:`objective` (one weight draw per batch). Adam, cosine-decayed learning rate.
+    rate is KL/N whatever the batch. Without ``local_reparam`` this is
+    :func:`klbook.bayes.fit_posterior` (one weight draw per batch, :func:`objective`); with it,
+    the same loop on :func:`objective_lrt`. Adam, cosine-decayed learning rate.
     ``history`` has ``loss`` and ``total, beta=...`` per step. ``x [N, in_size]``, ``y [N]``
     (floats for regression, integer labels for classification).
 
@@ -232,15 +233,18 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, loc
     """
     check_key(key)
     x, y = _check_xy(likelihood, x, y)
+    if not local_reparam:   # Bayes by Backprop is chapter 10's fit with a network likelihood
+        return bayes.fit_posterior(key, bayes.gaussian, params, prior, likelihood, y, x, betas=betas,
+                                   num_steps=num_steps, batch_size=batch_size, num_particles=1,
+                                   learning_rate=learning_rate, desc=desc, progress=progress)
     n = int(y.shape[0])
     betas = jnp.asarray(betas, jnp.float32)
-    one = objective_lrt if local_reparam else objective
 
     def loss(p, k, batch):
         yb, xb = batch
 
         def single(pi, beta, ki):
-            out = one(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta)
+            out = objective_lrt(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta)
             return out.loss, out.total
         losses, totals = jax.vmap(single)(p, betas, jax.random.split(k, betas.shape[0]))
         return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
