@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from klbook.divergence import check_key
 
-__all__ = ["fit", "evaluate", "FitResult", "FitState", "NonFiniteLossError"]
+__all__ = ["fit", "evaluate", "fit_stacked", "member", "FitResult", "FitState", "NonFiniteLossError"]
 
 LossFn = Callable[[Any, jax.Array, Any], Any]
 
@@ -440,3 +440,57 @@ def evaluate(key: jax.Array, loss_fn: LossFn, params: Any, data: Any, batch_size
         tail = jax.tree.map(lambda a: a[num_full * batch_size :][None], data)
         totals += np.asarray(score(dynamic, tail, num_full), np.float64)[0] * remainder
     return {name: float(v / n) for name, v in zip(["loss", *names], totals)}
+
+
+def fit_stacked(key: jax.Array, make: Callable[[jax.Array], Any], loss: Callable[..., Any], weights, data: Any, *,
+                num_steps: int, batch_size: int | None = 128,
+                optimizer: optax.GradientTransformation | None = None, terms: tuple[str, ...] = ("rate", "distortion"),
+                progress: bool = True, desc: str | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+    r"""Train one model per weight at once: parameters stacked, one vmapped, compiled :func:`fit` loop.
+
+    A sweep over a weight (chapter 6's :math:`\beta` on the rate, chapter 7's :math:`\beta`, or
+    several seeds of one weight) is many small, identical trainings. Here model :math:`m`, built by
+    ``make(key_m)``, minimises ``loss(model_m, key, batch, weights[m])`` on the *same* batches
+    as the others, with its own noise key; the losses are summed, which leaves each model its own
+    gradient (and Adam's per-parameter step its own), so each trains as if alone, in one program.
+
+    Args:
+        key: JAX PRNG key: split into the models' initial keys and :func:`fit`'s key.
+        make: ``key -> model`` (an Equinox module or any pytree of arrays).
+        loss: ``(model, key, batch, weight) -> (loss, terms)``, ``terms`` a dict holding every
+            name in ``terms``.
+        weights: ``[M]`` finite numbers, one model each (repeats allowed).
+        data: as in :func:`fit`.
+        num_steps, batch_size, optimizer, progress: as in :func:`fit` (default optimizer Adam, 1e-3).
+        terms: the loss's terms to record per model.
+        desc: the progress bar's label.
+
+    Returns:
+        ``(models, history)``: the models stacked on a leading axis ``M`` (:func:`member` takes one
+        out) and ``name -> [num_steps]`` with ``loss`` and ``"{term}/{m}"`` per model.
+
+    Raises:
+        ValueError: ``weights`` not a non-empty vector of finite numbers.
+    """
+    check_key(key)
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.ndim != 1 or weights.size == 0 or not bool(jnp.all(jnp.isfinite(weights))):
+        raise ValueError(f"weights must be a non-empty vector of finite numbers; got {weights}")
+    k_init, k_fit = jax.random.split(key)
+    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, weights.size))
+
+    def loss_fn(stacked, k, batch):
+        keys = jax.random.split(k, weights.size)
+        losses, ts = eqx.filter_vmap(lambda m, kk, w: loss(m, kk, batch, w))(stacked, keys, weights)
+        named = {f"{n}/{i}": ts[n][i] for n in terms for i in range(weights.size)}
+        return jnp.sum(losses), named
+
+    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=data, batch_size=batch_size,
+              optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,
+              desc=desc or f"{weights.size} models")
+    return res.params, res.history
+
+
+def member(stacked: Any, i: int) -> Any:
+    """Model ``i`` of models stacked on a leading axis (by :func:`fit_stacked`)."""
+    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, stacked)

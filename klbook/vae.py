@@ -34,7 +34,7 @@ from klbook._checks import check_finite
 from klbook.divergence import check_key, kl
 from klbook.nn import bernoulli_head, binomial_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
-from klbook.train import fit
+from klbook.train import fit_stacked, member
 
 __all__ = ["VAE", "VAETerms", "Chain", "NAMES", "binomial_vae", "bernoulli_vae", "linear_gaussian_vae",
            "real_world", "dream_world", "terms", "rate", "iwae", "measure", "objective", "fit_betas",
@@ -270,31 +270,22 @@ def fit_betas(key, make: Callable[[jax.Array], VAE], betas: Sequence[float], x, 
 
     Model :math:`m` minimises :math:`D + \beta_m R` (:func:`objective`) on the same batches;
     the losses are summed, which leaves each model's gradient (and Adam's per-parameter step)
-    its own. Returns the stacked models (leading axis ``len(betas)``; see :func:`model_at`) and
-    the history ``name -> [num_steps]`` with ``rate/i`` and ``distortion/i`` per model.
+    its own (:func:`klbook.train.fit_stacked`). Returns the stacked models (leading axis
+    ``len(betas)``; see :func:`model_at`) and the history ``name -> [num_steps]`` with ``rate/i``
+    and ``distortion/i`` per model.
     """
     check_key(key)
     betas = jnp.asarray(betas, jnp.float32)
     if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas > 0)):
         raise ValueError(f"betas must be a non-empty list of positive numbers; got {betas}")
-    k_init, k_fit = jax.random.split(key)
-    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, betas.size))  # stacked
-
-    def loss_fn(stacked, k, batch):
-        keys = jax.random.split(k, betas.size)
-        losses, ts = eqx.filter_vmap(lambda m, kk, b: objective(m, kk, batch, b))(stacked, keys, betas)
-        named = {f"{n}/{i}": ts[n][i] for n in ("rate", "distortion") for i in range(betas.size)}
-        return jnp.sum(losses), named
-
-    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=jnp.asarray(x), batch_size=batch_size,
-              optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,
-              desc=f"{betas.size} beta-VAEs")
-    return res.params, res.history
+    return fit_stacked(key, make, lambda m, k, batch, b: objective(m, k, batch, b), betas, jnp.asarray(x),
+                       num_steps=num_steps, batch_size=batch_size, optimizer=optimizer, progress=progress,
+                       desc=f"{betas.size} beta-VAEs")
 
 
 def model_at(models: VAE, i: int) -> VAE:
-    """Model ``i`` of models stacked by :func:`fit_betas`."""
-    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+    """Model ``i`` of models stacked by :func:`fit_betas` (:func:`klbook.train.member`)."""
+    return member(models, i)
 
 
 def reconstruct(key, vae: VAE, x) -> jax.Array:

@@ -40,7 +40,7 @@ from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key
 from klbook.nn import categorical_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
-from klbook.train import fit
+from klbook.train import fit_stacked, member
 
 __all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
            "error_rate", "fit_betas", "model_at", "Scores", "evaluate", "fgsm", "expected_calibration_error",
@@ -169,7 +169,8 @@ def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[
 
     Model :math:`m` minimises :math:`C + \beta_m R` (:func:`objective`) on the same batches; the
     losses are summed, which leaves each model its own gradient. ``betas`` may contain 0 (a plain
-    stochastic classifier) and repeats (several seeds of one β). Returns the stacked models
+    stochastic classifier) and repeats (several seeds of one β); :func:`klbook.train.fit_stacked`
+    does the training. Returns the stacked models
     (leading axis ``len(betas)``; see :func:`model_at`) and the history with ``rate/i`` and
     ``distortion/i`` per model.
     """
@@ -177,25 +178,14 @@ def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[
     betas = jnp.asarray(betas, jnp.float32)
     if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas >= 0)):
         raise ValueError(f"betas must be a non-empty list of non-negative numbers; got {betas}")
-    k_init, k_fit = jax.random.split(key)
-    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, betas.size))
-
-    def loss_fn(stacked, k, batch):
-        bx, by = batch
-        keys = jax.random.split(k, betas.size)
-        losses, ts = eqx.filter_vmap(lambda m, kk, b: objective(m, kk, bx, by, b))(stacked, keys, betas)
-        named = {f"{n}/{i}": ts[n][i] for n in ("rate", "distortion") for i in range(betas.size)}
-        return jnp.sum(losses), named
-
-    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=(jnp.asarray(x), jnp.asarray(y)),
-              batch_size=batch_size, optimizer=optax.adam(1e-3) if optimizer is None else optimizer,
-              progress=progress, desc=f"{betas.size} VIBs")
-    return res.params, res.history
+    return fit_stacked(key, make, lambda m, k, batch, b: objective(m, k, batch[0], batch[1], b), betas,
+                       (jnp.asarray(x), jnp.asarray(y)), num_steps=num_steps, batch_size=batch_size,
+                       optimizer=optimizer, progress=progress, desc=f"{betas.size} VIBs")
 
 
 def model_at(models: VIB, i: int) -> VIB:
-    """Model ``i`` of models stacked by :func:`fit_betas`."""
-    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+    """Model ``i`` of models stacked by :func:`fit_betas` (:func:`klbook.train.member`)."""
+    return member(models, i)
 
 
 class Scores(NamedTuple):
