@@ -74,6 +74,11 @@ def key(n: int) -> jax.Array:
     Chapters take every key from here (never ``jax.random.key`` directly), so that one setting,
     ``KLBOOK_SEED``, moves every random draw of a chapter at once.
 
+    Derive a chapter's sub-keys with ``jax.random.fold_in(key, i)`` for distinct ``i`` and do not
+    also hand the key itself to a function that splits it: with JAX's partitionable Threefry
+    (the default in current JAX) ``jax.random.split(k, n)[i]`` *is* ``fold_in(k, i)``, so the two
+    would draw the same random numbers.
+
     Args:
         n: the key's number within the chapter (a non-negative integer).
 
