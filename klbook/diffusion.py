@@ -203,11 +203,13 @@ class DiscretisedNormal(dist.Distribution):
         super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
+        """Draws on the grid: a Normal draw rounded to the nearest bin centre, clipped to ``[low, high]``."""
         shape = sample_shape + self.batch_shape
         x = self.loc + self.scale * jax.random.normal(key, shape)
         return jnp.clip(jnp.round(x / self.bin_width) * self.bin_width, self.low, self.high)
 
     def log_prob(self, value):
+        """Log probability of the bin centred on ``value`` (a grid point), computed in the tail that keeps it accurate."""
         half = 0.5 * self.bin_width
         at_low, at_high = value <= self.low + half / 2, value >= self.high - half / 2
         a = (value - half - self.loc) / self.scale
