@@ -31,7 +31,7 @@ import numpyro.distributions as dist
 import optax
 from jax.flatten_util import ravel_pytree
 
-from klbook import bayes
+from klbook import bayes, vib
 from klbook._checks import check_finite, check_positive
 from klbook.divergence import NoClosedFormError, check_key, kl
 from klbook.nn import mlp
@@ -299,16 +299,9 @@ def reliability(probs, y, num_bins: int = 10) -> Reliability:
     The expected calibration error (:func:`klbook.vib.expected_calibration_error`, chapter 7) is
     :math:`\sum_b \frac{n_b}{N}|\mathrm{acc}_b - \mathrm{conf}_b|` over these bins.
     """
-    probs, y = jnp.asarray(probs), jnp.asarray(y)
-    if probs.ndim != 2 or y.shape != probs.shape[:1]:
-        raise ValueError(f"probs must be [N, C] and y [N]; got {probs.shape} and {y.shape}")
-    conf = jnp.max(probs, axis=-1)
-    correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
-    bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    count = jnp.zeros(num_bins).at[bins].add(1.0)
+    conf, correct, count = vib.calibration_bins(probs, y, num_bins)
     safe = jnp.where(count > 0, count, jnp.nan)
-    return Reliability(jnp.zeros(num_bins).at[bins].add(conf) / safe,
-                       jnp.zeros(num_bins).at[bins].add(correct) / safe, count)
+    return Reliability(conf / safe, correct / safe, count)
 
 
 def rotate_digits(x, quarter_turns: int = 1) -> jax.Array:

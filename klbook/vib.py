@@ -43,7 +43,8 @@ from klbook.recipe import data, kl_objective
 from klbook.train import fit_stacked, member
 
 __all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
-           "error_rate", "fit_betas", "model_at", "Scores", "evaluate", "fgsm", "expected_calibration_error",
+           "error_rate", "fit_betas", "model_at", "Scores", "evaluate", "fgsm", "calibration_bins",
+           "expected_calibration_error",
            "labelled_mixture", "label_posterior"]
 
 #: The recipe's names for the three sites: the images' term (zero: both worlds read x as data),
@@ -269,12 +270,17 @@ def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.
     return jnp.clip(x + epsilon * jnp.sign(jax.grad(loss)(x)), low, high)
 
 
-def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
-    r"""Expected calibration error (Guo et al., 2017): confidence against accuracy, binned.
+def calibration_bins(probs, y, num_bins: int = 10) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""Sums per equal-width bin of the top-class probability: ``(confidence, correct, count)``, each ``[num_bins]``.
 
-    .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{N}\,\big|\mathrm{acc}(b) - \mathrm{conf}(b)\big|
+    Bin :math:`b` holds the examples whose top-class probability lies in
+    :math:`[b/\text{num\_bins}, (b+1)/\text{num\_bins})` (the last bin closed); ``confidence`` sums
+    their top-class probabilities, ``correct`` counts their correct predictions and ``count`` the
+    examples. :func:`expected_calibration_error` and chapter 11's reliability diagram
+    (``klbook.bnn.reliability``) are both read from these sums. ``probs [N, C]``, ``y [N]``.
 
-    over ``num_bins`` equal-width bins of the top-class probability. ``probs [N, C]``, ``y [N]``.
+    Raises:
+        ValueError: shapes other than ``[N, C]`` and ``[N]``.
     """
     probs, y = jnp.asarray(probs), jnp.asarray(y)
     if probs.ndim != 2 or y.shape != probs.shape[:1]:
@@ -282,6 +288,17 @@ def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
     conf = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
     bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    counts = jnp.zeros(num_bins).at[bins].add(1.0)
-    gap = jnp.abs(jnp.zeros(num_bins).at[bins].add(correct) - jnp.zeros(num_bins).at[bins].add(conf))
-    return jnp.sum(gap) / y.shape[0]
+    return (jnp.zeros(num_bins).at[bins].add(conf), jnp.zeros(num_bins).at[bins].add(correct),
+            jnp.zeros(num_bins).at[bins].add(1.0))
+
+
+def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
+    r"""Expected calibration error (Guo et al., 2017): confidence against accuracy, binned.
+
+    .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{N}\,\big|\mathrm{acc}(b) - \mathrm{conf}(b)\big|
+
+    over ``num_bins`` equal-width bins of the top-class probability (:func:`calibration_bins`).
+    ``probs [N, C]``, ``y [N]``.
+    """
+    conf, correct, _ = calibration_bins(probs, y, num_bins)
+    return jnp.sum(jnp.abs(correct - conf)) / jnp.shape(y)[0]

@@ -144,3 +144,16 @@ def test_labelled_mixture_posterior_is_bayes_rule():
     nll = -np.log(post[np.arange(20000), np.asarray(y)])
     assert nll.mean() < np.log(4) - 0.1
     np.testing.assert_allclose(post.mean(0), np.bincount(np.asarray(y), minlength=4) / 20000, atol=0.01)
+
+
+def test_calibration_bins_add_up_and_give_the_ece():
+    probs = jax.nn.softmax(3 * jax.random.normal(jax.random.key(0), (400, 10)))
+    y = jax.random.randint(jax.random.key(1), (400,), 0, 10)
+    conf, correct, count = vib.calibration_bins(probs, y, num_bins=10)
+    assert float(count.sum()) == 400
+    assert abs(float(conf.sum()) - float(probs.max(-1).sum())) < 1e-3
+    assert float(correct.sum()) == float((probs.argmax(-1) == y).sum())
+    ece = float(jnp.sum(jnp.abs(correct - conf)) / 400)
+    assert abs(float(vib.expected_calibration_error(probs, y)) - ece) < 1e-7
+    with pytest.raises(ValueError, match=r"probs must be \[N, C\] and y \[N\]"):
+        vib.calibration_bins(probs, y[:10])
