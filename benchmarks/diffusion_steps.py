@@ -43,7 +43,7 @@ import numpyro
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_vs_hand import _all_eqns, hlo_counts  # noqa: E402  (the same HLO bookkeeping)
+from recipe_vs_hand import _all_eqns, hlo_counts, time_loop_and_scan  # noqa: E402  (the same bookkeeping)
 
 from klbook import data  # noqa: E402
 from klbook import diffusion as dm  # noqa: E402
@@ -157,34 +157,14 @@ def main():
     for f in scans.values():
         jax.block_until_ready(f(state0, (keys, xs)))
 
-    inputs = [(keys[i], xs[i]) for i in range(args.steps)]
-
-    def run_loop(f):
-        state = state0
-        for inp in inputs:
-            state, loss = f(state, inp)
-        jax.block_until_ready((state, loss))
-
-    def run_scan(f):
-        jax.block_until_ready(f(state0, (keys, xs)))
-
-    for label, runner, fns in (("python loop of jitted steps", run_loop, steps), ("one lax.scan", run_scan, scans)):
-        for f in fns.values():
-            runner(f)
-        times = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, f in fns.items():
-                t0 = time.perf_counter()
-                runner(f)
-                times[k].append(time.perf_counter() - t0)
+    for label, times in time_loop_and_scan(steps, scans, state0, keys, xs, args.steps, args.rounds).items():
         print(f"{label} ({args.rounds} rounds of {args.steps} steps):")
-        for k in fns:
+        for k in times:
             ratios = [a / b for a, b in zip(times[k], times["hand"])]
             q = np.quantile(ratios, [0.25, 0.75])
             per_step = statistics.median(times[k]) / args.steps
             print(f"  {k:>7}: {1e3 * per_step:7.2f} ms/step ({1 / per_step:6.0f} steps/s, median); "
                   f"median ratio to hand {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[1]:.3f})")
-
 
 if __name__ == "__main__":
     main()

@@ -202,7 +202,25 @@ def main():
         with variants[k][1]():
             jax.block_until_ready(f(state0, (keys, xs)))
 
-    inputs = [(keys[i], xs[i]) for i in range(args.steps)]  # sliced once, outside the timing
+    for label, times in time_loop_and_scan(steps, scans, state0, keys, xs, args.steps, args.rounds).items():
+        print(f"{label} ({args.rounds} rounds of {args.steps} steps):")
+        for k in times:
+            ratios = [a / b for a, b in zip(times[k], times["hand"])]
+            q = np.quantile(ratios, [0.25, 0.75])
+            print(f"  {k:>14}: {1e6 * statistics.median(times[k]) / args.steps:7.1f} us/step (median); "
+                  f"median ratio to hand {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[1]:.3f})")
+
+
+def time_loop_and_scan(steps: dict, scans: dict, state0, keys, xs, num_steps: int, rounds: int) -> dict:
+    """Wall times of training runs, two ways: a Python loop of jitted steps, and one ``lax.scan``.
+
+    ``steps`` and ``scans`` map a variant's name (one of them ``"hand"``) to its jitted step
+    ``(state, (key, x)) -> (state, loss)`` and scan ``(state, (keys, xs)) -> ...``. Each variant
+    runs once to warm up, then the variants run in turn (A B A B ...) for ``rounds`` rounds of
+    ``num_steps`` steps, so a slow phase of the machine hits all of them alike. Returns
+    ``{label: {variant: [seconds of each round]}}``. Shared with ``diffusion_steps.py``.
+    """
+    inputs = [(keys[i], xs[i]) for i in range(num_steps)]  # sliced once, outside the timing
 
     def run_loop(f):
         state = state0
@@ -213,22 +231,18 @@ def main():
     def run_scan(f):
         jax.block_until_ready(f(state0, (keys, xs)))
 
+    out = {}
     for label, runner, fns in (("python loop of jitted steps", run_loop, steps), ("one lax.scan", run_scan, scans)):
         for f in fns.values():  # warm up
             runner(f)
         times = {k: [] for k in fns}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for k, f in fns.items():  # A B in turn, every round
                 t0 = time.perf_counter()
                 runner(f)
                 times[k].append(time.perf_counter() - t0)
-        print(f"{label} ({args.rounds} rounds of {args.steps} steps):")
-        for k in fns:
-            ratios = [a / b for a, b in zip(times[k], times["hand"])]
-            q = np.quantile(ratios, [0.25, 0.75])
-            print(f"  {k:>14}: {1e6 * statistics.median(times[k]) / args.steps:7.1f} us/step (median); "
-                  f"median ratio to hand {statistics.median(ratios):.3f} (IQR {q[0]:.3f}-{q[1]:.3f})")
-
+        out[label] = times
+    return out
 
 def _all_eqns(jaxpr):
     """Every equation of a jaxpr, including those of sub-jaxprs (pjit, custom_jvp, ...)."""
