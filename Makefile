@@ -13,7 +13,8 @@
 #                   reproducibility contract: exact outputs exactly, measured ones (trained or Monte
 #                   Carlo) within the tolerance declared beside them (tests/nbval_contract.py)
 #   test-seeds      the same notebooks under other seeds (KLBOOK_SEED): every assert holds, and every
-#                   measured output stays within its declared tolerance of the stored one
+#                   measured output stays within its declared tolerance of the stored one (loading the
+#                   programs test-notebooks compiled from JAX's cache in _build/jax-cache, see JAX_CACHE)
 #   test-book       the book builds strictly (warnings are errors, nitpicky references), a tiny
 #                   book with a bad notebook really fails to build (tests/test_book_strict.py), and
 #                   nbval really rejects an edited output or a raising cell (tests/test_nbval_strict.py)
