@@ -102,3 +102,33 @@ def test_install_cell_installs_from_the_repository_and_keeps_jax(monkeypatch):
         pin = f"{name}=={importlib.metadata.version(name)}"
         assert pin in args, f"the install cell must pin the installed {name} ({pin}); got {args}"
     assert not any(a.startswith(("-U", "--upgrade", "--force")) for a in args)
+
+
+def _ends_with_bare_glue(source: str) -> bool:
+    import ast
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics: not plain Python, and no glue call to find
+        return False
+    last = body[-1] if body else None
+    return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+            and ast.unparse(last.value.func).split(".")[-1] == "glue")
+
+
+def test_bare_glue_detector():
+    assert _ends_with_bare_glue('x = 1\nbook.glue("a", x, tol=0.1)\n')
+    assert not _ends_with_bare_glue('_ = book.glue("a", 1, tol=0.1)\n')
+    assert not _ends_with_bare_glue('book.glue("a", 1)\nprint(2)\n')
+    assert not _ends_with_bare_glue('for v in (1, 2):\n    book.glue("a", v)\n')
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_cell_ends_with_a_bare_glue_call(path):
+    """``book.glue`` returns the rounded value, so a cell that ends with the call also prints it as
+    an execute_result: an unlabelled output that nbval compares exactly even when the glue itself is
+    measured (declared with ``tol``/``rel``), which fails on another CPU. Assign it: ``_ = book.glue(...)``."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    bad = [i for i, cell in enumerate(nb.get("cells", [])) if cell.get("cell_type") == "code"
+           and _ends_with_bare_glue("".join(cell.get("source", "")))]
+    assert not bad, f"{path.name}: cells {bad} end with a bare book.glue(...) call; write `_ = book.glue(...)`"
