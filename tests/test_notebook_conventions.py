@@ -10,6 +10,7 @@ installed, so Colab's GPU build is never replaced.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import importlib.util
 import json
@@ -105,8 +106,6 @@ def test_install_cell_installs_from_the_repository_and_keeps_jax(monkeypatch):
 
 
 def _ends_with_bare_glue(source: str) -> bool:
-    import ast
-
     try:
         body = ast.parse(source).body
     except SyntaxError:  # IPython magics: not plain Python, and no glue call to find
