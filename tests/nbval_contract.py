@@ -208,3 +208,36 @@ def pytest_configure(config):
 
     IPyNbCell.compare_outputs = compare_outputs
     IPyNbCell._klbook_contract = True
+
+    import nbval.kernel
+
+    nbval.kernel.start_new_kernel = retry_kernel_start(nbval.kernel.start_new_kernel)
+
+
+KERNEL_START_ATTEMPTS = 3
+
+
+def retry_kernel_start(start, attempts: int = KERNEL_START_ATTEMPTS):
+    """Wrap nbval's ``start_new_kernel`` so that a kernel which dies while starting is started again.
+
+    jupyter_client picks a kernel's five TCP ports by binding to free ones and closing them again
+    before the kernel binds them, so when two processes start kernels at once (the two seeds of the
+    seed layer, the two workers of the notebook layer) one kernel can find a port taken and exit
+    ("Kernel died before replying to kernel_info"; jupyter/jupyter_client#154). No cell of the
+    notebook has run yet, so starting a fresh kernel hides nothing; a kernel that cannot start
+    ``attempts`` times in a row still fails every cell of its notebook, with the last error.
+    """
+    import warnings
+
+    def start_new_kernel(*args, **kwargs):
+        for attempt in range(1, attempts + 1):
+            try:
+                return start(*args, **kwargs)
+            except RuntimeError as err:
+                if attempt == attempts:
+                    raise
+                warnings.warn(f"klbook contract: a kernel failed to start ({err}); starting another "
+                              f"(attempt {attempt + 1} of {attempts})", RuntimeWarning, stacklevel=2)
+
+    start_new_kernel.__wrapped__ = start
+    return start_new_kernel
