@@ -14,7 +14,7 @@
 #                   Carlo) within the tolerance declared beside them (tests/nbval_contract.py)
 #   test-seeds      the same notebooks under other seeds (KLBOOK_SEED): every assert holds, and every
 #                   measured output stays within its declared tolerance of the stored one (loading the
-#                   programs test-notebooks compiled from JAX's cache in _build/jax-cache, see JAX_CACHE)
+#                   programs test-notebooks compiled from copies of JAX's cache, _build/jax-cache: see JAX_CACHE)
 #   test-book       the book builds strictly (warnings are errors, nitpicky references), a tiny
 #                   book with a bad notebook really fails to build (tests/test_book_strict.py), and
 #                   nbval really rejects an edited output or a raising cell (tests/test_nbval_strict.py)
@@ -36,18 +36,27 @@ NBVAL_TIMEOUT ?= 600
 # machine this is written for has two cores. JOBS=0 runs everything in one process.
 JOBS ?= 2
 XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS))
-# JAX's persistent compilation cache, empty in a fresh clone (_build/jax-cache; make clean removes it).
+# The unit tests go to the workers a test file at a time: a module's fixtures (a trained model, say)
+# and the programs its tests compile are then built once, not once in each worker.
+LOADFILE := $(if $(XDIST),--dist loadfile)
+# JAX's persistent compilation cache (_build/jax-cache, empty in a fresh clone; make clean removes it).
 # A chapter spends more than half of its quick run compiling (ch06 alone on one core: 79 s with an
-# empty cache, 31 s with a full one). The notebook layer (seed 0) fills it; the seed layer runs the
-# same programs on other keys and loads them instead of compiling them again. A loaded program is
-# the executable XLA compiled on this machine for the same computation, so the numbers are the same.
-# A size limit turns on JAX's file lock (the filelock package) around every read and write, so the
-# processes that share the cache (two notebooks, two seeds) never read an entry half written.
-JAX_CACHE := JAX_COMPILATION_CACHE_DIR=$(CURDIR)/_build/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
-	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 JAX_COMPILATION_CACHE_MAX_SIZE=4000000000
+# empty cache, 31 s with a full one). The notebook layer (seed 0) stores every program it compiles;
+# the seed layer runs the same programs on other keys and loads them instead of compiling them
+# again. A loaded program is the executable XLA compiled on this machine for the same computation,
+# so the numbers are the same. No two processes ever write one directory: each notebook-layer
+# worker writes its own (_build/jax-cache/notebooks/gw0, gw1: tests/nbval_contract.py appends the
+# pytest-xdist worker), and each seed starts from its own copy of all they stored
+# (_build/jax-cache/seed-1, seed-2). So no entry is read half written, with no lock and no size
+# limit; JAX's size limit (which turns on its lock) lists the whole cache on every write, which
+# made writing the thousands of small programs that eager operations compile quadratic. By default
+# JAX also points XLA's GPU autotuning cache into the directory, which puts the directory's path
+# into every entry's key, so a copy elsewhere would never be hit: that extra (GPU only) is off.
+JAX_CACHE = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/_build/jax-cache/$(1) JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+	JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES=none
 # The notebook layer's nbval command: the reproducibility contract (tests/nbval_contract.py) compares
 # exact outputs exactly and measured ones within the tolerance declared beside them.
-NBVAL := $(JAX_CACHE) PYTHONPATH=tests $(PY) -m pytest -p nbval_contract --nbval --nbval-current-env \
+NBVAL := PYTHONPATH=tests $(PY) -m pytest -p nbval_contract --nbval --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider -q
 # The seed layer re-runs every notebook under these seeds (KLBOOK_SEED shifts every key a chapter uses).
 SEEDS ?= 1 2
@@ -106,21 +115,23 @@ book: install site-assets
 
 # Layer 1: the package's unit and property tests, and the checks on the project's own files.
 test-unit: install
-	$(call timed,unit,$(PY) -m pytest tests -q $(XDIST) $(addprefix --ignore=,$(INTEGRATION)))
+	$(call timed,unit,$(PY) -m pytest tests -q $(XDIST) $(LOADFILE) $(addprefix --ignore=,$(INTEGRATION)))
 
 # Layer 2: every notebook re-executes and reproduces its stored outputs.
 test-notebooks: install
 ifeq ($(NOTEBOOKS),)
 	@echo "== layer notebooks: no notebook under book/ yet"
 else
-	$(call timed,notebooks,KLBOOK_SCALE=quick KLBOOK_SEED=0 $(NBVAL) $(XDIST) $(if $(XDIST),--dist loadscope) $(NOTEBOOKS))
+	$(call timed,notebooks,rm -rf _build/jax-cache/notebooks; KLBOOK_SCALE=quick KLBOOK_SEED=0 $(call JAX_CACHE,notebooks) $(NBVAL) $(XDIST) $(if $(XDIST),--dist loadscope) $(NOTEBOOKS))
 endif
 
 # Layer 2b: every notebook at the quick scale under other seeds: every assert must hold and every
 # measured output must stay within its declared tolerance of the stored one.
 # The seeds run side by side (two processes on two cores); each one's log is printed when all end.
 test-seeds: install
-	$(call timed,seeds,for s in $(SEEDS); do ( KLBOOK_SCALE=quick KLBOOK_SEED=$$s \
+	$(call timed,seeds,for s in $(SEEDS); do ( rm -rf _build/jax-cache/seed-$$s; mkdir -p _build/jax-cache/seed-$$s; \
+	  for d in _build/jax-cache/notebooks/*/; do test -d "$$d" && cp -r "$$d". _build/jax-cache/seed-$$s/; done; \
+	  KLBOOK_SCALE=quick KLBOOK_SEED=$$s $(call JAX_CACHE,seed-$$s) \
 	  KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json $(NBVAL) $(NOTEBOOKS) > _build/seed-$$s.log 2>&1; \
 	  echo $$? > _build/seed-$$s.status ) & done; wait; status=0; for s in $(SEEDS); do \
 	  echo "-- seed $$s"; cat _build/seed-$$s.log; test "$$(cat _build/seed-$$s.status)" = 0 || status=1; done; \
@@ -155,7 +166,7 @@ test-lowest: install
 	  $(VENV)/bin/uv venv -q --python $(PY) $(LOWEST) && \
 	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
 	  $(LOWEST)/bin/python scripts/lowest_versions.py check && \
-	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) \
+	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) $(LOADFILE) \
 	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
 	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks $(LOWEST_NOTEBOOKS))
 

@@ -183,8 +183,23 @@ def reconcile(item, test: list, ref: list, notes: list[str]) -> tuple[list, list
     return test, ref
 
 
+def own_compilation_cache(environ=os.environ) -> None:
+    """Give each pytest-xdist worker its own directory of JAX's persistent compilation cache.
+
+    The kernels a worker starts inherit its environment, so with ``JAX_COMPILATION_CACHE_DIR`` set
+    (the Makefile's notebook layer) worker ``gw0`` writes to ``<dir>/gw0`` and ``gw1`` to
+    ``<dir>/gw1``: two processes never write one directory, so neither can read an entry the other
+    is half way through writing (JAX writes an entry in place and locks only when a size limit
+    is set). Outside xdist the directory is left as it is.
+    """
+    base, worker = environ.get("JAX_COMPILATION_CACHE_DIR"), environ.get("PYTEST_XDIST_WORKER")
+    if base and worker:
+        environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(base, worker)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
+    own_compilation_cache()
     try:
         from nbval.plugin import IPyNbCell
     except ImportError:  # nbval not installed: nothing to extend

@@ -120,3 +120,15 @@ def test_a_real_kernel_that_dies_once_no_longer_fails_its_notebook(tmp_path):
     with_plugin = _flaky_run(tmp_path / "contract", plugin=True)
     assert with_plugin.returncode == 0, with_plugin.stdout + with_plugin.stderr
     assert "failed to start" in with_plugin.stdout and "1 passed" in with_plugin.stdout, with_plugin.stdout
+
+
+def test_each_xdist_worker_writes_its_own_compilation_cache():
+    env = {"JAX_COMPILATION_CACHE_DIR": "/c/notebooks", "PYTEST_XDIST_WORKER": "gw1"}
+    nbval_contract.own_compilation_cache(env)
+    assert env["JAX_COMPILATION_CACHE_DIR"] == os.path.join("/c/notebooks", "gw1")
+    alone = {"JAX_COMPILATION_CACHE_DIR": "/c/seed-1"}  # one process (a seed): its directory as given
+    nbval_contract.own_compilation_cache(alone)
+    assert alone["JAX_COMPILATION_CACHE_DIR"] == "/c/seed-1"
+    no_cache = {"PYTEST_XDIST_WORKER": "gw0"}  # no cache asked for: none is made up
+    nbval_contract.own_compilation_cache(no_cache)
+    assert "JAX_COMPILATION_CACHE_DIR" not in no_cache
