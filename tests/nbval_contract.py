@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 
 import pytest
 
@@ -242,7 +243,6 @@ def retry_kernel_start(start, attempts: int = KERNEL_START_ATTEMPTS):
     notebook has run yet, so starting a fresh kernel hides nothing; a kernel that cannot start
     ``attempts`` times in a row still fails every cell of its notebook, with the last error.
     """
-    import warnings
 
     def start_new_kernel(*args, **kwargs):
         for attempt in range(1, attempts + 1):
