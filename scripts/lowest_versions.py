@@ -10,9 +10,9 @@ pyproject.toml is the source of truth. Three steps, each a sub-command:
     in the environment that runs it, print the installed version of every runtime requirement
     (and of jaxlib, SciPy and Python, which follow from them), and fail unless each runtime
     requirement is installed at exactly its declared lower bound.
-``notebooks NOTEBOOK...``
+``notebooks [--jobs N] NOTEBOOK...``
     execute each notebook top to bottom with nbclient, in its own directory, with this
-    environment's kernel; a cell that raises (a failed ``assert``) fails. Outputs are not
+    environment's kernel, N at a time; a cell that raises (a failed ``assert``) fails. Outputs are not
     compared with the stored ones (the notebook layer does that at the current versions) and
     nothing is written back.
 """
@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 try:
@@ -71,7 +72,41 @@ def check() -> None:
         sys.exit("not at the declared lower bound: " + "; ".join(wrong))
 
 
-def notebooks(paths: list[str]) -> None:
+KERNEL_START_ATTEMPTS = 3
+
+
+def run_notebook(path: Path) -> tuple[float, str | None]:
+    """Execute one notebook in its own kernel: (seconds, None) or (seconds, the failing cell's error).
+
+    A kernel that dies before it answers (jupyter_client frees the TCP ports it picked before the
+    kernel binds them, so two kernels starting at once can collide: jupyter/jupyter_client#154) is
+    started again, up to three times; no cell has run by then. Any other error fails the notebook.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute()
+            return time.perf_counter() - start, None
+        except CellExecutionError as err:
+            return time.perf_counter() - start, str(err)[-3000:]
+        except DeadKernelError:
+            raise
+        except RuntimeError as err:  # the kernel did not start
+            if attempt == KERNEL_START_ATTEMPTS:
+                raise
+            print(f"  {path.name}: a kernel failed to start ({err}); starting another", flush=True)
+    raise AssertionError("unreachable")
+
+
+def notebooks(paths: list[str], jobs: int = 1) -> None:
+    """Execute the notebooks, ``jobs`` at a time (each in its own process and kernel)."""
     # This environment's kernel and no other: an empty user data directory hides any user-wide
     # "python3" kernel, and the kernel is registered inside this environment.
     data_dir = ROOT / "_build" / "lowest-jupyter"
@@ -80,26 +115,19 @@ def notebooks(paths: list[str]) -> None:
     os.environ.pop("JUPYTER_PATH", None)
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name",
                     "python3"], check=True, capture_output=True)
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     failed = []
-    for path in map(Path, paths):
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
-        start = time.perf_counter()
-        try:
-            client.execute()
-            outcome = "passed"
-        except CellExecutionError as err:
-            outcome = "FAILED"
-            failed.append(path.name)
-            print(str(err)[-3000:], file=sys.stderr)
-        print(f"  {time.perf_counter() - start:6.1f} s  {path.name}: {outcome}", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {pool.submit(run_notebook, path): path for path in map(Path, paths)}
+        for future in as_completed(futures):
+            path = futures[future]
+            seconds, error = future.result()
+            if error is not None:
+                failed.append(path.name)
+                print(error, file=sys.stderr)
+            print(f"  {seconds:6.1f} s  {path.name}: {'FAILED' if error else 'passed'}", flush=True)
     if failed:
-        sys.exit(f"failed at the lowest versions: {', '.join(failed)}")
+        sys.exit(f"failed at the lowest versions: {', '.join(sorted(failed))}")
 
 
 def main() -> None:
@@ -107,14 +135,16 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("constraints")
     sub.add_parser("check")
-    sub.add_parser("notebooks").add_argument("paths", nargs="+")
+    run = sub.add_parser("notebooks")
+    run.add_argument("paths", nargs="+")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks executed at a time")
     args = parser.parse_args()
     if args.command == "constraints":
         constraints()
     elif args.command == "check":
         check()
     else:
-        notebooks(args.paths)
+        notebooks(args.paths, args.jobs)
 
 
 if __name__ == "__main__":
