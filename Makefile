@@ -120,9 +120,14 @@ book: install site-assets
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
+# The unit tests (here and in test-lowest) compile with XLA's CPU optimisations off, the flags this
+# jaxlib accepts of scripts/unit_xla_flags.py: they check klbook's mathematics, not XLA's optimiser,
+# and compile about twice as fast. The notebook and seed layers keep XLA's defaults, as a reader has.
+UNIT_XLA = XLA_FLAGS="$$($(1) scripts/unit_xla_flags.py)"
+
 # Layer 1: the package's unit and property tests, and the checks on the project's own files.
 test-unit: install
-	$(call timed,unit,$(PY) -m pytest tests -q $(XDIST) $(LOADFILE) $(addprefix --ignore=,$(INTEGRATION)))
+	$(call timed,unit,$(call UNIT_XLA,$(PY)) $(PY) -m pytest tests -q $(XDIST) $(LOADFILE) $(addprefix --ignore=,$(INTEGRATION)))
 
 # Layer 2: every notebook re-executes and reproduces its stored outputs.
 test-notebooks: install
@@ -178,7 +183,7 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_versions.py | install
 
 test-lowest: $(LOWEST_STAMP)
 	$(call timed,lowest,$(LOWEST)/bin/python scripts/lowest_versions.py check && \
-	  $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) $(LOADFILE) \
+	  $(call UNIT_XLA,$(LOWEST)/bin/python) $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) $(LOADFILE) \
 	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
 	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks \
 	    --jobs $(if $(XDIST),$(JOBS),1) $(LOWEST_NOTEBOOKS))

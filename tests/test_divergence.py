@@ -255,7 +255,10 @@ def test_pairs_in_numpyros_registry_are_used():
         with jax.numpy_rank_promotion("allow"):  # NumPyro's own closed form broadcasts by rank
             reference = kl_divergence(p, q)
         np.testing.assert_allclose(kl(p, q), reference, rtol=1e-6)
-        np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5)
+        # Compiled, the closed form may be evaluated in another order; 0.0383 is a difference of
+        # terms of order one, so it agrees within a few float32 ulps of those terms, not of itself.
+        np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5,
+                                   atol=16 * float(jnp.finfo(jnp.float32).eps))
         if exact:
             est = mc_kl(jax.random.key(2), p, q, 20000)
             assert bool(jnp.all(jnp.abs(est.value - reference) < 5 * est.stderr)), (est, reference)
