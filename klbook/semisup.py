@@ -17,6 +17,12 @@ Per example of the whole set of :math:`N = N_l + N_u` images the recipe gives
 with :math:`D = \langle -\log q(x\mid z)\rangle` the image's distortion, :math:`C = \langle -\log
 q(y\mid z)\rangle` the label's and :math:`R` the rate (:func:`post_objective`).
 
+The head may be a network of its own (:class:`CodeModel`), which only labelled images train, or
+*tied to the prior* (:class:`TiedCodeModel`): the same joint of code and label written as
+:math:`q(y)\,q(z\mid y)`, a Gaussian per class, so that :math:`q(z)` is their mixture and
+:math:`q(y\mid z)` its Bayes posterior; then the rate of an unlabelled image trains the head too.
+The worlds and the objective are the same for both.
+
 **M2** (Kingma et al., 2014; :class:`M2`). Another choice of worlds: the real world gets a
 classifier :math:`p(y\mid x)` that *imputes* the missing label, and an encoder :math:`p(z\mid x, y)`;
 the dream world draws the label from :math:`q(y)`, the code from :math:`q(z)` and the image from
@@ -54,7 +60,8 @@ from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
 from klbook.train import fit
 
-__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "M2", "Classifier", "code_model", "m2", "classifier",
+__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "TiedCodeModel", "M2", "Classifier", "code_model",
+           "tied_code_model", "m2", "classifier",
            "post_real_world", "post_dream_world", "m2_real_world", "m2_dream_world", "post_objective",
            "m2_objective", "supervised_objective", "split_labelled", "Split", "fit_models", "model_at",
            "error_rate", "image_terms"]
@@ -88,20 +95,8 @@ def _check(x, y, data_dim: int, num_classes: int, total_count: int, y_name: str 
     return x, y
 
 
-class CodeModel(eqx.Module):
-    r"""The post's model: encoder :math:`p(z\mid x)`, decoder :math:`q(x\mid z)`, classifier :math:`q(y\mid z)`.
-
-    Networks are unbatched: ``encoder [D] -> [2K]``, ``decoder [K] -> [D]`` (pixel logits),
-    ``head [K] -> [C]`` (label logits).
-    """
-
-    encoder: Callable
-    decoder: Callable
-    head: Callable
-    data_dim: int = eqx.field(static=True)
-    latent_dim: int = eqx.field(static=True)
-    num_classes: int = eqx.field(static=True)
-    total_count: int = eqx.field(static=True)
+class _Code(eqx.Module):
+    """What the post's two parametrisations share: the encoder, the decoder and reading the head at the code's mean."""
 
     def check(self, x, y=None):
         """Checked ``x [N, D]`` (integer counts) and ``y [N]`` (integer labels, or None)."""
@@ -116,6 +111,27 @@ class CodeModel(eqx.Module):
         """:math:`q(x\\mid z)`, binomial pixels out of ``total_count``: batch ``(N,)``, event ``(D,)``."""
         return binomial_head(jax.vmap(self.decoder)(z), self.total_count)
 
+    def predict(self, x) -> jax.Array:
+        """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
+        return self.classify(self.encode(x).base_dist.loc).probs
+
+
+class CodeModel(_Code):
+    r"""The post's model: encoder :math:`p(z\mid x)`, decoder :math:`q(x\mid z)`, classifier :math:`q(y\mid z)`.
+
+    Networks are unbatched: ``encoder [D] -> [2K]``, ``decoder [K] -> [D]`` (pixel logits),
+    ``head [K] -> [C]`` (label logits). The head and the prior :math:`q(z) = \mathcal{N}(0, I)`
+    share no parameters, so an image without a label never trains the head.
+    """
+
+    encoder: Callable
+    decoder: Callable
+    head: Callable
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
     def classify(self, z) -> dist.Distribution:
         """:math:`q(y\\mid z)` for codes ``z [N, K]``: batch ``(N,)``."""
         return categorical_head(jax.vmap(self.head)(z))
@@ -124,9 +140,44 @@ class CodeModel(eqx.Module):
         """:math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
         return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
 
-    def predict(self, x) -> jax.Array:
-        """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
-        return self.classify(self.encode(x).base_dist.loc).probs
+
+class TiedCodeModel(_Code):
+    r"""The post's worlds with the label head tied to the prior: one joint :math:`q(y)\,q(z\mid y)` for the code and label.
+
+    The dream world's :math:`q(z)\,q(y\mid z)` is written as :math:`q(y)\,q(z\mid y)`, with
+    :math:`q(y)` uniform over the classes and :math:`q(z\mid y) = \mathcal{N}(\mu_y,
+    \operatorname{diag}\sigma_y^2)` (``locs [C, K]``, ``log_scales [C, K]``). Then the prior is the
+    mixture :math:`q(z) = \sum_y q(y)\,q(z\mid y)` and the head is its Bayes posterior
+    :math:`q(y\mid z) = q(y)\,q(z\mid y)/q(z)`: the same joint, so :func:`post_real_world` and
+    :func:`post_dream_world` serve unchanged. Because the head's parameters are the prior's, the
+    rate :math:`\log p(z\mid x)/q(z)` of an image *without* a label trains the head too.
+    ``encoder [D] -> [2K]`` and ``decoder [K] -> [D]`` as in :class:`CodeModel`.
+    """
+
+    encoder: Callable
+    decoder: Callable
+    locs: jax.Array
+    log_scales: jax.Array
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
+    def components(self, n: int = 1) -> dist.Distribution:
+        """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
+        shape = (n, self.num_classes, self.latent_dim)
+        return dist.Normal(jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)).to_event(1)
+
+    def classify(self, z) -> dist.Distribution:
+        """:math:`q(y\\mid z) \\propto q(y)\\,q(z\\mid y)` for codes ``z [N, K]``: batch ``(N,)``."""
+        z = jnp.asarray(z)
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
+        return categorical_head(self.components(z.shape[0]).log_prob(z[:, None, :]))  # q(y) uniform: a constant
+
+    def prior(self, n: int) -> dist.Distribution:
+        """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
+        return dist.MixtureSameFamily(dist.Categorical(logits=jnp.zeros((n, self.num_classes))), self.components(n))
 
 
 class M2(eqx.Module):
@@ -210,6 +261,23 @@ def code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: 
                      num_classes, total_count)
 
 
+def tied_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
+                    spread: float = 1.0, total_count: int = 16) -> TiedCodeModel:
+    """The post's model with its head tied to the prior (:class:`TiedCodeModel`): one-hidden-layer MLPs of ``width``.
+
+    The classes' means start as independent draws from :math:`\\mathcal{N}(0, \\text{spread}^2 I)`,
+    their scales at 1.
+    """
+    check_key(key)
+    if not spread > 0:
+        raise ValueError(f"spread must be positive; got {spread!r}")
+    k1, k2, k3 = jax.random.split(key, 3)
+    return TiedCodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+                         mlp(k2, latent_dim, data_dim, width=width, depth=1),
+                         spread * jax.random.normal(k3, (num_classes, latent_dim)),
+                         jnp.zeros((num_classes, latent_dim)), data_dim, latent_dim, num_classes, total_count)
+
+
 def m2(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> M2:
     """M2 with one-hidden-layer MLPs of ``width`` for the classifier, encoder and decoder."""
     check_key(key)
@@ -226,7 +294,7 @@ def classifier(key, data_dim: int, num_classes: int, *, width: int = 64, total_c
     return Classifier(mlp(key, data_dim, num_classes, width=width, depth=1), data_dim, num_classes, total_count)
 
 
-def post_real_world(model: CodeModel, x, y=None) -> None:
+def post_real_world(model: CodeModel | TiedCodeModel, x, y=None) -> None:
     """P of the post's model: images ``x [N, D]`` (and labels ``y [N]`` when given) and :math:`p(z\\mid x)`."""
     x, y = model.check(x, y)
     with numpyro.plate("data", x.shape[0]):
@@ -236,7 +304,7 @@ def post_real_world(model: CodeModel, x, y=None) -> None:
         numpyro.sample("z", model.encode(x))
 
 
-def post_dream_world(model: CodeModel, x, y=None) -> None:
+def post_dream_world(model: CodeModel | TiedCodeModel, x, y=None) -> None:
     """Q of the post's model: :math:`q(z)\\,q(x\\mid z)\\,q(y\\mid z)`; without labels, :math:`q(y\\mid z)` is summed out (dropped)."""
     x, y = model.check(x, y)
     with numpyro.plate("data", x.shape[0]):
@@ -275,7 +343,7 @@ def _fractions(n_labelled: int, n_unlabelled) -> tuple[float, float]:
     return n_labelled / n, int(n_unlabelled) / n
 
 
-def post_objective(model: CodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
+def post_objective(model: CodeModel | TiedCodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
                    gamma=1.0) -> tuple[jax.Array, dict]:
     r"""The post's semi-supervised loss per example of the whole set, and its terms (nats).
 

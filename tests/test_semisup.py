@@ -22,9 +22,10 @@ def batch():
     return jax.random.randint(kx, (N, D), 0, T + 1), jax.random.randint(ky, (N,), 0, C)
 
 
-def test_a_missing_label_drops_exactly_its_term(batch):
+@pytest.mark.parametrize("make", [ss.code_model, ss.tied_code_model], ids=["separate head", "tied head"])
+def test_a_missing_label_drops_exactly_its_term(batch, make):
     x, y = batch
-    model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    model = make(jax.random.key(1), D, K, C, width=8, total_count=T)
     lab = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x, y, names=ss.POST_NAMES)
     unl = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x,
                        names={"x": "distortion", "z": "rate"})
@@ -113,3 +114,60 @@ def test_bad_inputs_are_named(batch):
         ss.post_real_world(model, x, y[:3])
     with pytest.raises(ValueError, match="n_unlabelled"):
         ss.post_objective(model, jax.random.key(0), x, y, x, 0)
+
+
+def test_tied_head_is_the_bayes_posterior_of_its_prior():
+    # q(y|z) = q(y) q(z|y) / q(z), with q(z) = sum_y q(y) q(z|y): checked against a float64 NumPy brute force
+    model = ss.tied_code_model(jax.random.key(10), D, K, C, width=8, total_count=T)
+    model = eqx.tree_at(lambda m: m.log_scales, model, 0.3 * jax.random.normal(jax.random.key(11), (C, K)))
+    z = jax.random.normal(jax.random.key(12), (7, K)) * 2
+    mu, sd, zz = (np.asarray(a, np.float64) for a in (model.locs, np.exp(model.log_scales), z))
+    log_comp = (-0.5 * ((zz[:, None, :] - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)).sum(-1)  # [7, C]
+    log_joint = log_comp - np.log(C)
+    log_marginal = np.logaddexp.reduce(log_joint, axis=-1)
+    np.testing.assert_allclose(model.prior(7).log_prob(z), log_marginal, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.classify(z).probs, np.exp(log_joint - log_marginal[:, None]), rtol=1e-5, atol=1e-7)
+    # the two factorisations of one joint: log q(z) + log q(y|z) = log q(y) + log q(z|y) for every label
+    both = model.prior(7).log_prob(z)[:, None] + np.log(np.asarray(model.classify(z).probs, np.float64))
+    np.testing.assert_allclose(both, log_joint, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unlabelled_image_trains_the_tied_head_but_not_the_untied_one(batch):
+    x, _ = batch
+    names = {"x": "distortion", "z": "rate"}
+
+    def head_gradient(model, part):
+        g = eqx.filter_grad(lambda m: _kl_objective(jax.random.key(13), ss.post_real_world, ss.post_dream_world,
+                                                    m, x, names=names).loss)(model)
+        return sum(float(jnp.sum(jnp.abs(leaf))) for leaf in jax.tree.leaves(eqx.filter(part(g), eqx.is_array)))
+
+    untied = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    tied = ss.tied_code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    assert head_gradient(untied, lambda m: m.head) == 0.0
+    assert head_gradient(tied, lambda m: (m.locs, m.log_scales)) > 0.0
+
+
+def test_post_objective_trains_the_tied_model(batch):
+    # the worlds are the post's (test_a_missing_label_drops_exactly_its_term covers both heads)
+    x, _ = batch
+    split = ss.split_labelled(jax.random.key(8), jnp.arange(N) % C, 1, num_splits=2)
+    models, history = ss.fit_models(
+        jax.random.key(15), lambda k: ss.tied_code_model(k, D, K, C, width=8, total_count=T),
+        lambda m, k, xl, yl, xu, n, w: ss.post_objective(m, k, xl, yl, xu, n, beta=0.1, gamma=w),
+        x, jnp.arange(N) % C, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
+    assert np.all(np.isfinite(history["loss"]))
+    probs = eqx.filter_vmap(lambda m: m.predict(x))(models)
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_tied_model_bad_inputs_are_named(batch):
+    x, y = batch
+    model = ss.tied_code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    with pytest.raises(ValueError, match="0..4"):
+        model.encode(x + T)
+    with pytest.raises(ValueError, match="labels must lie"):
+        ss.post_real_world(model, x, y + C)
+    with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):
+        model.classify(jnp.zeros((3, K + 1)))
+    with pytest.raises(ValueError, match="spread must be positive"):
+        ss.tied_code_model(jax.random.key(1), D, K, C, spread=0.0)
