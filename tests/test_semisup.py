@@ -169,5 +169,7 @@ def test_tied_model_bad_inputs_are_named(batch):
         ss.post_real_world(model, x, y + C)
     with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):
         model.classify(jnp.zeros((3, K + 1)))
+    with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):  # the same under jit (shapes are static)
+        eqx.filter_jit(lambda m, z: m.classify(z).probs)(model, jnp.zeros((3, K + 1)))
     with pytest.raises(ValueError, match="spread must be positive"):
         ss.tied_code_model(jax.random.key(1), D, K, C, spread=0.0)
