@@ -55,10 +55,11 @@ import numpyro.distributions as dist
 import optax
 
 from klbook._checks import check_finite, is_concrete
+from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
 from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
-from klbook.train import fit
+from klbook.train import fit, init_stacked
 
 __all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "TiedCodeModel", "M2", "Classifier", "code_model",
            "tied_code_model", "m2", "classifier",
@@ -450,7 +451,7 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
     x_u = x[split.unlabelled]  # [M, U, D]
     n_u = int(split.unlabelled.shape[1])
     k_init, k_fit = jax.random.split(key)
-    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, m))
+    models = init_stacked(make, jax.random.split(k_init, m))
 
     def loss_fn(stacked, k, rows):  # rows [B]: the same positions in each model's unlabelled set
         def one(model, kk, xl, yl, xu, w):
@@ -472,9 +473,14 @@ def model_at(models, i: int):
 
 def error_rate(models, x, y) -> np.ndarray:
     """Test error of each of the stacked ``models`` (``[M]``): argmax of ``predict`` against ``y [N]``."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = models.check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
+    return np.asarray(_error_rates(models, x, y))
+
+
+@filter_jit_once
+def _error_rates(models, x, y):
     probs = eqx.filter_vmap(lambda mm: mm.predict(x))(models)  # [M, N, C]
-    return np.asarray(jnp.mean(jnp.argmax(probs, axis=-1) != y[None, :], axis=-1))
+    return jnp.mean(jnp.argmax(probs, axis=-1) != y[None, :], axis=-1)
 
 
 def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]:
@@ -484,11 +490,11 @@ def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]
     ``num_particles`` draws of the code per image.
     """
     check_key(key)
-    x = jnp.asarray(x)
+    x, _ = models.check(x)
     names = {n: t for n, t in POST_NAMES.items() if n != "y"}
 
     def one(m):
         obj = kl_objective(key, post_real_world, post_dream_world, m, x, names=names, num_particles=num_particles)
         return {n: obj.terms[n] for n in ("distortion", "rate")}
 
-    return {n: np.asarray(v) for n, v in eqx.filter_jit(eqx.filter_vmap(one))(models).items()}
+    return {n: np.asarray(v) for n, v in filter_jit_once(eqx.filter_vmap(one))(models).items()}

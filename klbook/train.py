@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
 
 __all__ = ["fit", "evaluate", "fit_stacked", "member", "FitResult", "FitState", "NonFiniteLossError"]
@@ -322,9 +323,10 @@ def fit(
         first_step = _check_step(opt_state.step)
         opt_state = opt_state.optimizer_state
     k0 = jax.random.fold_in(key, first_step)
-    names = _check_output(loss_fn, params, k0, _sample_batch(k0, data, n, batch_size))
+    # the batch is drawn inside the abstract trace too: checking compiles and computes nothing
+    names = _check_output(lambda p, k, d: loss_fn(p, k, _sample_batch(k, d, n, batch_size)), params, k0, data)
     _check_optimizer(optimizer, train, opt_state)
-    opt_state = optimizer.init(train) if opt_state is None else opt_state
+    opt_state = filter_jit_once(optimizer.init)(train) if opt_state is None else opt_state
 
     # Data, frozen arrays and the key are arguments, not constants baked into the program.
     @jax.jit
@@ -477,7 +479,7 @@ def fit_stacked(key: jax.Array, make: Callable[[jax.Array], Any], loss: Callable
     if weights.ndim != 1 or weights.size == 0 or not bool(jnp.all(jnp.isfinite(weights))):
         raise ValueError(f"weights must be a non-empty vector of finite numbers; got {weights}")
     k_init, k_fit = jax.random.split(key)
-    models = eqx.filter_jit(eqx.filter_vmap(make))(jax.random.split(k_init, weights.size))
+    models = init_stacked(make, jax.random.split(k_init, weights.size))
 
     def loss_fn(stacked, k, batch):
         keys = jax.random.split(k, weights.size)
@@ -489,6 +491,11 @@ def fit_stacked(key: jax.Array, make: Callable[[jax.Array], Any], loss: Callable
               optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,
               desc=desc or f"{weights.size} models")
     return res.params, res.history
+
+
+def init_stacked(make: Callable[[jax.Array], Any], keys: jax.Array) -> Any:
+    """``make(key)`` for each of ``keys [M]``, stacked on a leading axis ``M``: one vmapped program, compiled cheaply (it runs once)."""
+    return filter_jit_once(eqx.filter_vmap(make))(keys)
 
 
 def member(stacked: Any, i: int) -> Any:

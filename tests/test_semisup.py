@@ -99,6 +99,15 @@ def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
     assert np.all(np.isfinite(history["loss"])) and history["loss"].shape == (20,)
     err = ss.error_rate(models, x, y)
     assert err.shape == (2,) and np.all((0 <= err) & (err <= 1))
+    for i in range(2):  # the compiled, vmapped error against each model's own predictions, counted in NumPy
+        wrong = np.argmax(np.asarray(ss.model_at(models, i).predict(x)), axis=-1) != np.asarray(y)
+        assert err[i] == pytest.approx(wrong.mean(), abs=1e-7)
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):  # checked before compiling
+        ss.error_rate(models, x, y + C)
+    with pytest.raises(ValueError, match=r"y must be integer labels of shape \(12,\)"):
+        ss.error_rate(models, x, y[:3])
+    with pytest.raises(TypeError, match="integer pixel counts"):
+        ss.error_rate(models, x.astype(jnp.float32), y)
 
 
 def test_bad_inputs_are_named(batch):
