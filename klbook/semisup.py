@@ -473,8 +473,15 @@ def model_at(models, i: int):
 
 def error_rate(models, x, y) -> np.ndarray:
     """Test error of each of the stacked ``models`` (``[M]``): argmax of ``predict`` against ``y [N]``."""
-    x, y = models.check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
+    x, y = _stacked(models).check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
     return np.asarray(_error_rates(models, x, y))
+
+
+def _stacked(models):
+    """``models`` if they are this module's models (stacked by :func:`fit_models`), else a TypeError naming them."""
+    if not isinstance(models, (CodeModel, TiedCodeModel, M2, Classifier)):
+        raise TypeError(f"models must be semisup models stacked by fit_models; got {type(models).__name__}")
+    return models
 
 
 @filter_jit_once
@@ -490,6 +497,8 @@ def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]
     ``num_particles`` draws of the code per image.
     """
     check_key(key)
+    if not isinstance(models, (CodeModel, TiedCodeModel)):
+        raise TypeError(f"image_terms scores the post's models (CodeModel or TiedCodeModel); got {type(models).__name__}")
     x, _ = models.check(x)
     names = {n: t for n, t in POST_NAMES.items() if n != "y"}
 

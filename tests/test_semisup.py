@@ -108,6 +108,10 @@ def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
         ss.error_rate(models, x, y[:3])
     with pytest.raises(TypeError, match="integer pixel counts"):
         ss.error_rate(models, x.astype(jnp.float32), y)
+    with pytest.raises(TypeError, match="stacked by fit_models; got list"):
+        ss.error_rate([models], x, y)
+    with pytest.raises(TypeError, match="the post's models .* got Classifier"):
+        ss.image_terms(jax.random.key(0), models, x)
 
 
 def test_bad_inputs_are_named(batch):
@@ -182,3 +186,22 @@ def test_tied_model_bad_inputs_are_named(batch):
         eqx.filter_jit(lambda m, z: m.classify(z).probs)(model, jnp.zeros((3, K + 1)))
     with pytest.raises(ValueError, match="spread must be positive"):
         ss.tied_code_model(jax.random.key(1), D, K, C, spread=0.0)
+
+
+def test_image_terms_are_each_models_own_unlabelled_ledger(batch):
+    x, y = batch
+    y = jnp.arange(N) % C
+    split = ss.split_labelled(jax.random.key(10), y, 1, num_splits=2)
+    models, _ = ss.fit_models(
+        jax.random.key(11), lambda k: ss.code_model(k, D, K, C, width=8, total_count=T),
+        lambda m, k, xl, yl, xu, n, w: ss.post_objective(m, k, xl, yl, xu, n, gamma=w),
+        x, y, split, [1.0, 10.0], num_steps=5, batch_size=4, progress=False)
+    terms = ss.image_terms(jax.random.key(12), models, x, num_particles=3)
+    assert set(terms) == {"distortion", "rate"} and terms["rate"].shape == (2,)
+    for i in range(2):  # the vmapped, compiled ledger is each model's own, with the same key and draws
+        own = kl_objective(jax.random.key(12), ss.post_real_world, ss.post_dream_world, ss.model_at(models, i), x,
+                           names={"x": "distortion", "z": "rate"}, num_particles=3)
+        for name in ("distortion", "rate"):
+            np.testing.assert_allclose(terms[name][i], own.terms[name], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"shape \[N, 6\]"):
+        ss.image_terms(jax.random.key(12), models, x[:, :3])
