@@ -1,10 +1,10 @@
 r"""Compile a program that runs once (initialise stacked models, score a test set) cheaply on a CPU.
 
 XLA's CPU compiler spends most of its time in LLVM's optimiser. That pays for a training loop run
-thousands of times, and not for a program run once: initialising eight stacked M2 models takes
-3.4 s to compile with XLA's defaults and 0.6 s with LLVM's optimisation level 0 and XLA's older
-CPU emitters, and then runs in milliseconds either way (measured with jax 0.10.2 on the 2-core
-machine of ``benchmarks/README.md``). :func:`filter_jit_once` is :func:`equinox.filter_jit` with
+thousands of times, and not for a program run once: the first call that initialises eight stacked
+M2 models (trace, compile, run) takes 3.9 s with XLA's defaults and 1.3 s with LLVM's optimisation
+level 0 and XLA's older CPU emitters, and either program then runs in milliseconds (jax 0.10.2 on
+the 2-core machine of ``benchmarks/README.md``; ``benchmarks/compile_once.py`` measures it). :func:`filter_jit_once` is :func:`equinox.filter_jit` with
 those two options where this JAX accepts them. The results are the same computation: an
 unoptimised program may round differently in the last bit (no fused multiply-add), no more.
 

@@ -100,7 +100,8 @@ def jit_once(fn: Callable) -> Callable:
     A check in a cell (score a model once, take one gradient) is a small program that XLA compiles
     and then runs in milliseconds: on a CPU the compile is nearly all of its cost, and most of the
     compile is LLVM's optimiser. ``jit_once`` turns that optimiser off on a CPU (LLVM level 0, XLA's
-    older CPU emitters), which compiles such a program two to five times faster; the program
+    older CPU emitters): chapter 8's checks compile two to four times faster and then run two to
+    five times slower, still in milliseconds (``benchmarks/compile_once.py``). The program
     computes the same thing, up to rounding in the last bit (no fused multiply-adds). Training
     loops keep XLA's defaults: they run thousands of times, and unoptimised they run several
     times slower. On a GPU, and where this JAX cannot pass compiler options, it *is*
