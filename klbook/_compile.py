@@ -4,9 +4,10 @@ XLA's CPU compiler spends most of its time in LLVM's optimiser. That pays for a 
 thousands of times, and not for a program run once: the first call that initialises eight stacked
 M2 models (trace, compile, run) takes 3.9 s with XLA's defaults and 1.3 s with LLVM's optimisation
 level 0 and XLA's older CPU emitters, and either program then runs in milliseconds (jax 0.10.2 on
-the 2-core machine of ``benchmarks/README.md``; ``benchmarks/compile_once.py`` measures it). :func:`filter_jit_once` is :func:`equinox.filter_jit` with
-those two options where this JAX accepts them. The results are the same computation: an
-unoptimised program may round differently in the last bit (no fused multiply-add), no more.
+the 2-core machine of ``benchmarks/README.md``; ``benchmarks/compile_once.py`` measures it).
+:func:`filter_jit_once` is :func:`equinox.filter_jit` with those two options where this JAX
+accepts them. The results are the same computation: an unoptimised program may round differently
+in the last bit (no fused multiply-add), no more.
 
 Only on the CPU backend (a GPU's compile is a different trade), and only where
 ``jax.jit`` takes ``compiler_options`` and XLA knows the option: older JAX and jaxlib (the
@@ -59,12 +60,10 @@ def filter_jit_once(fn: Callable) -> Callable:
         if cheap is None:
             options = once_options()
             cheap = eqx.filter_jit(fn, compiler_options=options) if options else plain
-        if cheap is plain:
-            return plain(*args, **kwargs)
         try:
             return cheap(*args, **kwargs)
         except ValueError as err:  # "`compiler_options` can only be passed to top-level `jax.jit`"
-            if "compiler_options" not in str(err):
+            if cheap is plain or "compiler_options" not in str(err):
                 raise
             return plain(*args, **kwargs)
 
