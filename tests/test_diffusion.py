@@ -161,3 +161,77 @@ def test_bad_inputs_raise(small_model):
         dm.real_world(model, x, 0)
     with pytest.raises(ValueError, match="bin_width"):
         dm.discretise(x, 0.0)
+
+
+# ---- issue 22: no silent wrong answers from a schedule -------------------------------------------------
+
+
+def _decreasing(t):  # log SNR passed where gamma = -log SNR is meant: SNR rises with t
+    return 6.0 - 14.0 * jnp.asarray(t)
+
+
+def test_decreasing_schedule_is_refused_eagerly_and_under_jit(small_model):
+    model, x = small_model
+    xg = jnp.sqrt(V)[None] * jax.random.normal(jax.random.key(20), (64, V.size))
+    den = dm.gaussian_denoiser(V)
+    calls = {
+        "continuous": lambda xx: dm.continuous_terms(jax.random.key(0), None, xx, denoise=den, schedule=_decreasing).diffusion,
+        "discrete": lambda xx: dm.discrete_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion,
+        "all steps": lambda xx: dm.all_steps_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion,
+        "path": lambda xx: dm.ancestral_path(jax.random.key(0), _decreasing, den, xx, 4),
+    }
+    for name, f in calls.items():
+        for g in (f, jax.jit(f)):
+            with pytest.raises(ValueError, match="increasing.*log SNR passed"):
+                g(xg)
+    with pytest.raises(ValueError, match="model's schedule must be increasing"):
+        dm.diffusion_model(jax.random.key(1), 2, _decreasing, 1 / 16)
+    swapped = eqx.tree_at(lambda m: m.schedule, model, _decreasing)  # tree_at skips __check_init__
+    for g in (lambda m: dm.objective(m, jax.random.key(0), x, 4)[0], eqx.filter_jit(lambda m: dm.objective(m, jax.random.key(0), x, 4)[0])):
+        with pytest.raises(ValueError, match="model's schedule must be increasing"):
+            g(swapped)
+    with pytest.raises(ValueError, match="model's schedule must be increasing"):
+        eqx.filter_jit(dm.sample)(jax.random.key(0), swapped, 4, 2)
+    # what it used to give: a negative "KL" for the optimal denoiser
+    gam = np.asarray(_decreasing(np.linspace(0, 1, 9)), np.float64)
+    assert dm.gaussian_discrete_term(V, gam) < 0
+
+
+def test_schedule_with_other_endpoints_is_refused_eagerly_and_under_jit(small_model):
+    model, x = small_model  # LinearSchedule(-6, 5)
+    other = [dm.LinearSchedule(-8.0, 5.0), dm.MonotoneSchedule(jax.random.key(2), -6.0, 7.0),
+             lambda t: -6.0 + 12.0 * jnp.asarray(t)]  # static fields, static fields (traced params), constants
+    for sched in other:
+        for fn in (dm.continuous_terms, lambda k, m, xx, schedule: dm.discrete_terms(k, m, xx, 4, schedule=schedule),
+                   lambda k, m, xx, schedule: dm.all_steps_terms(k, m, xx, 4, schedule=schedule)):
+            f = lambda m, s: fn(jax.random.key(0), m, x, schedule=s).total
+            with pytest.raises(ValueError, match="endpoints .* differ from the model's"):
+                f(model, sched)
+            with pytest.raises(ValueError, match="endpoints .* differ from the model's"):
+                eqx.filter_jit(f)(model, sched)
+    # the same endpoints with another interior are accepted, eagerly and under jit
+    same = dm.MonotoneSchedule(jax.random.key(3), -6.0, 5.0)
+    a = dm.continuous_terms(jax.random.key(0), model, x, schedule=same).total
+    b = eqx.filter_jit(lambda m, s: dm.continuous_terms(jax.random.key(0), m, x, schedule=s).total)(model, same)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_noise_form_equals_the_denoiser_form(small_model):
+    # ||x - x_hat||^2 = e^gamma ||eps - eps_hat||^2: the model's terms (noise form) equal the x-form with its denoiser
+    model, x = small_model
+    for fn in (dm.continuous_terms, lambda k, m, xx, **kw: dm.discrete_terms(k, m, xx, 8, **kw),
+               lambda k, m, xx, **kw: dm.all_steps_terms(k, m, xx, 8, **kw)):
+        a = fn(jax.random.key(4), model, x).diffusion
+        b = fn(jax.random.key(4), model, x, denoise=model.denoise).diffusion
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
+
+
+def test_all_steps_estimator_matches_its_closed_form_with_lower_variance():
+    schedule, T = dm.LinearSchedule(GMIN, GMAX), 64
+    exact = dm.gaussian_discrete_term(V, np.asarray(schedule(np.linspace(0, 1, T + 1)), np.float64))
+    x = jnp.sqrt(V)[None] * jax.random.normal(jax.random.key(4), (N_MC // 4, V.size))
+    kw = dict(denoise=dm.gaussian_denoiser(V), schedule=schedule)
+    a = np.asarray(dm.all_steps_terms(jax.random.key(5), None, x, T, **kw).diffusion, np.float64)
+    one = np.asarray(dm.discrete_terms(jax.random.key(6), None, x, T, **kw).diffusion, np.float64)
+    assert abs(a.mean() - exact) < 4 * a.std(ddof=1) / math.sqrt(a.size)
+    assert a.var() < one.var() / 10  # every step charged beats one sampled step by far
