@@ -7,9 +7,10 @@ classifier :math:`q(y\mid z)` that reads the code alone. The recipe's KL then sp
 
 .. math:: I[P;Q] = \underbrace{\left\langle -\log q(y\mid z)\right\rangle_{p(x,y)\,p(z\mid x)}}_{C,\ \text{classification distortion}}
    + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_{p(x)\,p(z\mid x)}}_{R,\ \text{rate}}
-   - H[X, Y] ,
+   - H[Y\mid X] ,
 
-and the variational information bottleneck (Alemi et al., 2017) minimises :math:`C + \beta R`.
+(the images' term is zero: both worlds read :math:`x` as data) and the variational information
+bottleneck (Alemi et al., 2017) minimises :math:`C + \beta R`.
 The rate bounds the information the code keeps about the image, :math:`R \ge I(X; Z)`, and the
 distortion bounds the cross-entropy of the *stochastic classifier*
 :math:`\bar q(y\mid x) = \int p(z\mid x)\, q(y\mid z)\, dz` (Jensen's inequality), which in turn
@@ -17,6 +18,15 @@ is at least the conditional entropy :math:`H[Y\mid X]`:
 
 .. math:: C \;\ge\; \left\langle -\log \bar q(y\mid x)\right\rangle_{p(x, y)} \;\ge\; H[Y\mid X],
    \qquad R \ge 0 .
+
+The rate is priced below one nat per nat for a reason: :math:`C + R \ge H[Y]` for every encoder
+and classifier (:math:`C \ge H[Y\mid Z]` and :math:`I(Y;Z) \le I(X;Z) \le R`), with equality for
+a code that carries nothing, so the unweighted KL (:math:`\beta = 1`) is minimised by the
+constant classifier; chapter 7 proves it and checks it on the digits.
+
+In NumPyro's terms the real world is the guide (with the data) and the dream world the model:
+``Trace_ELBO`` of the pair gives :math:`C + R`, and :math:`\beta` is a ``handlers.scale`` on the
+code's site.
 
 :func:`real_world` and :func:`dream_world` are the two NumPyro models (with ``NAMES`` for the
 recipe); :func:`objective` is the weighted ledger :func:`fit_betas` trains; :func:`rate` is the
@@ -79,9 +89,7 @@ class VIB(eqx.Module):
         if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
             raise ValueError(f"y must be integer labels of shape ({x.shape[0]},); got {y.shape}, {y.dtype}")
         if is_concrete(y):
-            low, high = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
-            if low < 0 or high >= self.num_classes:
-                raise ValueError(f"labels must lie in 0..{self.num_classes - 1}; got {low}..{high}")
+            _labels_in_range(y, self.num_classes)
         return x, y
 
     def encode(self, x) -> dist.Distribution:
@@ -100,6 +108,22 @@ class VIB(eqx.Module):
     def prior(self, n: int) -> dist.Distribution:
         """The code's marginal in the dream world, :math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
         return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
+
+
+def _labels_in_range(y: jax.Array, num_classes: int) -> jax.Array:
+    """``y`` if every label lies in ``0..num_classes-1``; else a ValueError naming the range.
+
+    Eagerly when ``y`` holds numbers; under ``jit`` (where ``y`` is a tracer) the same message stops
+    the program at run time (``eqx.error_if``), so a wrapped call cannot turn a bad label into a
+    silent NaN or a wrong count.
+    """
+    message = f"labels must lie in 0..{num_classes - 1}"
+    if is_concrete(y):
+        a = np.asarray(y)
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{message}; got {int(a.min())}..{int(a.max())}")
+        return y
+    return eqx.error_if(y, (y < 0) | (y >= num_classes), message)
 
 
 def vib(key: jax.Array, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 256,
@@ -160,6 +184,7 @@ def predictive(key: jax.Array, model: VIB, x, num_samples: int = 1) -> jax.Array
 def error_rate(key: jax.Array, model: VIB, x, y, num_samples: int = 1) -> jax.Array:
     """Fraction of ``x`` the stochastic classifier (``num_samples`` draws averaged) gets wrong."""
     _, y = model.check(x, y)
+    y = _labels_in_range(y, model.num_classes)  # also under an outer jit
     return jnp.mean(jnp.argmax(predictive(key, model, x, num_samples), axis=-1) != y)
 
 
@@ -199,6 +224,9 @@ class Scores(NamedTuple):
     error_avg: jax.Array  #: error of the stochastic classifier with ``num_samples`` draws averaged
     calibration: jax.Array  #: expected calibration error of that averaged classifier
     error_mean_code: jax.Array  #: error of the classifier read at the code's mean, :math:`q(y\mid\mu(x))`
+    #: signed calibration gap of the averaged classifier: mean top-class probability minus accuracy
+    #: (positive: overconfident; negative: underconfident). Its size is at most ``calibration``.
+    confidence_gap: jax.Array
 
 
 def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
@@ -207,12 +235,23 @@ def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
     ``num_samples`` draws :math:`z_s \sim p(z\mid x)` per image serve every sampled score; the
     distortion's standard error treats the ``num_samples`` draws (each averaged over the images)
     as independent estimates. ``error_one`` averages the one-draw error over the draws (lower
-    variance than a single draw, same expectation).
+    variance than a single draw, same expectation). The draws are those of
+    ``predictive(key, model, x, num_samples)``.
+
+    The data are checked here, once, before the compiled program runs (shapes, dtypes, finite
+    pixels, labels in range), so there is no need to wrap this function in ``jit``; wrapped all
+    the same, an out-of-range label still stops the program with the same message.
     """
     check_key(key)
     x, y = model.check(x, y)
+    y = _labels_in_range(y, model.num_classes)
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2 (for a standard error); got {num_samples!r}")
+    return _evaluate(key, model, x, y, int(num_samples))
+
+
+@eqx.filter_jit
+def _evaluate(key, model: VIB, x, y, num_samples: int) -> Scores:
     encoder = model.encode(x)
     z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
     log_probs = jax.nn.log_softmax(model.classify(z).logits, axis=-1)  # [S, N, C]
@@ -221,10 +260,12 @@ def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
     qbar = jnp.mean(jnp.exp(log_probs), axis=0)  # [N, C]
     wrong_one = jnp.argmax(log_probs, axis=-1) != y[None, :]  # [S, N]
     at_mean = jnp.argmax(model.classify(encoder.base_dist.loc).logits, axis=-1)  # [N]
+    conf, correct, _ = _bins(qbar, y, 10)
     return Scores(rate=jnp.mean(rate(model, x)), distortion=jnp.mean(per_draw),
                   distortion_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
                   error_one=jnp.mean(wrong_one), error_avg=jnp.mean(jnp.argmax(qbar, -1) != y),
-                  calibration=expected_calibration_error(qbar, y), error_mean_code=jnp.mean(at_mean != y))
+                  calibration=jnp.sum(jnp.abs(correct - conf)) / y.shape[0], error_mean_code=jnp.mean(at_mean != y),
+                  confidence_gap=(jnp.sum(conf) - jnp.sum(correct)) / y.shape[0])
 
 
 def labelled_mixture(key: jax.Array, num_samples: int, mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
@@ -235,17 +276,41 @@ def labelled_mixture(key: jax.Array, num_samples: int, mixture: dist.MixtureSame
     :func:`klbook.data.ring_mixture`).
     """
     check_key(key)
+    base = _diagonal_normal_components(mixture)
     k_which, k_noise = jax.random.split(key)
     y = jax.random.categorical(k_which, mixture.mixing_distribution.logits, shape=(int(num_samples),))
-    base = mixture.component_distribution.base_dist
     x = base.loc[y] + base.scale[y] * jax.random.normal(k_noise, (int(num_samples), base.loc.shape[-1]))
     return x, y.astype(jnp.int32)
 
 
+def _diagonal_normal_components(mixture) -> dist.Normal:
+    """The components of a mixture of diagonal Gaussians as one ``Normal`` with ``loc``, ``scale`` ``[C, d]``."""
+    if not isinstance(mixture, dist.MixtureSameFamily):
+        raise TypeError(f"mixture must be a numpyro MixtureSameFamily; got {type(mixture).__name__}")
+    comp = mixture.component_distribution
+    base = comp.base_dist if isinstance(comp, dist.Independent) else None
+    if not isinstance(base, dist.Normal) or comp.reinterpreted_batch_ndims != 1:
+        raise TypeError("the mixture's components must be diagonal Gaussians, Normal(loc, scale).to_event(1); "
+                        f"got {type(comp).__name__}")
+    num = mixture.mixing_distribution.logits.shape[-1]
+    loc, scale = jnp.broadcast_to(base.loc, comp.batch_shape + comp.event_shape), \
+        jnp.broadcast_to(base.scale, comp.batch_shape + comp.event_shape)
+    if loc.ndim != 2 or loc.shape[0] != num:
+        raise ValueError(f"expected {num} components of shape [d]; got loc of shape {loc.shape}")
+    return dist.Normal(loc, scale)
+
+
 def label_posterior(mixture: dist.MixtureSameFamily, x) -> jax.Array:
-    r"""The true :math:`p(y\mid x) \propto w_y\, \mathcal{N}(x; \mu_y, \Sigma_y)` of a mixture's components, ``[N, C]``."""
+    r"""The true :math:`p(y\mid x) \propto w_y\, \mathcal{N}(x; \mu_y, \Sigma_y)` of a mixture's components, ``[N, C]``.
+
+    ``x [N, d]`` must have the components' dimension ``d`` (a ValueError otherwise: a ``[N, 1]``
+    array would broadcast against ``d`` means and give a silent wrong answer).
+    """
+    base = _diagonal_normal_components(mixture)  # loc, scale [C, d]
     x = jnp.asarray(x)
-    base = mixture.component_distribution.base_dist  # loc, scale [C, d]
+    d = base.loc.shape[-1]
+    if x.ndim != 2 or x.shape[-1] != d:
+        raise ValueError(f"x must have shape [N, {d}], the mixture's dimension; got {x.shape}")
     log_lik = dist.Normal(base.loc[None], base.scale[None]).log_prob(x[:, None, :]).sum(-1)  # [N, C]
     logits = jax.nn.log_softmax(mixture.mixing_distribution.logits)[None, :] + log_lik  # [N, C]
     return jax.nn.softmax(logits, axis=-1)
@@ -260,7 +325,8 @@ def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.
     label fastest. Returns ``x' [N, D]``.
     """
     x, y = model.check(x, y)
-    if not np.isfinite(epsilon) or epsilon < 0:
+    y = _labels_in_range(y, model.num_classes)
+    if is_concrete(epsilon) and (not np.isfinite(epsilon) or epsilon < 0):
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}")
 
     def loss(xx):
@@ -280,11 +346,30 @@ def calibration_bins(probs, y, num_bins: int = 10) -> tuple[jax.Array, jax.Array
     (``klbook.bnn.reliability``) are both read from these sums. ``probs [N, C]``, ``y [N]``.
 
     Raises:
-        ValueError: shapes other than ``[N, C]`` and ``[N]``.
+        ValueError: shapes other than ``[N, C]`` and ``[N]`` with ``N >= 1``; ``num_bins`` not a
+            positive integer; labels outside ``0..C-1`` (eagerly, and at run time under ``jit``);
+            concrete ``probs`` whose rows are not distributions (an entry outside [0, 1], or a
+            row sum off 1 by more than ``1e-3``, far above float32 rounding of an average).
     """
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive integer; got {num_bins!r}")
     probs, y = jnp.asarray(probs), jnp.asarray(y)
     if probs.ndim != 2 or y.shape != probs.shape[:1]:
         raise ValueError(f"probs must be [N, C] and y [N]; got {probs.shape} and {y.shape}")
+    if probs.shape[0] == 0 or probs.shape[1] == 0:
+        raise ValueError(f"probs must be [N, C] with N >= 1 and C >= 1; got {probs.shape}")
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"y must be integer labels; got {y.dtype}")
+    if is_concrete(probs):
+        p = np.asarray(probs, np.float64)
+        if not np.all(np.isfinite(p)) or p.min() < -1e-6 or p.max() > 1 + 1e-6 \
+                or np.max(np.abs(p.sum(-1) - 1)) > 1e-3:
+            raise ValueError("probs must hold one probability vector per row (entries in [0, 1], rows summing to 1)")
+    y = _labels_in_range(y, probs.shape[1])
+    return _bins(probs, y, int(num_bins))
+
+
+def _bins(probs, y, num_bins: int):
     conf = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
     bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
@@ -297,8 +382,10 @@ def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
 
     .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{N}\,\big|\mathrm{acc}(b) - \mathrm{conf}(b)\big|
 
-    over ``num_bins`` equal-width bins of the top-class probability (:func:`calibration_bins`).
-    ``probs [N, C]``, ``y [N]``.
+    over ``num_bins`` equal-width bins of the top-class probability (:func:`calibration_bins`,
+    which checks the arguments). The ECE has no sign: the signed gap
+    :math:`\sum_b (\mathrm{conf}_b - \mathrm{correct}_b)/N` (``Scores.confidence_gap``) says
+    whether the classifier is over- or underconfident. ``probs [N, C]``, ``y [N]``.
     """
     conf, correct, _ = calibration_bins(probs, y, num_bins)
     return jnp.sum(jnp.abs(correct - conf)) / jnp.shape(y)[0]

@@ -157,3 +157,101 @@ def test_calibration_bins_add_up_and_give_the_ece():
     assert abs(float(vib.expected_calibration_error(probs, y)) - ece) < 1e-7
     with pytest.raises(ValueError, match=r"probs must be \[N, C\] and y \[N\]"):
         vib.calibration_bins(probs, y[:10])
+
+
+def test_module_docstring_ledger_constant_is_the_conditional_entropy():
+    # the images' term is zero (both worlds read x as data), so the constant is -H[Y|X], not -H[X, Y]
+    assert r"- H[Y\mid X]" in vib.__doc__ and "H[X, Y]" not in vib.__doc__
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_ece_refuses_no_bins(jit):
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (20, 3)))
+    y = jnp.arange(20) % 3
+    ece = jax.jit(vib.expected_calibration_error, static_argnums=2) if jit else vib.expected_calibration_error
+    with pytest.raises(ValueError, match="num_bins must be a positive integer"):
+        ece(probs, y, 0)   # used to return ECE = 0 silently
+    with pytest.raises(ValueError, match="num_bins must be a positive integer"):
+        ece(probs, y, -3)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_ece_refuses_labels_out_of_range(jit):
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(0), (20, 3)))
+    y = (jnp.arange(20) % 3).at[0].set(3)
+    ece = eqx_jit(vib.expected_calibration_error) if jit else vib.expected_calibration_error
+    with pytest.raises(Exception, match=r"labels must lie in 0\.\.2"):
+        jax.block_until_ready(ece(probs, y))
+
+
+def test_calibration_bins_refuse_empty_and_non_distributions():
+    y = jnp.zeros(4, jnp.int32)
+    with pytest.raises(ValueError, match="N >= 1"):
+        vib.calibration_bins(jnp.zeros((0, 3)), jnp.zeros(0, jnp.int32))
+    with pytest.raises(ValueError, match="probability vector per row"):
+        vib.calibration_bins(jnp.full((4, 3), 0.2), y)
+
+
+def eqx_jit(fn):
+    import equinox as eqx
+    return eqx.filter_jit(fn)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_label_posterior_refuses_x_of_the_wrong_dimension(jit):
+    from klbook.data import ring_mixture
+    mix = ring_mixture(4, radius=1.0, scale=0.7)   # 2-d components
+    post = eqx_jit(vib.label_posterior) if jit else vib.label_posterior
+    assert post(mix, jnp.zeros((5, 2))).shape == (5, 4)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 2\]"):
+        post(mix, jnp.zeros((5, 1)))   # used to broadcast to [5, 4, 2] and answer
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 2\]"):
+        post(mix, jnp.zeros(5))
+
+
+def test_label_posterior_is_bayes_rule_by_hand():
+    from klbook.data import ring_mixture
+    mix = ring_mixture(3, radius=1.0, scale=0.5)
+    base = mix.component_distribution.base_dist
+    loc, scale = np.broadcast_to(np.asarray(base.loc, np.float64), (3, 2)), np.broadcast_to(np.asarray(base.scale, np.float64), (3, 2))
+    w = np.exp(np.asarray(mix.mixing_distribution.logits, np.float64))
+    w /= w.sum()
+    x = np.array([[0.3, -0.2], [1.0, 0.0], [-0.5, 0.9]])
+    lik = np.exp(-0.5 * (((x[:, None, :] - loc[None]) / scale[None]) ** 2).sum(-1)) / np.prod(scale, -1)[None]
+    by_hand = w[None] * lik
+    by_hand /= by_hand.sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(vib.label_posterior(mix, jnp.asarray(x, jnp.float32))), by_hand, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_evaluate_checks_labels_even_when_wrapped_in_jit(model_and_data, jit):
+    model, x, y = model_and_data
+    evaluate = eqx_jit(vib.evaluate) if jit else vib.evaluate
+    with pytest.raises(Exception, match=rf"labels must lie in 0\.\.{C - 1}"):
+        jax.block_until_ready(evaluate(jax.random.key(0), model, x, y.at[3].set(C), 4))
+    with pytest.raises(Exception, match=rf"labels must lie in 0\.\.{C - 1}"):
+        jax.block_until_ready(evaluate(jax.random.key(0), model, x, y.at[3].set(-1), 4))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_error_rate_and_fgsm_check_labels_under_jit(model_and_data, jit):
+    model, x, y = model_and_data
+    wrap = eqx_jit if jit else (lambda f: f)
+    with pytest.raises(Exception, match=rf"labels must lie in 0\.\.{C - 1}"):
+        jax.block_until_ready(wrap(vib.error_rate)(jax.random.key(0), model, x, y.at[0].set(C), 2))
+    with pytest.raises(Exception, match=rf"labels must lie in 0\.\.{C - 1}"):
+        jax.block_until_ready(wrap(lambda m, a, b: vib.fgsm(m, a, b, 0.1))(model, x, y.at[0].set(C)))
+
+
+def test_confidence_gap_is_signed_and_bounded_by_the_ece(model_and_data):
+    model, x, y = model_and_data
+    s = vib.evaluate(jax.random.key(11), model, x, y, num_samples=8)
+    qbar = vib.predictive(jax.random.key(11), model, x, 8)   # the same draws
+    conf, correct, _ = vib.calibration_bins(qbar, y)
+    gap = float((conf.sum() - correct.sum()) / N)
+    assert float(s.confidence_gap) == pytest.approx(gap, abs=1e-5)
+    assert float(s.calibration) == pytest.approx(float(vib.expected_calibration_error(qbar, y)), abs=1e-5)
+    assert abs(float(s.confidence_gap)) <= float(s.calibration) + 1e-6
+    # mean top-class probability minus accuracy, directly
+    direct = float(jnp.mean(qbar.max(-1)) - jnp.mean(qbar.argmax(-1) == y))
+    assert float(s.confidence_gap) == pytest.approx(direct, abs=1e-5)
