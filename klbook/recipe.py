@@ -250,6 +250,41 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
                 f"site {name!r} is in plates {sorted(p_frames)} in the real world but {sorted(q_frames)} "
                 "in the dream world (or at other dims): put it in the same plates in both worlds"
             )
+        if observed:
+            _check_value_in_plates(name, p_site)
+
+
+def _check_value_in_plates(name: str, site: dict) -> None:
+    """An observed value must have, at each of its plates' dims, exactly that plate's size.
+
+    NumPyro broadcasts a value against its plates: a column ``x[:, None]`` of shape ``[N, 1]`` in
+    a plate of size N (dim -1) is scored as an ``[N, N]`` grid of every example against every
+    other, in *both* worlds, so comparing the two worlds' shapes cannot see it. The plates say
+    what shape the value must have; anything else is refused, naming the site and both shapes.
+    """
+    value_shape = tuple(jnp.shape(site["value"]))
+    event = tuple(site["fn"].event_shape)
+    batch = value_shape[: len(value_shape) - len(event)] if event else value_shape
+    frames = site["cond_indep_stack"]
+    if not frames:
+        return
+    width = max(-f.dim for f in frames)
+    implied = [None] * width  # the batch shape the plates imply, right-aligned (None: any size)
+    for f in frames:
+        implied[width + f.dim] = int(f.size)
+    ok = len(batch) >= width and all(
+        size is None or batch[len(batch) - width + i] == size for i, size in enumerate(implied)
+    )
+    if not ok:
+        plates = ", ".join(f"{f.name!r} (size {int(f.size)} at dim {f.dim})" for f in frames)
+        wanted = "(" + ", ".join("..." if s is None else str(s) for s in implied) + (",)" if width == 1 else ")")
+        raise ValueError(
+            f"site {name!r} is observed with a value of shape {value_shape} (batch part {batch}, event "
+            f"shape {event}) inside plates {plates}, which imply a batch shape ending in {wanted}: "
+            "NumPyro would broadcast the value against the plate and score every example against "
+            "every other. Pass the value with the plate's shape (e.g. x rather than x[:, None]), or "
+            "declare trailing dims as event dims (klbook.recipe.data(name, x, event_dim=1))"
+        )
 
 
 def data(name: str, value, event_dim: int = 0):
@@ -489,6 +524,16 @@ def kl_objective(
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise TypeError(f"model_kwargs must be a dict of keyword arguments for the models; got {type(model_kwargs).__name__}")
     kwargs = dict(model_kwargs or {})
+    for option, value, what in (
+        ("names", names, "site names to term names, e.g. names={'z': 'rate'}"),
+        ("weights", weights, "term names to numbers, e.g. weights={'rate': beta}"),
+        ("base_measure", base_measure, "data sites to densities, e.g. base_measure={'x': dist.Normal(0, 1)}"),
+    ):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(
+                f"kl_objective's {option}= maps {what}; got {type(value).__name__}. A keyword argument "
+                f"of the models that is also called {option!r} goes in model_kwargs={{{option!r}: ...}}"
+            )
     names, weights, base_measure = dict(names or {}), dict(weights or {}), dict(base_measure or {})
 
     keys = jax.random.split(key, num_particles)
