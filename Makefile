@@ -12,7 +12,8 @@
 #                   --dist loadscope keeps a notebook's cells in order) and reproduces its stored outputs under the
 #                   reproducibility contract: exact outputs exactly, measured ones (trained or Monte
 #                   Carlo) within the tolerance declared beside them (tests/nbval_contract.py)
-#   test-seeds      the same notebooks under other seeds (KLBOOK_SEED): every assert holds, and every
+#   test-seeds      the same notebooks under a seed derived from the code under test (KLBOOK_SEED; a new
+#                   one for every change, printed with the command that replays it): every assert holds, and every
 #                   measured output stays within its declared tolerance of the stored one (loading the
 #                   programs test-notebooks compiled from copies of JAX's cache, _build/jax-cache: see JAX_CACHE)
 #   test-book       the book builds strictly (warnings are errors, nitpicky references), a tiny
@@ -50,7 +51,7 @@ LOADFILE := $(if $(XDIST),--dist loadfile)
 # so the numbers are the same. No two processes ever write one directory: each notebook-layer
 # worker writes its own (_build/jax-cache/notebooks/gw0, gw1: tests/nbval_contract.py appends the
 # pytest-xdist worker), and each seed starts from its own copy of all they stored
-# (_build/jax-cache/seed-1, seed-2). So no entry is read half written, with no lock and no size
+# (_build/jax-cache/seed-<s>/gw0, gw1). So no entry is read half written, with no lock and no size
 # limit; JAX's size limit (which turns on its lock) lists the whole cache on every write, which
 # made writing the thousands of small programs that eager operations compile quadratic. By default
 # JAX also points XLA's GPU autotuning cache into the directory, which puts the directory's path
@@ -61,8 +62,6 @@ JAX_CACHE = JAX_COMPILATION_CACHE_DIR=$(CURDIR)/_build/jax-cache/$(1) JAX_PERSIS
 # exact outputs exactly and measured ones within the tolerance declared beside them.
 NBVAL := PYTHONPATH=tests $(PY) -m pytest -p nbval_contract --nbval --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider -q
-# The seed layer re-runs every notebook under these seeds (KLBOOK_SEED shifts every key a chapter uses).
-SEEDS ?= 1 2
 # The site's scripts, served from local copies (no network at read or test time): MathJax 3, and
 # RequireJS with the Jupyter-widgets HTML manager for stored widget state. _config.yml points at
 # them; `npm pack` fetches each package alone (no dependencies) from the npm registry.
@@ -141,17 +140,24 @@ else
 	$(call timed,notebooks,rm -rf _build/jax-cache/notebooks; KLBOOK_SCALE=quick KLBOOK_SEED=0 $(call JAX_CACHE,notebooks) $(NBVAL) $(XDIST) $(if $(XDIST),--dist loadscope) $(NOTEBOOKS))
 endif
 
-# Layer 2b: every notebook at the quick scale under other seeds: every assert must hold and every
-# measured output must stay within its declared tolerance of the stored one.
-# The seeds run side by side (two processes on two cores); each one's log is printed when all end.
+# Layer 2b: every notebook at the quick scale under another seed: every assert must hold and every
+# measured output must stay within its declared tolerance of the stored one. By default ONE seed,
+# derived from the code under test (scripts/seed_of_tree.py: a hash of the notebooks, package, tests,
+# scripts, Makefile and pyproject.toml, never one of the seeds 0-14 that published the outputs and
+# measured the tolerances), so every change is tried under a seed nobody tuned on, and the same
+# checkout always replays the same one: `make test-seeds SEEDS=<seed>`. Any list runs too
+# (`make test-seeds SEEDS="3 4 5"`), one seed after another, two notebooks at a time like the
+# notebook layer. Each seed's workers start from copies of every program the notebook layer compiled.
+SEEDS ?= $(shell $(PYTHON) scripts/seed_of_tree.py)
 test-seeds: install
-	$(call timed,seeds,for s in $(SEEDS); do ( rm -rf _build/jax-cache/seed-$$s; mkdir -p _build/jax-cache/seed-$$s; \
-	  for d in _build/jax-cache/notebooks/*/; do test -d "$$d" && cp -r "$$d". _build/jax-cache/seed-$$s/; done; \
+	$(call timed,seeds,status=0; for s in $(SEEDS); do \
+	  echo "-- seed layer: KLBOOK_SEED=$$s$(if $(filter command line,$(origin SEEDS)),, (derived from the code under test by scripts/seed_of_tree.py)); replay it with: make test-seeds SEEDS=$$s"; \
+	  rm -rf _build/jax-cache/seed-$$s; for w in gw0 gw1; do mkdir -p _build/jax-cache/seed-$$s/$$w; \
+	    for d in _build/jax-cache/notebooks/*/; do test -d "$$d" && cp -r "$$d". _build/jax-cache/seed-$$s/$$w/; done; done; \
 	  KLBOOK_SCALE=quick KLBOOK_SEED=$$s $(call JAX_CACHE,seed-$$s) \
-	  KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json $(NBVAL) $(NOTEBOOKS) > _build/seed-$$s.log 2>&1; \
-	  echo $$? > _build/seed-$$s.status ) & done; wait; status=0; for s in $(SEEDS); do \
-	  echo "-- seed $$s"; cat _build/seed-$$s.log; test "$$(cat _build/seed-$$s.status)" = 0 || status=1; done; \
-	  test $$status = 0)
+	    KLBOOK_TIMINGS=_build/nbval-timings-seed$$s.json $(NBVAL) $(XDIST) $(if $(XDIST),--dist loadscope) $(NOTEBOOKS) \
+	    || { status=1; echo "-- seed $$s FAILED; replay it with: make test-seeds SEEDS=$$s"; }; \
+	done; test $$status = 0)
 
 # Layer 3: the book builds strictly (warnings are errors; bad notebooks fail the build), and the
 # strictness itself is tested on tiny books that must fail.
