@@ -16,7 +16,20 @@ by Backprop"; the recipe's ``data_size=``). :func:`objective` is that ledger thr
 with the *local reparameterisation trick* (Kingma, Salimans and Welling 2015): instead of one
 weight draw shared by the batch, each example gets its own draw of every pre-activation,
 :math:`h_j = \sum_i a_i W_{ij} \sim \mathcal N\big(\sum_i a_i\mu_{ij},\ \sum_i a_i^2\sigma_{ij}^2\big)`,
-which is exact for each example and makes the examples' noises independent.
+which is exact for each example and makes the examples' noises independent (TensorFlow
+Probability calls such layers ``DenseLocalReparameterization``).
+
+**The rate.** Both objectives estimate the rate the same way, chosen by ``analytic_rate``: in
+closed form (``True``, the default) wherever :func:`klbook.kl` has one for the posterior and the
+prior (a Gaussian prior), as NumPyro's ``TraceMeanField_ELBO`` does, else by one sampled log
+ratio; or always sampled (``False``), from the same weight draw as the distortion in
+:func:`objective` (the recipe's estimator, Blundell et al.'s). Comparing the two objectives with
+the same ``analytic_rate`` compares only their distortions.
+
+**Global latent.** A network's weights are shared by every example, so ``data_size=N`` (the
+number of examples in the whole data set) is required, a positive integer: the rate is then
+KL/N at every batch size. Inputs ``x [B, in_size]`` must have the network's ``in_size``
+features; ``y`` must be ``[B]``. Both are checked on shapes, so eagerly and under ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -147,16 +160,59 @@ def _check_xy(likelihood: Likelihood, x, y):
     return x, y
 
 
+def _check_data_size(data_size) -> int:
+    """``data_size`` as a Python int, or an error naming it (a BNN's weights are a global latent)."""
+    if isinstance(data_size, bool) or not isinstance(data_size, (int, np.integer)):
+        raise TypeError("data_size must be a positive integer, the number of examples N in the whole "
+                        "data set (the weights are a global latent, so the rate is KL/N at every batch "
+                        f"size; dividing by the batch size is the mistake data_size prevents); got {data_size!r}")
+    if data_size <= 0:
+        raise ValueError(f"data_size must be a positive integer (the number of examples N in the whole data set); got {data_size!r}")
+    return int(data_size)
+
+
+def _check_batch(likelihood: Likelihood, x, y) -> None:
+    """Shapes only, so the check runs eagerly and under ``jax.jit`` (shapes are static there)."""
+    xs, ys = jnp.shape(x), jnp.shape(y)
+    expected = likelihood.network.template.in_size
+    if len(xs) != 2:
+        raise ValueError(f"x must be [B, in_size] = [B, {expected}] for this network; got shape {xs}")
+    if xs[1] != expected:
+        raise ValueError(f"x has {xs[1]} features (shape {xs}) but the network's input size is {expected}")
+    if ys != xs[:1]:
+        raise ValueError(f"y must be [B] with B = {xs[0]}, the rows of x {xs}; got shape {ys}")
+
+
 def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
-              beta: float = 1.0, num_particles: int = 1) -> KLObjective:
+              beta: float = 1.0, num_particles: int = 1, analytic_rate: bool = True) -> KLObjective:
     r"""Bayes by Backprop's ledger through the recipe: ``distortion`` and ``rate`` (KL/N), nats per example.
 
     One weight draw :math:`\theta\sim p(\theta\mid D)` = ``bayes.gaussian(params)`` per particle,
-    shared by the batch ``x [B, in]``, ``y [B]``; ``data_size=N`` makes the rate KL/N at every B.
-    ``loss`` is :math:`\beta D + R` (:func:`klbook.bayes.objective`).
+    shared by the batch ``x [B, in]``, ``y [B]``. ``data_size=N`` (required, a positive integer:
+    the size of the whole data set) makes the rate KL/N at every B. ``loss`` is
+    :math:`\beta D + R` (:func:`klbook.bayes.objective`). With ``analytic_rate`` (default) the
+    rate is the closed-form KL/N where :func:`klbook.kl` has one (its standard errors 0), else
+    the recipe's sampled log ratio; ``analytic_rate=False`` always samples it.
+
+    Raises:
+        TypeError, ValueError: ``data_size`` not a positive integer; ``x`` not ``[B, in_size]``
+            with the network's ``in_size``, or ``y`` not ``[B]`` (eagerly and under ``jax.jit``).
     """
-    return bayes.objective(key, bayes.gaussian(params), prior, likelihood, y, x, beta=beta,
-                           num_particles=num_particles, data_size=data_size)
+    n = _check_data_size(data_size)
+    _check_batch(likelihood, x, y)
+    out = bayes.objective(key, bayes.gaussian(params), prior, likelihood, y, x, beta=beta,
+                          num_particles=num_particles, data_size=n)
+    closed = _closed_rate(params, prior) if analytic_rate else None
+    if closed is None:
+        return out
+    rate = closed / n
+    others = [v for k, v in out.terms.items() if k != "rate"]
+    terms = {**out.terms, "rate": rate}
+    zero = jnp.zeros(())
+    stderr = {**out.stderr, "rate": zero, "total": out.stderr["distortion"]}
+    mc_stderr = {**out.mc_stderr, "rate": zero, "total": out.mc_stderr["distortion"]}
+    return KLObjective(out.loss - out.terms["rate"] + rate, sum(others) + rate, terms, stderr,
+                       mc_stderr, out.dropped)
 
 
 def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
@@ -165,17 +221,21 @@ def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
     Layer by layer, for activations ``a [B, in]``: pre-activations
     :math:`h \sim \mathcal N(a\mu_W^\top + \mu_b,\ a^2 (\sigma_W^2)^\top + \sigma_b^2)`, drawn
     independently for every example (Kingma, Salimans and Welling 2015, eq. 6). Each example's
-    outputs have the same distribution as with its own weight draw.
+    outputs have the same distribution as with its own weight draw. Layers without a bias and
+    the MLP's ``final_activation`` are handled (both elementwise after the draw). TensorFlow
+    Probability's ``DenseLocalReparameterization`` is the same layer.
     """
     means = net.unravel(params["loc"])
     sds = net.unravel(jax.nn.softplus(params["raw_scale"]))
     a = x
     last = len(means.layers) - 1
     for i, (m, s) in enumerate(zip(means.layers, sds.layers)):
-        mu = a @ m.weight.T + m.bias[None, :]                            # [B, out_i]
-        var = (a * a) @ (s.weight * s.weight).T + (s.bias * s.bias)[None, :]   # [B, out_i]
+        mu = a @ m.weight.T                                                # [B, out_i]
+        var = (a * a) @ (s.weight * s.weight).T                            # [B, out_i]
+        if m.bias is not None:
+            mu, var = mu + m.bias[None, :], var + (s.bias * s.bias)[None, :]
         h = mu + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
-        a = h if i == last else means.activation(h)
+        a = means.final_activation(h) if i == last else means.activation(h)
     return a
 
 
@@ -185,29 +245,44 @@ def outputs(key, params: dict, net: Network, x, num_samples: int) -> jax.Array:
     return jax.vmap(lambda t: net(t, x))(thetas)
 
 
-def _rate(key, params, prior) -> jax.Array:
-    """KL(p(θ|D) ‖ q(θ)) in closed form where :func:`klbook.kl` has one, else one sampled log ratio."""
-    posterior = bayes.gaussian(params)
+def _closed_rate(params, prior) -> jax.Array | None:
+    """KL(p(θ|D) ‖ q(θ)) in closed form where :func:`klbook.kl` has one, else ``None``."""
     try:
-        return kl(posterior, prior)
+        return kl(bayes.gaussian(params), prior)
     except NoClosedFormError:
-        theta = posterior.sample(key)
-        return posterior.log_prob(theta) - prior.log_prob(theta)
+        return None
+
+
+def _rate(key, params, prior, analytic: bool) -> jax.Array:
+    """The closed-form KL (``analytic`` and one exists), else one sampled log ratio."""
+    closed = _closed_rate(params, prior) if analytic else None
+    if closed is not None:
+        return closed
+    posterior = bayes.gaussian(params)
+    theta = posterior.sample(key)
+    return posterior.log_prob(theta) - prior.log_prob(theta)
 
 
 def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
-                  beta: float = 1.0) -> KLObjective:
+                  beta: float = 1.0, analytic_rate: bool = True) -> KLObjective:
     r"""The same ledger with the distortion by the local reparameterisation trick (:func:`outputs_lrt`).
 
     ``distortion`` = :math:`\frac1B\sum_i -\log q(y_i\mid f_i)` with per-example pre-activation
-    draws; ``rate`` = KL/N, in closed form against a Gaussian prior (:func:`klbook.kl`), else one
-    sampled log ratio. Its expectation equals :func:`objective`'s; only the variance differs.
-    ``stderr``/``mc_stderr`` are the distortion's spread between examples over :math:`\sqrt B`.
+    draws; ``rate`` = KL/N (``data_size=N`` required, a positive integer), estimated as in
+    :func:`objective`: closed form where there is one and ``analytic_rate`` (default), else one
+    sampled log ratio (a weight draw of its own). Its expectation equals :func:`objective`'s;
+    only the variance differs. ``stderr``/``mc_stderr`` are the distortion's spread between
+    examples over :math:`\sqrt B` (and, with a sampled rate, nothing for the rate's own noise).
+
+    Raises:
+        TypeError, ValueError: as :func:`objective` (``data_size``, the shapes of ``x`` and ``y``).
     """
+    n = _check_data_size(data_size)
+    _check_batch(likelihood, x, y)
     k_out, k_rate = jax.random.split(key)
     out = outputs_lrt(k_out, params, likelihood.network, x)
     nll = -likelihood.head(out).log_prob(y)                              # [B]
-    distortion, rate = jnp.mean(nll), _rate(k_rate, params, prior) / data_size
+    distortion, rate = jnp.mean(nll), _rate(k_rate, params, prior, analytic_rate) / n
     se = jnp.std(nll, ddof=1) / jnp.sqrt(nll.shape[0])
     terms = {"distortion": distortion, "rate": rate}
     errors = {"distortion": se, "rate": jnp.zeros(()), "total": se}
@@ -215,15 +290,18 @@ def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, dat
 
 
 def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, local_reparam: bool = False,
-                  betas=(1.0,), num_steps: int = 2000, batch_size: int | None = 128,
-                  learning_rate: float = 1e-2, progress: bool = True, desc: str | None = None) -> FitResult:
+                  analytic_rate: bool = True, betas=(1.0,), num_steps: int = 2000,
+                  batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
+                  desc: str | None = None) -> FitResult:
     """Train mean-field posteriors, one per β in ``betas``, on minibatches (compiled once).
 
-    ``params`` carries a leading ``[len(betas)]`` axis (see :func:`klbook.bayes.fit_posterior`,
+    ``params`` carries a leading ``[len(betas)]`` axis (as :func:`klbook.bayes.fit_posterior`,
     whose loop this is). Each step draws ``batch_size`` rows and passes ``data_size=N``, so the
-    rate is KL/N whatever the batch. Without ``local_reparam`` this is
-    :func:`klbook.bayes.fit_posterior` (one weight draw per batch, :func:`objective`); with it,
-    the same loop on :func:`objective_lrt`. Adam, cosine-decayed learning rate.
+    rate is KL/N whatever the batch. Each step's loss is :func:`objective` (one weight draw per
+    batch: Bayes by Backprop) or, with ``local_reparam``, :func:`objective_lrt`; both estimate
+    the rate as ``analytic_rate`` says, so the two differ only in the distortion's estimator.
+    Adam, cosine-decayed learning rate; the minibatches depend on ``key`` only (see
+    :func:`klbook.train.fit`), so two fits with the same key and batch size see the same batches.
     ``history`` has ``loss`` and ``total, beta=...`` per step. ``x [N, in_size]``, ``y [N]``
     (floats for regression, integer labels for classification).
 
@@ -233,18 +311,15 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, loc
     """
     check_key(key)
     x, y = _check_xy(likelihood, x, y)
-    if not local_reparam:   # Bayes by Backprop is chapter 10's fit with a network likelihood
-        return bayes.fit_posterior(key, bayes.gaussian, params, prior, likelihood, y, x, betas=betas,
-                                   num_steps=num_steps, batch_size=batch_size, num_particles=1,
-                                   learning_rate=learning_rate, desc=desc, progress=progress)
     n = int(y.shape[0])
     betas = jnp.asarray(betas, jnp.float32)
+    one = objective_lrt if local_reparam else objective
 
     def loss(p, k, batch):
         yb, xb = batch
 
         def single(pi, beta, ki):
-            out = objective_lrt(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta)
+            out = one(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta, analytic_rate=analytic_rate)
             return out.loss, out.total
         losses, totals = jax.vmap(single)(p, betas, jax.random.split(k, betas.shape[0]))
         return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
@@ -254,20 +329,29 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, loc
                data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
 
 
-def fit_point(key, theta, likelihood: Likelihood, y, x, *, num_steps: int = 2000, batch_size: int | None = 128,
-              learning_rate: float = 1e-2, progress: bool = True, desc: str | None = None) -> FitResult:
-    r"""A deterministic network of the same size: maximum likelihood, :math:`\min_\theta -\frac1B\sum\log q(y_i\mid x_i,\theta)`.
+def fit_point(key, theta, likelihood: Likelihood, y, x, *, prior=None, num_steps: int = 2000,
+              batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
+              desc: str | None = None) -> FitResult:
+    r"""A deterministic network of the same size: maximum likelihood, or MAP with ``prior``.
 
-    ``theta [num_weights]`` (e.g. ``net.init_weights()``); Adam with a cosine-decayed learning rate.
-    Chapter 11's deterministic baseline. Raises ``ValueError`` on bad data, as :func:`fit_posterior`.
+    Minimises :math:`-\frac1B\sum_{i\in\text{batch}}\log q(y_i\mid x_i,\theta)`, plus
+    :math:`-\frac1N\log q(\theta)` when a ``prior`` is given (MAP: the same per-example scaling
+    as the rate, so a :math:`\mathcal N(0, s^2)` prior is weight decay :math:`\|\theta\|^2/(2Ns^2)`).
+    ``theta [num_weights]`` (e.g. ``net.init_weights()``); Adam with a cosine-decayed learning
+    rate, as :func:`fit_posterior`: with the same ``key`` and ``batch_size`` both see the same
+    minibatches. Chapter 11's deterministic baselines. Raises ``ValueError`` on bad data, as
+    :func:`fit_posterior`. ``history`` has ``loss`` and ``distortion`` (the batch's mean
+    negative log-likelihood).
     """
     check_key(key)
     x, y = _check_xy(likelihood, x, y)
+    n = int(y.shape[0])
 
     def loss(t, k, batch):
         yb, xb = batch
         nll = -jnp.mean(likelihood(t, xb).log_prob(yb))
-        return nll, {"distortion": nll}
+        penalty = 0.0 if prior is None else -prior.log_prob(t) / n
+        return nll + penalty, {"distortion": nll}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
     return fit(key, loss, theta, num_steps=num_steps, optimizer=optax.adam(schedule),

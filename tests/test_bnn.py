@@ -38,11 +38,82 @@ def test_rate_is_kl_over_the_full_n_at_every_batch_size(regression):
     x, y, _, lik, prior, params = regression
     exact = float(kl(bayes.gaussian(params), prior))                         # closed form, nats
     # a batch of 4 with data_size=N: the rate is KL/N, not KL/4 (the full batch is in the next test)
-    out = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y[:4], x[:4], data_size=N, num_particles=500))(jax.random.key(1))
+    out = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y[:4], x[:4], data_size=N, num_particles=500,
+                                          analytic_rate=False))(jax.random.key(1))
     assert abs(float(out.terms["rate"]) - exact / N) < 5 * float(out.mc_stderr["rate"]), out.terms
     assert exact / 4 - exact / N > 50 * float(out.mc_stderr["rate"])   # KL/4 would be far outside
     lrt = bnn.objective_lrt(jax.random.key(1), params, prior, lik, y[:4], x[:4], data_size=N)
     assert abs(float(lrt.terms["rate"]) - exact / N) <= 1e-6 * exact   # closed form against a Gaussian prior
+    plain = bnn.objective(jax.random.key(1), params, prior, lik, y[:4], x[:4], data_size=N)
+    assert abs(float(plain.terms["rate"]) - exact / N) <= 1e-6 * exact  # the same estimator by default
+
+
+def test_both_objectives_use_the_same_rate_estimator(regression):
+    """analytic_rate chooses the rate's estimator in both objectives; the sampled one is unbiased for the closed form."""
+    x, y, _, lik, prior, params = regression
+    exact = float(kl(bayes.gaussian(params), prior)) / N
+    keys = jax.random.split(jax.random.key(11), 2000)
+    for one in (bnn.objective, bnn.objective_lrt):
+        closed = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, y[:8], x[:8], data_size=N).terms["rate"]))(keys)
+        sampled = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, y[:8], x[:8], data_size=N,
+                                                 analytic_rate=False).terms["rate"]))(keys)
+        np.testing.assert_allclose(np.asarray(closed), exact, rtol=1e-6)
+        se = float(jnp.std(sampled)) / math.sqrt(len(keys))
+        assert se > 0 and abs(float(jnp.mean(sampled)) - exact) < 5 * se, (one.__name__, float(jnp.mean(sampled)), exact, se)
+    # with the closed-form rate the total's standard error is the distortion's
+    out = bnn.objective(jax.random.key(12), params, prior, lik, y, x, data_size=N, num_particles=16)
+    assert float(out.mc_stderr["rate"]) == 0.0 and float(out.mc_stderr["total"]) == float(out.mc_stderr["distortion"])
+    assert abs(float(out.total) - float(out.terms["distortion"] + out.terms["rate"])) < 1e-6
+    assert abs(float(out.loss) - float(out.total)) < 1e-6 * abs(float(out.total)) + 1e-6   # beta = 1
+
+
+@pytest.mark.parametrize("bad, error", [(None, TypeError), (0, ValueError), (-40, ValueError), (40.0, TypeError),
+                                        (2.5, TypeError), (True, TypeError)])
+def test_data_size_must_be_a_positive_integer(regression, bad, error):
+    """A BNN's weights are a global latent: without N the rate would silently be KL/B (issue 22)."""
+    x, y, _, lik, prior, params = regression
+    for one in (bnn.objective, bnn.objective_lrt):
+        with pytest.raises(error, match="data_size must be a positive integer"):
+            one(jax.random.key(0), params, prior, lik, y[:4], x[:4], data_size=bad)
+        with pytest.raises(error, match="data_size must be a positive integer"):
+            jax.jit(lambda k: one(k, params, prior, lik, y[:4], x[:4], data_size=bad))(jax.random.key(0))
+        with pytest.raises(TypeError):      # required: no default
+            one(jax.random.key(0), params, prior, lik, y[:4], x[:4])
+
+
+def test_wrong_feature_count_and_column_y_are_named_before_xla(regression):
+    """Named errors instead of XLA's dot_general message (or a silent [B, B] broadcast), eagerly and under jit."""
+    x, y, _, lik, prior, params = regression
+    wide = jnp.ones((N, 3))
+    for one in (bnn.objective, bnn.objective_lrt):
+        for run in (lambda f: f(jax.random.key(0)), lambda f: jax.jit(f)(jax.random.key(0))):
+            with pytest.raises(ValueError, match=r"x has 3 features \(shape \(40, 3\)\) but the network's input size is 1"):
+                run(lambda k: one(k, params, prior, lik, y, wide, data_size=N))
+            with pytest.raises(ValueError, match=r"x must be \[B, in_size\] = \[B, 1\]"):
+                run(lambda k: one(k, params, prior, lik, y, x[:, 0], data_size=N))
+            with pytest.raises(ValueError, match=r"y must be \[B\] with B = 40.*got shape \(40, 1\)"):
+                run(lambda k: one(k, params, prior, lik, y[:, None], x, data_size=N))
+
+
+def test_map_adds_the_prior_per_example_and_lrt_applies_the_final_activation(regression):
+    x, y, net, lik, _, params = regression
+    prior = bnn.gaussian_prior(net.num_weights, 0.5)
+    theta = net.init_weights()
+    ml = bnn.fit_point(jax.random.key(3), theta, lik, y, x, num_steps=1, batch_size=8, progress=False)
+    mp = bnn.fit_point(jax.random.key(3), theta, lik, y, x, prior=prior, num_steps=1, batch_size=8, progress=False)
+    # the same key draws the same batch: the first losses differ by exactly -log q(theta) / N
+    gap = float(mp.history["loss"][0] - ml.history["loss"][0])
+    assert abs(gap - float(-prior.log_prob(theta)) / N) < 1e-5 * abs(gap)
+    assert float(mp.history["distortion"][0]) == float(ml.history["distortion"][0])
+    # outputs_lrt with zero spread is the network at the means, final activation included
+    from klbook.nn import mlp
+    from jax.flatten_util import ravel_pytree
+    import equinox as eqx
+    template = mlp(jax.random.key(4), 1, 2, width=3, depth=1, final_activation=jnp.tanh)
+    flat, unravel = ravel_pytree(eqx.filter(template, eqx.is_array))
+    squashed = bnn.Network(template, unravel, int(flat.shape[0]))
+    tight = {"loc": 3 * flat, "raw_scale": jnp.full(flat.shape, -60.0)}
+    np.testing.assert_allclose(bnn.outputs_lrt(jax.random.key(5), tight, squashed, x), squashed(3 * flat, x), atol=1e-6)
 
 
 def test_minibatch_objective_has_the_full_data_expectation(regression):
