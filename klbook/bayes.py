@@ -4,14 +4,17 @@ The real world holds a data set :math:`D = \{(x_i, y_i)\}_{i=1}^N` from a proces
 control and augments it with *one* draw of the parameters, :math:`\theta \sim p(\theta\mid D)`, a
 distribution we choose and train (the post's notation: this :math:`p(\theta\mid D)` is the
 *variational* posterior, which most texts call :math:`q`). The dream world is exchangeable data,
-a prior and a likelihood, :math:`q(\theta)\prod_i q(y_i\mid x_i, \theta)`. The recipe's KL per
-example of the data set is
+a prior and an i.i.d. likelihood, :math:`q(\theta)\prod_i p(x_i)\, q(y_i\mid x_i, \theta)`.
+The recipe's KL per example of the data set is
 
 .. math:: \frac{1}{N} I[P;Q] = \underbrace{\frac1N\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}_{\text{distortion}}
    + \frac1N\underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
-   - \frac1N\langle\log p(D)\rangle ,
+   + \frac1N\langle\log p(D)\rangle ,
 
-the negative ELBO per example, minus the data's own (dropped) log density. Its minimum over all
+the negative ELBO per example plus the data's own log density, :math:`\langle\log p(D)\rangle =
+-H`, which nothing here trains and which is dropped: :math:`I = D + R - H`. The inputs
+:math:`x_i` are data in both worlds, with the same unknown density :math:`p(x_i)`, so their
+terms cancel (the ``inputs`` term is 0). The minimum of what is left, :math:`D + R`, over all
 :math:`p(\theta\mid D)` is :math:`-\log q(D)/N`, the negative log evidence, reached at the exact
 posterior :math:`q(\theta\mid D) \propto q(\theta)\, q(D\mid\theta)`. A weight :math:`\beta` on the
 distortion, as the post writes it, moves the minimiser to the *tempered* posterior
@@ -37,6 +40,7 @@ import numpyro.distributions as dist
 import optax
 from scipy.special import betaln
 
+from klbook._checks import is_concrete
 from klbook.divergence import gaussian_kl as _gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
@@ -52,6 +56,11 @@ NAMES = {"theta": "rate", "x": "inputs", "y": "distortion"}
 Likelihood = Callable[[jax.Array, jax.Array | None], dist.Distribution]
 
 
+def _arrays(y, x):
+    """``y`` and ``x`` as JAX arrays: NumPy arrays cannot be indexed by NumPyro's traced subsample."""
+    return jnp.asarray(y), (None if x is None else jnp.asarray(x))
+
+
 def _rows(y, subsample_size):
     """The data plate over the rows of ``y``: all of them, or NumPyro's random subsample."""
     return numpyro.plate("data", jnp.shape(y)[0], subsample_size=subsample_size)
@@ -62,6 +71,7 @@ def real_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_si
 
     ``prior`` and ``likelihood`` are unused here (both worlds take the same arguments).
     """
+    y, x = _arrays(y, x)
     numpyro.sample("theta", posterior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -75,6 +85,7 @@ def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_s
 
     The inputs are data in both worlds; ``y`` is not read (the recipe scores the real world's).
     """
+    y, x = _arrays(y, x)
     theta = numpyro.sample("theta", prior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -87,6 +98,7 @@ def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_s
 
 def joint_model(prior, likelihood: Likelihood, y, x=None) -> None:
     """The dream world conditioned on the data, for MCMC (``numpyro.infer.NUTS``)."""
+    y, x = _arrays(y, x)
     theta = numpyro.sample("theta", prior)
     with numpyro.plate("data", jnp.shape(y)[0]):
         numpyro.sample("y", likelihood(theta, x), obs=y)
@@ -99,7 +111,9 @@ def objective(key, posterior, prior, likelihood: Likelihood, y, x=None, *, beta:
 
     ``loss`` is :math:`\beta\,D + R`. Pass ``data_size=N`` when ``y`` is a batch drawn outside
     the model, or ``subsample_size=B`` to let NumPyro draw the batch from the full ``y``.
+    ``y`` and ``x`` may be NumPy arrays (converted on entry, so a traced subsample can index them).
     """
+    y, x = _arrays(y, x)
     names = {k: v for k, v in NAMES.items() if x is not None or k != "x"}
     return kl_objective(key, real_world, dream_world, posterior, prior, likelihood, y, x,
                         subsample_size, names=names, weights={"distortion": beta},
@@ -222,14 +236,41 @@ def regression_log_evidence(x, y, noise: float, prior_scale: float) -> float:
     return float(-0.5 * (y @ np.linalg.solve(c, y) + logdet + len(y) * np.log(2 * np.pi)))
 
 
-def mean_field_gap(precision) -> float:
+def mean_field_gap(*, precision) -> float:
     r"""KL from the best mean-field Gaussian to :math:`\mathcal N(\mu, S^{-1})`: :math:`\tfrac12\sum_i\log S_{ii} - \tfrac12\log\det S`.
 
     The best member (KL with the expectation under the mean-field member, the direction the
     recipe minimises) has mean :math:`\mu` and variances :math:`1/S_{ii}` (Bishop 2006, 10.1.2).
+
+    ``precision`` is keyword-only because the same expression written with the *covariance*
+    :math:`C` is a different quantity, the gap of the forward (moment-matching) KL,
+    :math:`\tfrac12\sum_i\log C_{ii} - \tfrac12\log\det C`: name the matrix you pass. It
+    must be a concrete, finite, symmetric, positive-definite ``[d, d]`` matrix (checked; a
+    float64 NumPy closed form, so call it outside ``jax.jit``: a traced matrix is refused with a
+    ``TypeError`` that says so).
+
+    Raises:
+        TypeError: ``precision`` is a JAX tracer (inside ``jax.jit``/``vmap``/``grad``).
+        ValueError: not square, not finite, not symmetric or not positive definite.
     """
+    if not is_concrete(precision):
+        raise TypeError("mean_field_gap is a float64 NumPy closed form and needs a concrete precision matrix; "
+                        "it was given a traced value (inside jax.jit, vmap or grad): call it outside the transform")
     s = np.asarray(precision, np.float64)
-    return float(0.5 * np.sum(np.log(np.diag(s))) - 0.5 * np.linalg.slogdet(s)[1])
+    if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
+        raise ValueError(f"mean_field_gap: precision must be a square [d, d] matrix; got shape {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("mean_field_gap: precision has non-finite entries")
+    if not np.allclose(s, s.T, rtol=1e-6, atol=1e-12 * np.max(np.abs(s))):
+        raise ValueError("mean_field_gap: precision must be symmetric; got a matrix with "
+                         f"max |S - S^T| = {np.max(np.abs(s - s.T)):.3g}")
+    try:
+        chol = np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        eig = np.linalg.eigvalsh(0.5 * (s + s.T))
+        raise ValueError("mean_field_gap: precision must be positive definite; its smallest eigenvalue is "
+                         f"{eig.min():.3g}") from None
+    return float(0.5 * np.sum(np.log(np.diag(s))) - np.sum(np.log(np.diag(chol))))
 
 
 def gaussian_kl(mean0, cov0, target: Gaussian) -> float:

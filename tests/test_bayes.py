@@ -64,7 +64,7 @@ def test_mean_field_gap_is_the_kl_of_the_best_member():
     s = np.array([[2.0, 0.8, 0.1], [0.8, 1.5, -0.4], [0.1, -0.4, 1.0]])
     target = bayes.Gaussian(np.zeros(3), s)
     best = bayes.gaussian_kl(np.zeros(3), np.diag(1 / np.diag(s)), target)
-    assert abs(best - bayes.mean_field_gap(s)) < 1e-12
+    assert abs(best - bayes.mean_field_gap(precision=s)) < 1e-12
     for scale in (0.9, 1.1):        # any other diagonal member is further
         assert bayes.gaussian_kl(np.zeros(3), np.diag(scale / np.diag(s)), target) > best
 
@@ -123,7 +123,7 @@ def test_mean_field_gap_measured_by_the_recipe(regression, fits):
     x, y, prior = regression
     _, mf = fits
     post = bayes.regression_posterior(x, y, NOISE, TAU)
-    gap = bayes.mean_field_gap(post.precision)
+    gap = bayes.mean_field_gap(precision=post.precision)
     assert gap > 0.5                                    # correlation 0.9: a gap well above the noise
     q = bayes.gaussian(one(mf.params, 0))
     k = bayes.gaussian_kl(q.mean, jnp.diag(q.variance), post)
@@ -164,3 +164,39 @@ def test_predictive_log_lik_of_a_point_mass_is_the_log_likelihood():
     expected = dist.Bernoulli(logits=x @ theta).log_prob(y).mean()
     got = bayes.predictive_log_lik(bayes.logistic, jnp.stack([theta] * 5), y, x)
     assert abs(float(got - expected)) < 8 * EPS
+
+
+def test_mean_field_gap_names_its_matrix_and_refuses_a_wrong_one():
+    s = np.array([[2.0, 0.8], [0.8, 1.5]])
+    with pytest.raises(TypeError):           # keyword-only: a covariance cannot slip in positionally
+        bayes.mean_field_gap(s)
+    with pytest.raises(ValueError, match="positive definite"):
+        bayes.mean_field_gap(precision=np.array([[1.0, 2.0], [2.0, 1.0]]))    # eigenvalues 3 and -1
+    with pytest.raises(ValueError, match="positive definite"):
+        bayes.mean_field_gap(precision=-np.eye(2))                            # log det finite, sign -1
+    with pytest.raises(ValueError, match="symmetric"):
+        bayes.mean_field_gap(precision=np.array([[2.0, 0.8], [0.1, 1.5]]))
+    with pytest.raises(ValueError, match="square"):
+        bayes.mean_field_gap(precision=np.ones((2, 3)))
+    with pytest.raises(ValueError, match="non-finite"):
+        bayes.mean_field_gap(precision=np.array([[np.nan, 0.0], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="outside the transform"):    # under jit: a clear error, not a tracer one
+        jax.jit(lambda m: bayes.mean_field_gap(precision=m))(jnp.asarray(s))
+
+
+def test_objective_takes_numpy_arrays_with_subsampling():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, DIM)).astype(np.float32)
+    y = (x @ np.array([1.0, 0.5]) + rng.normal(size=20)).astype(np.float32)
+    prior = dist.Normal(jnp.zeros(DIM), TAU).to_event(1)
+    q = dist.Normal(jnp.array([0.8, 0.4]), jnp.array([0.2, 0.3])).to_event(1)
+    key = jax.random.key(8)
+
+    def run(a, b, **kw):
+        return bayes.objective(key, q, prior, bayes.linear(NOISE), a, b, subsample_size=4, **kw).total
+
+    many = run(y, x, num_particles=3)       # particles are vmapped: the subsample's indices are traced
+    jitted = jax.jit(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), y, x, subsample_size=4).total)(key)
+    assert np.isfinite(float(many)) and np.isfinite(float(jitted))
+    assert float(many) == pytest.approx(float(run(jnp.asarray(y), jnp.asarray(x), num_particles=3)), rel=1e-6)
+    assert float(jitted) == pytest.approx(float(run(jnp.asarray(y), jnp.asarray(x))), rel=1e-5)
