@@ -21,6 +21,7 @@ diagonal, so every value is a valid covariance.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
 __all__ = ["GaussianMixture", "real_world", "dream_world", "density", "init_mixture", "objective", "loss_fn",
-           "fit_density", "entropy_mc"]
+           "fit_density", "fit_density_restarts", "MixtureFit", "em_steps", "entropy_mc"]
 
 
 def _check_data(x) -> jax.Array:
@@ -233,6 +234,133 @@ def fit_density(key, x, num_components: int, *, truth: dist.Distribution | None 
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
     return fit(k_fit, loss_fn(truth), params, num_steps=num_steps, optimizer=optimizer, data=x,
                batch_size=batch_size, progress=progress)
+
+
+class MixtureFit(NamedTuple):
+    """The best of several trainings of one mixture (:func:`fit_density_restarts`).
+
+    Attributes:
+        params: the parameters of the run with the lowest final training cross-entropy.
+        history: that run's ``cross_entropy`` (and, with ``truth``, ``kl``) at every step.
+        final_cross_entropy: ``[num_inits]`` each run's training cross-entropy at its final
+            parameters (nats per example), in the order of the initialisations.
+        best: the index of the run kept.
+    """
+
+    params: dict
+    history: dict
+    final_cross_entropy: np.ndarray
+    best: int
+
+
+def fit_density_restarts(key, x, num_components: int, num_inits: int = 3, *,
+                         truth: dist.Distribution | None = None, num_steps: int = 1000,
+                         learning_rate: float = 0.05) -> MixtureFit:
+    """Fit ``num_inits`` mixtures from different starts at once and keep the best by training likelihood.
+
+    Mixtures have local optima, so one start can end at a worse fit than the family allows. Each
+    run starts from :func:`init_mixture` with its own key (k-means with its own seeds) and trains
+    as :func:`fit_density` does, full data every step; the runs are stacked and trained in one
+    compiled, vmapped loop (their losses summed, so each keeps its own gradient and Adam state).
+    The run with the lowest training cross-entropy at its final parameters is returned. The
+    runs share no randomness with :func:`fit_density` (same key, different starts).
+
+    Raises:
+        ValueError: if ``num_inits`` is not a positive integer (and as :func:`init_mixture`).
+    """
+    check_key(key)
+    x = _check_data(x)
+    if isinstance(num_inits, bool) or not isinstance(num_inits, int) or num_inits < 1:
+        raise ValueError(f"num_inits must be a positive integer; got {num_inits!r}")
+    k_init, k_fit = jax.random.split(key)
+    starts = [init_mixture(jax.random.fold_in(k_init, i), x, num_components) for i in range(num_inits)]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *starts)
+    one = loss_fn(truth)
+
+    def loss(params, k, batch):
+        losses, terms = jax.vmap(one, (0, None, None))(params, k, batch)
+        return jnp.sum(losses), {f"{name}/{i}": v[i] for name, v in terms.items() for i in range(num_inits)}
+
+    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
+    result = fit(k_fit, loss, stacked, num_steps=num_steps, optimizer=optimizer, data=x, progress=False)
+    final = np.asarray(_final_cross_entropy(result.params, x), np.float64)  # [num_inits]
+    best = int(np.argmin(final))
+    params = jax.tree.map(lambda a: a[best], result.params)
+    names = ("cross_entropy",) if truth is None else ("kl", "cross_entropy")
+    history = {name: result.history[f"{name}/{best}"] for name in names}
+    return MixtureFit(params, history, final, best)
+
+
+@jax.jit
+def _final_cross_entropy(stacked: dict, x) -> jax.Array:
+    return jax.vmap(lambda th: -jnp.mean(density(th).log_prob(x)))(stacked)
+
+
+def em_steps(params: dict, x, num_steps: int) -> tuple[dict, np.ndarray]:
+    r"""Run expectation-maximisation on a Gaussian mixture from ``params``, in float64 (NumPy).
+
+    Each step sets the responsibilities :math:`r_{nk} \propto \pi_k \mathcal N(x_n; \mu_k, \Sigma_k)`
+    (the E step, which makes the augmented real world's :math:`p(c\mid x)` the dream world's
+    posterior) and refits weights, means and covariances to them in closed form (the M step).
+    Neither step can lower the average log-likelihood (Dempster, Laird & Rubin 1977), so EM run
+    from a trained mixture measures how far its training could still go uphill: a fit at a
+    maximum gains nothing.
+
+    Args:
+        params: mixture parameters (see the module docstring).
+        x: data ``[N, D]``.
+        num_steps: EM steps (a non-negative integer).
+
+    Returns:
+        ``(params, log_likelihood)``: the parameters after the steps (float32, same format) and
+        the average log-likelihood of ``x`` in nats, float64, ``[num_steps + 1]``: before any
+        step, then after each.
+    """
+    _check_params(params)
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != np.shape(params["loc"])[1] or not np.all(np.isfinite(x)):
+        raise ValueError(f"x must be finite data of shape [N, D] with D = {np.shape(params['loc'])[1]}; got shape {x.shape}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative integer; got {num_steps!r}")
+    # plain NumPy throughout: a few small steps, nothing worth compiling
+    logits = np.asarray(params["logits"], np.float64)
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    loc = np.asarray(params["loc"], np.float64)
+    raw = np.asarray(params["tril"], np.float64)
+    diag = np.exp(np.diagonal(raw, axis1=-2, axis2=-1))  # [K, D]
+    chol = np.tril(raw, -1) + diag[:, :, None] * np.eye(raw.shape[-1])
+    cov = chol @ np.swapaxes(chol, -1, -2)
+    n, d = x.shape
+
+    def log_joint(weights, loc, cov):  # [N, K]: log pi_k + log N(x_n; mu_k, Sigma_k)
+        l = np.linalg.cholesky(cov)  # [K, D, D]
+        whiten = np.linalg.inv(l)  # [K, D, D], small
+        z = np.einsum("kij,nkj->nki", whiten, x[:, None, :] - loc[None])  # [N, K, D]
+        log_det = np.sum(np.log(np.diagonal(l, axis1=-2, axis2=-1)), -1)  # [K]
+        return np.log(weights) - log_det - 0.5 * d * np.log(2 * np.pi) - 0.5 * np.sum(z**2, -1)
+
+    def average(lj):
+        top = lj.max(1, keepdims=True)
+        return float(np.mean(top[:, 0] + np.log(np.exp(lj - top).sum(1))))
+
+    lj = log_joint(weights, loc, cov)
+    history = [average(lj)]
+    for _ in range(num_steps):
+        resp = np.exp(lj - lj.max(1, keepdims=True))
+        resp /= resp.sum(1, keepdims=True)  # [N, K]
+        mass = resp.sum(0)  # [K]
+        weights = mass / n
+        loc = resp.T @ x / mass[:, None]
+        centred = x[:, None, :] - loc[None]
+        cov = np.einsum("nk,nki,nkj->kij", resp, centred, centred) / mass[:, None, None]
+        lj = log_joint(weights, loc, cov)
+        history.append(average(lj))
+    l = np.linalg.cholesky(cov)
+    tril = np.tril(l, -1) + np.log(np.diagonal(l, axis1=-2, axis2=-1))[:, :, None] * np.eye(d)
+    out = {"logits": jnp.asarray(np.log(weights), jnp.float32), "loc": jnp.asarray(loc, jnp.float32),
+           "tril": jnp.asarray(tril, jnp.float32)}
+    return out, np.asarray(history)
 
 
 def entropy_mc(key, p: dist.Distribution, num_samples: int) -> MCEstimate:

@@ -187,6 +187,36 @@ def test_init_mixture_finds_the_components_of_a_large_sample():
     assert np.max(np.min(d, axis=1)) < 0.05, np.min(d, axis=1)
 
 
+def test_fit_density_restarts_keeps_the_run_with_the_best_training_likelihood():
+    truth = dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2))
+    x = sample(truth, jax.random.key(21), 300)
+    result = density.fit_density_restarts(jax.random.key(22), x, 2, 3, truth=truth, num_steps=30)
+    assert result.final_cross_entropy.shape == (3,) and result.best == int(np.argmin(result.final_cross_entropy))
+    assert set(result.history) == {"kl", "cross_entropy"} and result.history["kl"].shape == (30,)
+    # the kept parameters score the training data at the reported best cross-entropy
+    kept = -float(jnp.mean(log_prob(density.density(result.params), x)))
+    assert abs(kept - result.final_cross_entropy[result.best]) < 1e-5
+    no_truth = density.fit_density_restarts(jax.random.key(22), x, 2, 2, num_steps=5)
+    assert set(no_truth.history) == {"cross_entropy"}
+
+
+def test_em_steps_never_lower_the_likelihood_and_fit_one_gaussian_in_one_step():
+    x = data.mixture_2d(jax.random.key(23), 500).x
+    start = density.init_mixture(jax.random.key(24), x, 4)
+    params, log_lik = density.em_steps(start, x, 15)
+    assert log_lik.shape == (16,) and np.all(np.diff(log_lik) >= -1e-12)  # Dempster, Laird & Rubin
+    # the reported likelihood is the mixture's own (float32 parameters: rounding only)
+    assert abs(log_lik[-1] - float(jnp.mean(log_prob(density.density(params), x)))) < 1e-4
+    # K = 1: one M step is the maximum-likelihood Gaussian, the sample mean and biased covariance
+    one, _ = density.em_steps(density.init_mixture(jax.random.key(25), x, 1), x, 1)
+    x64 = np.asarray(x, np.float64)
+    q = density.density(one)
+    np.testing.assert_allclose(np.asarray(q.mean), x64.mean(0), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(q.covariance_matrix), np.cov(x64.T, bias=True), atol=1e-5)
+    same, log_lik0 = density.em_steps(start, x, 0)
+    assert log_lik0.shape == (1,) and abs(log_lik0[0] - log_lik[0]) < 1e-12
+
+
 @pytest.mark.parametrize(
     "call, error, message",
     [
@@ -200,6 +230,12 @@ def test_init_mixture_finds_the_components_of_a_large_sample():
          ValueError, "shapes disagree"),
         (lambda: density.entropy_mc(KEY, "p", 10), TypeError, "NumPyro distribution"),
         (lambda: density.entropy_mc(KEY, dist.Normal(0.0, 1.0), 1), ValueError, "num_samples"),
+        (lambda: density.fit_density_restarts(KEY, jnp.zeros((4, 2)), 1, 0), ValueError, "num_inits"),
+        (lambda: density.fit_density_restarts(KEY, jnp.zeros((4, 2)), 1, True), ValueError, "num_inits"),
+        (lambda: density.em_steps(random_params(KEY, 2, 2), jnp.zeros((4, 2)), -1), ValueError, "num_steps"),
+        (lambda: density.em_steps(random_params(KEY, 2, 2), jnp.zeros((4, 3)), 1), ValueError, "shape \\[N, D\\]"),
+        (lambda: density.em_steps(random_params(KEY, 2, 2), jnp.full((4, 2), jnp.nan), 1), ValueError, "finite"),
+        (lambda: density.em_steps({"loc": jnp.zeros((2, 2))}, jnp.zeros((4, 2)), 1), ValueError, "missing"),
     ],
 )
 def test_bad_input_is_named(call, error, message):
