@@ -15,7 +15,9 @@ cross-entropy loss:
 :func:`klbook.recipe.kl_objective` and ``NAMES``; :func:`objective` does); :func:`train` fits a
 classifier with :func:`klbook.train.fit` and :func:`train_ensemble` fits many at once;
 :func:`features` reads the penultimate layer of an ``eqx.nn.MLP`` and :func:`linear_probe` asks
-how well a linear classifier on such features does on a task the network never saw.
+how well a linear classifier on such features does on a task the network never saw;
+:func:`probe_accuracy` averages such probes over several random fit/score splits.
+:func:`fit_temperature` calibrates a trained classifier on held-out data (temperature scaling).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
 __all__ = ["NAMES", "real_world", "dream_world", "objective", "loss_fn", "logits", "features",
-           "accuracy", "train", "ensemble", "member", "train_ensemble", "Probe", "linear_probe"]
+           "accuracy", "train", "ensemble", "member", "train_ensemble", "Probe", "linear_probe",
+           "probe_accuracy", "fit_temperature"]
 
 #: The recipe's names for the two sites: the inputs' term (zero: both worlds read x from the
 #: data) and the labels' term, the cross-entropy.
@@ -227,3 +230,160 @@ def linear_probe(train_features, train_labels, test_features, test_labels) -> Pr
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(f_train, y_train)
     acc = float(probe.score(f_test, y_test))
     return Probe(acc, float(np.sqrt(acc * (1 - acc) / y_test.size)), int(y_test.size))
+
+
+def _probe_one(f: jax.Array, onehot: jax.Array, perm: jax.Array, half: int, num_steps: int) -> jax.Array:
+    # One split: standardise on the fitted half, minimise 0.5 |W|^2 + sum of cross-entropies
+    # (scikit-learn's default penalty, C = 1, intercept unpenalised) by damped Newton steps,
+    # and score the arg-max on the other half.
+    fit_x, fit_y = f[perm[:half]], onehot[perm[:half]]
+    mean, sd = jnp.mean(fit_x, axis=0), jnp.std(fit_x, axis=0)
+    sd = jnp.where(sd > 1e-6 * (1.0 + jnp.abs(mean)), sd, 1.0)  # constant features: left as they are
+
+    def design(x):  # [n, F] -> [n, F + 1]: standardised features and a column of ones
+        z = (x - mean[None, :]) / sd[None, :]
+        return jnp.concatenate([z, jnp.ones_like(z[:, :1])], axis=1)
+
+    a = design(fit_x)
+    num_in, num_classes = a.shape[1], onehot.shape[1]
+    penalty = jnp.ones(num_in).at[-1].set(0.0)  # no penalty on the intercept
+
+    def objective(theta):  # theta [F + 1, K]
+        z = a @ theta
+        ce = jax.nn.logsumexp(z, axis=1) - jnp.sum(z * fit_y, axis=1)
+        return 0.5 * jnp.sum(penalty[:, None] * theta**2) + jnp.sum(ce)
+
+    def newton(theta, _):
+        p = jax.nn.softmax(a @ theta, axis=1)                                   # [n, K]
+        grad = a.T @ (p - fit_y) + penalty[:, None] * theta                     # [F + 1, K]
+        curv = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)             # [n, K, K]
+        hess = jnp.einsum("if,ikl,ig->fkgl", a, curv, a).reshape(num_in * num_classes, -1)
+        # The intercepts' common shift is a flat direction; a small ridge keeps the solve regular.
+        ridge = jnp.repeat(penalty, num_classes) + 1e-4
+        direction = -jnp.linalg.solve(hess + jnp.diag(ridge), grad.reshape(-1)).reshape(theta.shape)
+        sizes = 0.5 ** jnp.arange(8.0)
+        trial = jax.vmap(lambda t: objective(theta + t * direction))(sizes)
+        best = jnp.argmin(jnp.where(jnp.isfinite(trial), trial, jnp.inf))
+        better = trial[best] < objective(theta)
+        return jnp.where(better, theta + sizes[best] * direction, theta), None
+
+    theta, _ = jax.lax.scan(newton, jnp.zeros((num_in, num_classes), f.dtype), None, length=num_steps)
+    score = perm[half:]
+    guess = jnp.argmax(design(f[score]) @ theta, axis=1)
+    return jnp.mean(guess == jnp.argmax(onehot[score], axis=1))
+
+
+def probe_accuracy(features, labels, splits, *, num_steps: int = 30) -> np.ndarray:
+    """A linear probe's test accuracy averaged over several fit/score splits, for many layers at once.
+
+    One split scores a probe on a few hundred examples, so its accuracy carries the luck of the
+    split as well as the quality of the features; averaging over splits removes most of it. The
+    probe is :func:`linear_probe`'s (each feature standardised on the fitted half, multinomial
+    logistic regression with scikit-learn's default L2 penalty, :math:`C = 1`), fitted here in
+    JAX by damped Newton steps and vmapped over layers and splits, so that hundreds of probes
+    cost one compiled call.
+
+    Args:
+        features: ``[N, F]`` frozen features of ``N`` examples, or ``[M, N, F]`` for ``M`` layers.
+        labels: integer labels ``[N]`` (any values; at least two distinct).
+        splits: integer ``[S, N]`` (or ``[M, S, N]``, each layer its own splits), each row a
+            permutation of ``0..N-1`` (e.g. ``jax.random.permutation``); a probe is fitted on the
+            first ``N // 2`` examples of a row and scored on the rest.
+        num_steps: Newton steps per probe.
+
+    Returns:
+        The mean accuracy over the splits: a float64 scalar array, or ``[M]`` for ``M`` layers.
+    """
+    f, y, s = np.asarray(features, np.float32), np.asarray(labels), np.asarray(splits)
+    batched = f.ndim == 3
+    if f.ndim not in (2, 3) or y.ndim != 1 or y.shape[0] != f.shape[-2]:
+        raise ValueError(f"features must be [N, F] or [M, N, F] with one label per row; "
+                         f"got {f.shape} and labels {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers; got {y.dtype}")
+    n = f.shape[-2]
+    want = (f.shape[0], s.shape[-2] if s.ndim == 3 else -1, n) if batched else (s.shape[0] if s.ndim == 2 else -1, n)
+    if s.ndim != f.ndim or s.shape != want or s.shape[-2] < 1 or s.dtype.kind not in "iu":
+        layers = f"{f.shape[0]}, " if batched else ""
+        raise ValueError(f"splits must be integer [{layers}S, {n}] with S >= 1; got {s.shape}, {s.dtype}")
+    if not np.all(np.sort(s, axis=-1) == np.arange(n)):
+        raise ValueError(f"each row of splits must be a permutation of 0..{n - 1}")
+    if not np.all(np.isfinite(f)):
+        raise ValueError("features must be finite")
+    classes, index = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise ValueError("the probe needs at least two classes among the labels")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
+    onehot = jax.nn.one_hot(jnp.asarray(index), classes.size)
+    f, s = (f, s) if batched else (f[None], s[None])
+    acc = _probe_layers(jnp.asarray(f), onehot, jnp.asarray(s, jnp.int32), n // 2, num_steps)  # [M, S]
+    means = np.asarray(acc, np.float64).mean(axis=1)
+    return means if batched else means[0]
+
+
+@eqx.filter_jit
+def _probe_layers(f, onehot, splits, half, num_steps):
+    one = lambda layer, perm: _probe_one(layer, onehot, perm, half, num_steps)  # noqa: E731
+    return jax.vmap(lambda layer, rows: jax.vmap(lambda perm: one(layer, perm))(rows))(f, splits)
+
+
+def _temperature(logits: jax.Array, labels: jax.Array, num_iter: int, low: float, high: float) -> jax.Array:
+    # Mean cross-entropy at inverse temperature b is <logsumexp(b f) - b f_y>, convex in b; its
+    # derivative <E_softmax(b f)[f] - f_y> is non-decreasing, so bisection on log b finds the
+    # minimiser (or the end of the bracket it lies beyond).
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]  # [N]
+
+    def slope(log_b):
+        probs = jax.nn.softmax(jnp.exp(log_b) * logits, axis=-1)
+        return jnp.mean(jnp.sum(probs * logits, axis=-1) - picked)
+
+    def step(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        up = slope(mid) < 0
+        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, num_iter, step, (jnp.log(1.0 / high), jnp.log(1.0 / low)))
+    t = 1.0 / jnp.exp(0.5 * (lo + hi))
+    return jnp.where(jnp.all(jnp.isfinite(logits)), t, jnp.nan)
+
+
+def fit_temperature(logits, labels, *, low: float = 1e-2, high: float = 1e2, num_iter: int = 60) -> jax.Array:
+    r"""Temperature scaling: the :math:`T` minimising the cross-entropy of :math:`\mathrm{softmax}(f/T)`.
+
+    Fit it on held-out examples (a validation split, never the training set, whose logits are
+    overconfident by construction) and divide the classifier's logits by it. One parameter
+    changes no prediction (the arg-max is the same) but can bring an overconfident classifier's
+    cross-entropy down on fresh data (Guo et al. 2017, *On calibration of modern neural
+    networks*). The mean cross-entropy is convex in :math:`1/T`, so bisection on
+    :math:`\log(1/T)` finds the minimiser; if it lies outside ``[low, high]`` the nearer end is
+    returned. On separable data the loss falls without bound as :math:`T \to 0`; the bisection
+    then stops where the float32 loss is flat.
+
+    Args:
+        logits: ``[N, K]`` floating-point logits of held-out examples.
+        labels: integer labels ``[N]`` in ``0..K-1``.
+        low, high: the bracket for :math:`T`, ``0 < low < high``.
+        num_iter: bisection steps (60 halve the bracket to float32 resolution).
+
+    Returns:
+        The temperature, a scalar (NaN under ``jit`` if a logit is not finite).
+    """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] < 2:
+        raise ValueError(f"logits must have shape [N, K] with N >= 1 and K >= 2; got {logits.shape}")
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"logits must be floating point; got {logits.dtype}")
+    if labels.shape != logits.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integer labels of shape ({logits.shape[0]},); got {labels.shape}, {labels.dtype}")
+    if not (0 < float(low) < float(high) and np.isfinite(high)):
+        raise ValueError(f"need 0 < low < high < inf for the temperature bracket; got {low}, {high}")
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
+        raise ValueError(f"num_iter must be a positive integer; got {num_iter!r}")
+    check_finite(logits, "logits")
+    if is_concrete(labels):
+        lo_label, hi_label = int(np.min(np.asarray(labels))), int(np.max(np.asarray(labels)))
+        if lo_label < 0 or hi_label >= logits.shape[1]:
+            raise ValueError(f"labels must lie in 0..{logits.shape[1] - 1}; got {lo_label}..{hi_label}")
+    return _temperature(logits, labels, num_iter, float(low), float(high))

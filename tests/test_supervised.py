@@ -132,3 +132,120 @@ def test_non_mlp_and_bad_probe_inputs():
         sv.linear_probe(np.ones((4, 2)), np.zeros(4), np.ones((2, 2)), np.zeros(2))
     with pytest.raises(ValueError, match="finite"):
         sv.linear_probe(np.full((4, 2), np.nan), np.arange(4) % 2, np.ones((2, 2)), np.zeros(2))
+
+
+# --- probe_accuracy: many probes over many splits, vmapped -----------------------------------
+
+
+def _probe_data(n=120, f=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(7, 10, n)                      # any integer labels, not only 0..K-1
+    feats = rng.normal(size=(n, f)) + 2.0 * (labels[:, None] - 8.0)
+    splits = np.stack([rng.permutation(n) for _ in range(3)])
+    return feats, labels, splits
+
+
+def test_probe_accuracy_matches_linear_probe_split_by_split():
+    """Same penalised logistic regression as scikit-learn's (C = 1, standardised): same accuracy."""
+    feats, labels, splits = _probe_data()
+    half = labels.size // 2
+    expected = np.mean([sv.linear_probe(feats[s[:half]], labels[s[:half]], feats[s[half:]], labels[s[half:]]).accuracy
+                        for s in splits])
+    np.testing.assert_allclose(sv.probe_accuracy(feats, labels, splits), expected, atol=1e-12)
+
+
+def test_probe_accuracy_batched_over_layers_equals_one_at_a_time():
+    feats, labels, splits = _probe_data()
+    noise = np.random.default_rng(1).normal(size=feats.shape)
+    stacked = sv.probe_accuracy(np.stack([feats, noise]), labels, np.stack([splits, splits[::-1]]))
+    assert stacked.shape == (2,)
+    np.testing.assert_allclose(stacked[0], sv.probe_accuracy(feats, labels, splits), atol=1e-12)
+    np.testing.assert_allclose(stacked[1], sv.probe_accuracy(noise, labels, splits[::-1]), atol=1e-12)
+    # Informative features beat pure noise; noise scores chance (1/3) within binomial errors.
+    assert stacked[0] > 0.8 and abs(stacked[1] - 1 / 3) < 4 * np.sqrt(2 / 9 / (3 * 60))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda f, y, s: (f, y[:-1], s), "one label per row"),
+        (lambda f, y, s: (f, y + 0.5, s), "labels must be integers"),
+        (lambda f, y, s: (f, y, s[:, :-1]), "splits must be integer"),
+        (lambda f, y, s: (f, y, s.astype(float)), "splits must be integer"),
+        (lambda f, y, s: (f, y, np.zeros_like(s)), "permutation"),
+        (lambda f, y, s: (np.where(np.arange(f.shape[1]) == 0, np.nan, f), y, s), "finite"),
+        (lambda f, y, s: (f, np.zeros_like(y), s), "two classes"),
+        (lambda f, y, s: (np.stack([f, f]), y, s), "splits must be integer"),
+    ],
+)
+def test_probe_accuracy_bad_inputs_are_named(change, match):
+    with pytest.raises(ValueError, match=match):
+        sv.probe_accuracy(*change(*_probe_data()))
+
+
+# --- fit_temperature: calibration by one number ----------------------------------------------
+
+
+def _calibration_data(true_temperature=2.5, n=4000, k=5, seed=0):
+    kf, ky = jax.random.split(jax.random.key(seed))
+    logits = 3.0 * jax.random.normal(kf, (n, k))
+    labels = jax.random.categorical(ky, logits / true_temperature).astype(jnp.int32)
+    return logits, labels
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels():
+    logits, labels = _calibration_data()
+    t = float(sv.fit_temperature(logits, labels))
+    # Maximum likelihood for one parameter on 4000 draws: within a few percent of the truth.
+    assert abs(t - 2.5) < 0.15
+    # It minimises the mean cross-entropy: nearby temperatures do no better.
+    ce = lambda s: float(optax.losses.softmax_cross_entropy_with_integer_labels(logits / s, labels).mean())  # noqa: E731
+    assert ce(t) <= min(ce(0.97 * t), ce(1.03 * t)) + 1e-6
+
+
+def test_fit_temperature_jit_equals_eager_and_keeps_predictions():
+    logits, labels = _calibration_data(true_temperature=0.7, seed=1)
+    eager = sv.fit_temperature(logits, labels)
+    np.testing.assert_allclose(jax.jit(sv.fit_temperature)(logits, labels), eager, rtol=1e-6)
+    assert float(eager) < 1.0     # labels sharper than the logits say: the fitted T sharpens them
+    assert bool(jnp.all(jnp.argmax(logits / eager, -1) == jnp.argmax(logits, -1)))
+
+
+def test_fit_temperature_stops_at_the_bracket_for_separable_data():
+    logits = jnp.array([[2.0, -2.0], [-1.0, 1.0]])
+    labels = jnp.array([0, 1])
+    # The loss falls with 1/T without bound: the fit runs towards the lower end of T, until the
+    # float32 loss is flat (zero to rounding), far below T = 1.
+    t = float(sv.fit_temperature(logits, labels, low=0.05))
+    assert 0.05 <= t < 0.2
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits / t, labels).mean()
+    assert float(ce) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((jnp.ones((4,)), jnp.zeros(4, jnp.int32)), {}, ValueError, "logits must have shape"),
+        ((jnp.ones((4, 1)), jnp.zeros(4, jnp.int32)), {}, ValueError, "logits must have shape"),
+        ((jnp.ones((4, 3)), jnp.zeros(3, jnp.int32)), {}, ValueError, "labels must be integer labels"),
+        ((jnp.ones((4, 3)), jnp.zeros(4)), {}, ValueError, "labels must be integer labels"),
+        ((jnp.ones((4, 3), jnp.int32), jnp.zeros(4, jnp.int32)), {}, TypeError, "floating point"),
+        ((jnp.ones((4, 3)), jnp.full(4, 3, jnp.int32)), {}, ValueError, "labels must lie in 0..2"),
+        ((jnp.full((4, 3), jnp.inf), jnp.zeros(4, jnp.int32)), {}, ValueError, "logits must be finite"),
+        ((jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)), {"low": 2.0, "high": 1.0}, ValueError, "0 < low < high"),
+        ((jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)), {"num_iter": 0}, ValueError, "num_iter"),
+    ],
+)
+def test_fit_temperature_bad_inputs_are_named(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sv.fit_temperature(*args, **kwargs)
+
+
+def test_fit_temperature_bad_inputs_under_jit():
+    """Shapes are checked while tracing; values a tracer hides give NaN rather than a wrong number."""
+    fit = jax.jit(sv.fit_temperature)
+    with pytest.raises(ValueError, match="labels must be integer labels"):
+        fit(jnp.ones((4, 3)), jnp.zeros(3, jnp.int32))
+    with pytest.raises(ValueError, match="logits must have shape"):
+        fit(jnp.ones((4,)), jnp.zeros(4, jnp.int32))
+    assert bool(jnp.isnan(fit(jnp.full((4, 3), jnp.nan), jnp.zeros(4, jnp.int32))))
