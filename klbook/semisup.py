@@ -61,8 +61,8 @@ from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
 from klbook.train import fit, init_stacked
 
-__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "TiedCodeModel", "M2", "Classifier", "code_model",
-           "tied_code_model", "m2", "classifier",
+__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "MixtureCodeModel", "TiedCodeModel", "M2", "Classifier",
+           "code_model", "mixture_code_model", "tied_code_model", "m2", "classifier", "holdout", "mistakes", "per_model_adam",
            "post_real_world", "post_dream_world", "m2_real_world", "m2_dream_world", "post_objective",
            "m2_objective", "supervised_objective", "split_labelled", "Split", "fit_models", "model_at",
            "error_rate", "image_terms"]
@@ -142,7 +142,44 @@ class CodeModel(_Code):
         return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
 
 
-class TiedCodeModel(_Code):
+class _Mixture(eqx.Module):
+    """A prior that is a mixture of one diagonal Gaussian per class, :math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, ``q(y)`` uniform."""
+
+    def components(self, n: int = 1) -> dist.Distribution:
+        """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
+        shape = (n, self.num_classes, self.latent_dim)
+        return dist.Normal(jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)).to_event(1)
+
+    def prior(self, n: int) -> dist.Distribution:
+        """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
+        return dist.MixtureSameFamily(dist.Categorical(logits=jnp.zeros((n, self.num_classes))), self.components(n))
+
+
+class MixtureCodeModel(_Code, _Mixture):
+    r"""The post's model with the tied model's prior but a *separate* head: the control that isolates the tying.
+
+    The prior is a mixture of ``num_classes`` diagonal Gaussians (``locs [C, K]``,
+    ``log_scales [C, K]``), as in :class:`TiedCodeModel`, and the head :math:`q(y\mid z)` is a
+    network of its own (``head [K] -> [C]``), as in :class:`CodeModel`: the prior family is the
+    tied model's, but an image without a label still never trains the head.
+    """
+
+    encoder: Callable
+    decoder: Callable
+    head: Callable
+    locs: jax.Array
+    log_scales: jax.Array
+    data_dim: int = eqx.field(static=True)
+    latent_dim: int = eqx.field(static=True)
+    num_classes: int = eqx.field(static=True)
+    total_count: int = eqx.field(static=True)
+
+    def classify(self, z) -> dist.Distribution:
+        """:math:`q(y\\mid z)` for codes ``z [N, K]``: batch ``(N,)``."""
+        return categorical_head(jax.vmap(self.head)(z))
+
+
+class TiedCodeModel(_Code, _Mixture):
     r"""The post's worlds with the label head tied to the prior: one joint :math:`q(y)\,q(z\mid y)` for the code and label.
 
     The dream world's :math:`q(z)\,q(y\mid z)` is written as :math:`q(y)\,q(z\mid y)`, with
@@ -164,21 +201,12 @@ class TiedCodeModel(_Code):
     num_classes: int = eqx.field(static=True)
     total_count: int = eqx.field(static=True)
 
-    def components(self, n: int = 1) -> dist.Distribution:
-        """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
-        shape = (n, self.num_classes, self.latent_dim)
-        return dist.Normal(jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)).to_event(1)
-
     def classify(self, z) -> dist.Distribution:
         """:math:`q(y\\mid z) \\propto q(y)\\,q(z\\mid y)` for codes ``z [N, K]``: batch ``(N,)``."""
         z = jnp.asarray(z)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
         return categorical_head(self.components(z.shape[0]).log_prob(z[:, None, :]))  # q(y) uniform: a constant
-
-    def prior(self, n: int) -> dist.Distribution:
-        """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
-        return dist.MixtureSameFamily(dist.Categorical(logits=jnp.zeros((n, self.num_classes))), self.components(n))
 
 
 class M2(eqx.Module):
@@ -206,15 +234,37 @@ class M2(eqx.Module):
         return categorical_head(jax.vmap(self.classifier)(x / self.total_count))
 
     def encode(self, x, y) -> dist.Distribution:
-        """:math:`p(z\\mid x, y)`: batch ``(N,)``, event ``(K,)``."""
-        x, _ = self.check(x)
-        inputs = jnp.concatenate([x / self.total_count, jax.nn.one_hot(y, self.num_classes)], axis=-1)
+        """:math:`p(z\\mid x, y)` for images ``x [N, D]`` and labels ``y [N]``: batch ``(N,)``, event ``(K,)``.
+
+        Raises ValueError for labels outside ``0..num_classes-1`` (their one-hot would be a silent
+        zero vector): eagerly when ``y`` is concrete, at run time (``eqx.error_if``) under ``jit``.
+        """
+        x, y = self.check(x, y)
+        inputs = jnp.concatenate([x / self.total_count, self._one_hot(y)], axis=-1)
         return gaussian_head(jax.vmap(self.encoder)(inputs))
 
     def decode(self, z, y) -> dist.Distribution:
-        """:math:`q(x\\mid y, z)`: batch ``(N,)``, event ``(D,)``."""
-        inputs = jnp.concatenate([z, jax.nn.one_hot(y, self.num_classes)], axis=-1)
+        """:math:`q(x\\mid y, z)` for codes ``z [N, K]`` and labels ``y [N]``: batch ``(N,)``, event ``(D,)``.
+
+        Labels are checked as in :meth:`encode`.
+        """
+        z = jnp.asarray(z)
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
+        y = jnp.asarray(y)
+        if y.shape != z.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
+            raise ValueError(f"y must be integer labels of shape ({z.shape[0]},); got {y.shape}, {y.dtype}")
+        if is_concrete(y):
+            _check(jnp.zeros((y.shape[0], self.data_dim), jnp.int32), y, self.data_dim, self.num_classes,
+                   self.total_count)
+        inputs = jnp.concatenate([z, self._one_hot(y)], axis=-1)
         return binomial_head(jax.vmap(self.decoder)(inputs), self.total_count)
+
+    def _one_hot(self, y) -> jax.Array:
+        """One-hot labels; a traced label out of range stops the program with the same message as the eager check."""
+        if not is_concrete(y):
+            y = eqx.error_if(y, (y < 0) | (y >= self.num_classes), f"labels must lie in 0..{self.num_classes - 1}")
+        return jax.nn.one_hot(y, self.num_classes)
 
     def label_prior(self, n: int) -> dist.Distribution:
         """:math:`q(y)`, uniform over the classes: batch ``(n,)``."""
@@ -279,6 +329,20 @@ def tied_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, wi
                          jnp.zeros((num_classes, latent_dim)), data_dim, latent_dim, num_classes, total_count)
 
 
+def mixture_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
+                       head_depth: int = 1, spread: float = 1.0, total_count: int = 16) -> MixtureCodeModel:
+    """:class:`MixtureCodeModel`: the tied model's prior (initialised as :func:`tied_code_model`'s) with :func:`code_model`'s separate head."""
+    check_key(key)
+    if not spread > 0:
+        raise ValueError(f"spread must be positive; got {spread!r}")
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return MixtureCodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+                            mlp(k2, latent_dim, data_dim, width=width, depth=1),
+                            mlp(k4, latent_dim, num_classes, width=width, depth=head_depth),
+                            spread * jax.random.normal(k3, (num_classes, latent_dim)),
+                            jnp.zeros((num_classes, latent_dim)), data_dim, latent_dim, num_classes, total_count)
+
+
 def m2(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> M2:
     """M2 with one-hidden-layer MLPs of ``width`` for the classifier, encoder and decoder."""
     check_key(key)
@@ -295,7 +359,7 @@ def classifier(key, data_dim: int, num_classes: int, *, width: int = 64, total_c
     return Classifier(mlp(key, data_dim, num_classes, width=width, depth=1), data_dim, num_classes, total_count)
 
 
-def post_real_world(model: CodeModel | TiedCodeModel, x, y=None) -> None:
+def post_real_world(model: CodeModel | MixtureCodeModel | TiedCodeModel, x, y=None) -> None:
     """P of the post's model: images ``x [N, D]`` (and labels ``y [N]`` when given) and :math:`p(z\\mid x)`."""
     x, y = model.check(x, y)
     with numpyro.plate("data", x.shape[0]):
@@ -305,7 +369,7 @@ def post_real_world(model: CodeModel | TiedCodeModel, x, y=None) -> None:
         numpyro.sample("z", model.encode(x))
 
 
-def post_dream_world(model: CodeModel | TiedCodeModel, x, y=None) -> None:
+def post_dream_world(model: CodeModel | MixtureCodeModel | TiedCodeModel, x, y=None) -> None:
     """Q of the post's model: :math:`q(z)\\,q(x\\mid z)\\,q(y\\mid z)`; without labels, :math:`q(y\\mid z)` is summed out (dropped)."""
     x, y = model.check(x, y)
     with numpyro.plate("data", x.shape[0]):
@@ -344,7 +408,7 @@ def _fractions(n_labelled: int, n_unlabelled) -> tuple[float, float]:
     return n_labelled / n, int(n_unlabelled) / n
 
 
-def post_objective(model: CodeModel | TiedCodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
+def post_objective(model: CodeModel | MixtureCodeModel | TiedCodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
                    gamma=1.0) -> tuple[jax.Array, dict]:
     r"""The post's semi-supervised loss per example of the whole set, and its terms (nats).
 
@@ -427,6 +491,39 @@ def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
     return Split(np.stack(labelled), np.stack(unlabelled))
 
 
+def per_model_adam(learning_rates, weight_decay=0.0) -> optax.GradientTransformation:
+    r"""Adam with a step size (and a decoupled weight decay) of its own for each of ``M`` stacked models.
+
+    ``learning_rates`` and ``weight_decay``: scalars or ``[M]``. Every parameter leaf must carry
+    the models on its leading axis (as :func:`fit_models` stacks them); model :math:`m`'s update is
+    :math:`-\eta_m(\text{adam} + \lambda_m\theta)`, so with one step size and no decay this is
+    ``optax.adam`` exactly, and with one decay ``optax.adamw``.
+    """
+    lrs, wds = (np.asarray(v, np.float32) for v in (learning_rates, weight_decay))
+    for name, v in (("learning_rates", lrs), ("weight_decay", wds)):
+        if v.ndim > 1 or not np.all(np.isfinite(v)) or np.any(v < 0):
+            raise ValueError(f"{name} must be a non-negative scalar or one value per model; got {v!r}")
+    if not np.all(lrs > 0):
+        raise ValueError(f"learning_rates must be positive; got {lrs!r}")
+
+    def per_model(v, leaf):
+        if v.ndim == 0:
+            return jnp.asarray(v)
+        if leaf.ndim == 0 or leaf.shape[0] != v.shape[0]:
+            raise ValueError(f"per-model values ({v.shape[0]}) need parameters stacked on a leading axis of that "
+                             f"size; got a leaf of shape {leaf.shape}")
+        return jnp.asarray(v).reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+    def update(updates, state, params=None):
+        if np.any(wds > 0):
+            if params is None:
+                raise ValueError("per_model_adam with weight decay needs the parameters in update")
+            updates = jax.tree.map(lambda u, p: u + per_model(wds, p) * p, updates, params)
+        return jax.tree.map(lambda u: -per_model(lrs, u) * u, updates), state
+
+    return optax.chain(optax.scale_by_adam(), optax.GradientTransformation(lambda params: optax.EmptyState(), update))
+
+
 def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, weights, *, num_steps: int,
                batch_size: int = 100, optimizer: optax.GradientTransformation | None = None,
                progress: bool = True, desc: str = "models") -> tuple[eqx.Module, dict[str, np.ndarray]]:
@@ -436,15 +533,18 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
     and a batch of ``batch_size`` of its unlabelled images, and minimises ``objective(model, key,
     x_l, y_l, x_u, n_unlabelled, weight)`` with its own weight (:math:`\gamma`, :math:`\alpha`, ...):
     ``objective`` is e.g. ``lambda m, k, xl, yl, xu, n, w: post_objective(m, k, xl, yl, xu, n, gamma=w)``.
-    ``x [N, D]``, ``y [N]``: the training set; ``split`` has one row per model. Returns the stacked
-    models (see :func:`model_at`) and the history (``loss`` and each term summed over models).
+    ``weights`` is ``[M]`` (one number per model) or ``[M, P]`` (a row per model, e.g. :math:`(\beta,
+    \gamma)`; ``w`` is then that row). ``x [N, D]``, ``y [N]``: the training set; ``split`` has one
+    row per model. ``optimizer`` defaults to ``optax.adam(1e-3)``; :func:`per_model_adam` gives each
+    model its own step size. Returns the stacked models (see :func:`model_at`) and the history
+    (``loss`` and each term summed over models).
     """
     check_key(key)
     weights = jnp.asarray(weights, jnp.float32)
     x, y = jnp.asarray(x), jnp.asarray(y)
     check_finite(weights, "weights")
-    if weights.ndim != 1 or split.labelled.shape[0] != weights.shape[0]:
-        raise ValueError(f"weights must be a list with one entry per row of split ({split.labelled.shape[0]}); "
+    if weights.ndim not in (1, 2) or split.labelled.shape[0] != weights.shape[0]:
+        raise ValueError(f"weights must have one entry (or one row) per row of split ({split.labelled.shape[0]}); "
                          f"got shape {weights.shape}")
     m = weights.shape[0]
     x_l, y_l = x[split.labelled], y[split.labelled]  # [M, L, D], [M, L]
@@ -466,6 +566,18 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
     return res.params, res.history
 
 
+def holdout(key, num: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random validation split of ``num`` examples: ``(train [num - size], validation [size])`` sorted row indices."""
+    check_key(key)
+    for name, v in (("num", num), ("size", size)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer; got {v!r}")
+    if not 1 <= size < num:
+        raise ValueError(f"size must lie in 1..num-1 ({num - 1}); got {size}")
+    order = np.asarray(jax.random.permutation(key, num))
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
 def model_at(models, i: int):
     """Model ``i`` of models stacked by :func:`fit_models`."""
     return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
@@ -473,21 +585,26 @@ def model_at(models, i: int):
 
 def error_rate(models, x, y) -> np.ndarray:
     """Test error of each of the stacked ``models`` (``[M]``): argmax of ``predict`` against ``y [N]``."""
+    return mistakes(models, x, y).mean(-1)
+
+
+def mistakes(models, x, y) -> np.ndarray:
+    """Which images each of the stacked ``models`` gets wrong, ``[M, N]`` booleans (for paired, per-image statistics)."""
     x, y = _stacked(models).check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
-    return np.asarray(_error_rates(models, x, y))
+    return np.asarray(_mistakes(models, x, y))
 
 
 def _stacked(models):
     """``models`` if they are this module's models (stacked by :func:`fit_models`), else a TypeError naming them."""
-    if not isinstance(models, (CodeModel, TiedCodeModel, M2, Classifier)):
+    if not isinstance(models, (CodeModel, MixtureCodeModel, TiedCodeModel, M2, Classifier)):
         raise TypeError(f"models must be semisup models stacked by fit_models; got {type(models).__name__}")
     return models
 
 
 @filter_jit_once
-def _error_rates(models, x, y):
+def _mistakes(models, x, y):
     probs = eqx.filter_vmap(lambda mm: mm.predict(x))(models)  # [M, N, C]
-    return jnp.mean(jnp.argmax(probs, axis=-1) != y[None, :], axis=-1)
+    return jnp.argmax(probs, axis=-1) != y[None, :]
 
 
 def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]:
@@ -497,8 +614,8 @@ def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]
     ``num_particles`` draws of the code per image.
     """
     check_key(key)
-    if not isinstance(models, (CodeModel, TiedCodeModel)):
-        raise TypeError(f"image_terms scores the post's models (CodeModel or TiedCodeModel); got {type(models).__name__}")
+    if not isinstance(models, (CodeModel, MixtureCodeModel, TiedCodeModel)):
+        raise TypeError(f"image_terms scores the post's models (CodeModel, MixtureCodeModel or TiedCodeModel); got {type(models).__name__}")
     x, _ = models.check(x)
     names = {n: t for n, t in POST_NAMES.items() if n != "y"}
 

@@ -205,3 +205,111 @@ def test_image_terms_are_each_models_own_unlabelled_ledger(batch):
             np.testing.assert_allclose(terms[name][i], own.terms[name], rtol=1e-5)
     with pytest.raises(ValueError, match=r"shape \[N, 6\]"):
         ss.image_terms(jax.random.key(12), models, x[:, :3])
+
+
+def test_m2_refuses_labels_out_of_range_eagerly_and_under_jit(batch):
+    # before: one_hot of an out-of-range label is a zero vector, a silent wrong answer
+    x, y = batch
+    model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
+    z = jnp.zeros((N, K))
+    for bad in (y + C, y - C):
+        with pytest.raises(ValueError, match="labels must lie in 0..2"):
+            model.encode(x, bad)
+        with pytest.raises(ValueError, match="labels must lie in 0..2"):
+            model.decode(z, bad)
+    with pytest.raises(Exception, match="labels must lie in 0..2"):  # traced: stopped at run time, same message
+        eqx.filter_jit(lambda m, yy: m.encode(x, yy).mean)(model, y + C)
+    with pytest.raises(Exception, match="labels must lie in 0..2"):
+        eqx.filter_jit(lambda m, yy: m.decode(z, yy).mean)(model, y + C)
+    with pytest.raises(ValueError, match=r"y must be integer labels of shape \(12,\)"):
+        model.decode(z, y.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):
+        model.decode(jnp.zeros((N, K + 1)), y)
+    # in range, jitted and eager agree
+    np.testing.assert_allclose(eqx.filter_jit(lambda m, yy: m.encode(x, yy).mean)(model, y), model.encode(x, y).mean,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_m2_objective_weights_and_fractions(batch):
+    # L_M2 = f_l (L(x, y) + alpha CE) + f_u U(x), with L and U the recipe's ledgers and CE the classifier's
+    x, y = batch
+    model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
+    k_l, k_u = jax.random.split(jax.random.key(3))
+    loss, terms = eqx.filter_jit(lambda m, k: ss.m2_objective(m, k, x[:4], y[:4], x[4:], 20, alpha=7.0))(
+        model, jax.random.key(3))
+    lab = kl_objective(k_l, ss.m2_real_world, ss.m2_dream_world, model, x[:4], y[:4], names=ss.M2_NAMES)
+    unl = kl_objective(k_u, ss.m2_real_world, ss.m2_dream_world, model, x[4:], names=ss.M2_NAMES,
+                       enumerate_sites=("y",))
+    log_p = np.log(np.asarray(model.classify(x[:4]).probs, np.float64))
+    ce = -np.mean(log_p[np.arange(4), np.asarray(y[:4])])
+    f_l, f_u = 4 / 24, 20 / 24
+    np.testing.assert_allclose(loss, f_l * (float(lab.loss) + 7.0 * ce) + f_u * float(unl.loss), rtol=1e-5)
+    np.testing.assert_allclose(terms["classification"], ce, rtol=1e-5)
+    for name in ("distortion", "rate", "label"):
+        np.testing.assert_allclose(terms[name], f_l * lab.terms[name] + f_u * unl.terms[name], rtol=1e-5)
+    # the labelled ledger holds log 1/q(y) = log C, the unlabelled one an exact KL to the uniform q(y)
+    np.testing.assert_allclose(lab.terms["label"], np.log(C), rtol=1e-6)
+    alpha0, _ = ss.m2_objective(model, jax.random.key(3), x[:4], y[:4], x[4:], 20, alpha=0.0)
+    np.testing.assert_allclose(float(loss) - float(alpha0), f_l * 7.0 * ce, rtol=1e-4)
+
+
+def test_mixture_code_model_has_the_tied_prior_but_a_separate_head(batch):
+    x, y = batch
+    mix = ss.mixture_code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
+    z = jax.random.normal(jax.random.key(2), (5, K))
+    tied = eqx.tree_at(lambda m: (m.locs, m.log_scales), ss.tied_code_model(jax.random.key(1), D, K, C, width=8, total_count=T),
+                       (mix.locs, mix.log_scales))
+    np.testing.assert_allclose(mix.prior(5).log_prob(z), tied.prior(5).log_prob(z), rtol=1e-6)
+    np.testing.assert_allclose(mix.classify(z).logits, jax.vmap(mix.head)(z), rtol=1e-6)
+    g = eqx.filter_grad(lambda m: _kl_objective(jax.random.key(13), ss.post_real_world, ss.post_dream_world, m, x,
+                                                names={"x": "distortion", "z": "rate"}).loss)(mix)
+    assert sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(eqx.filter(g.head, eqx.is_array))) == 0.0
+    assert float(jnp.sum(jnp.abs(g.locs))) > 0.0
+    with pytest.raises(ValueError, match="spread must be positive"):
+        ss.mixture_code_model(jax.random.key(1), D, K, C, spread=-1.0)
+
+
+def test_per_model_adam_is_adam_per_model_and_fit_models_takes_weight_rows(batch):
+    import optax
+    x, _ = batch
+    y = jnp.arange(N) % C
+    split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
+    make = lambda k: ss.classifier(k, D, C, width=8, total_count=T)
+    obj = lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w[0] * w[1])
+    run = lambda opt, w: ss.fit_models(jax.random.key(9), make, obj, x, y, split, w, num_steps=10, batch_size=4,
+                                       optimizer=opt, progress=False)[0]
+    w = [[1.0, 1.0], [2.0, 0.5]]
+    a = run(optax.adam(1e-2), w)
+    b = run(ss.per_model_adam([1e-2, 1e-2]), w)
+    for la, lb in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+        np.testing.assert_allclose(la, lb, rtol=1e-6, atol=1e-7)
+    c = run(ss.per_model_adam([1e-2, 1e-1]), w)     # model 0 as before, model 1 with its own step
+    d = run(optax.adam(1e-1), w)
+    for la, lc, ld in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, c, d))):
+        np.testing.assert_allclose(lc[0], la[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(lc[1], ld[1], rtol=1e-6, atol=1e-7)
+    e = run(ss.per_model_adam(1e-2, weight_decay=[0.0, 0.1]), w)
+    f = run(optax.adamw(1e-2, weight_decay=0.1), w)
+    for la, le, lf in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, e, f))):
+        np.testing.assert_allclose(le[0], la[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(le[1], lf[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="learning_rates must be positive"):
+        ss.per_model_adam([1e-2, 0.0])
+    with pytest.raises(ValueError, match="one entry \\(or one row\\) per row of split"):
+        run(optax.adam(1e-2), [1.0, 2.0, 3.0])
+
+
+def test_mistakes_and_holdout(batch):
+    x, _ = batch
+    y = jnp.arange(N) % C
+    split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
+    models, _ = ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+                              lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w),
+                              x, y, split, [1.0, 1.0], num_steps=5, batch_size=4, progress=False)
+    wrong = ss.mistakes(models, x, y)
+    assert wrong.shape == (2, N) and wrong.dtype == bool
+    np.testing.assert_allclose(ss.error_rate(models, x, y), wrong.mean(-1))
+    train, val = ss.holdout(jax.random.key(3), 20, 5)
+    assert val.size == 5 and train.size == 15 and np.array_equal(np.sort(np.concatenate([train, val])), np.arange(20))
+    with pytest.raises(ValueError, match="size must lie in 1..num-1"):
+        ss.holdout(jax.random.key(3), 20, 20)
