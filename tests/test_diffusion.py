@@ -74,7 +74,7 @@ def test_posterior_step_kl_is_half_the_snr_drop_times_the_error():
     exact = dist.kl_divergence(dm.posterior(z, x, g_s, g_t), dm.posterior(z, x_hat, g_s, g_t)).sum(-1)
     formula = 0.5 * (math.exp(-g_s) - math.exp(-g_t)) * jnp.sum((x - x_hat) ** 2, -1)
     np.testing.assert_allclose(exact, formula, rtol=1e-5)
-    # and it is the forward process's reverse: alpha^2 + sigma^2 = 1, the marginal of z_s is preserved
+    # variance preserving: alpha^2 + sigma^2 = 1 (the marginals themselves: test_sampler_first_and_last_steps_...)
     alpha, sigma = dm.alpha_sigma(jnp.array([g_s, g_t]))
     np.testing.assert_allclose(alpha**2 + sigma**2, 1.0, rtol=1e-6)
 
