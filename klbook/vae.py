@@ -13,7 +13,11 @@ NumPyro models (use them with :func:`klbook.recipe.kl_objective` and ``NAMES``);
 :func:`terms` gives :class:`VAETerms` per example, :func:`rate` the closed form,
 :func:`iwae` the importance-weighted estimate of :math:`\log q(x)` (Burda et al., 2016),
 :func:`measure` all of them at once and :func:`fit_betas` trains one β-VAE per β together,
-vmapped, in one compiled loop.
+vmapped, in one compiled loop. For the linear-Gaussian family with the decoder's σ fixed,
+:func:`linear_gaussian_optimum` gives the best β-VAE of the population in closed form,
+:func:`linear_gaussian_fit` the exact minimiser on a sample (maximum likelihood at β = 1),
+:func:`linear_gaussian_terms` a model's ``D`` and ``R`` with the code integrated out, and
+:func:`linear_gaussian_population` the exact population ``(D, R)`` of any linear VAE.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 
-from klbook._checks import check_finite
+from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key, kl
 from klbook.nn import bernoulli_head, binomial_head, gaussian_head, mlp
 from klbook.recipe import data, kl_objective
@@ -38,7 +42,8 @@ from klbook.train import fit_stacked, member
 
 __all__ = ["VAE", "VAETerms", "Chain", "NAMES", "binomial_vae", "bernoulli_vae", "linear_gaussian_vae",
            "real_world", "dream_world", "terms", "rate", "iwae", "measure", "objective", "fit_betas",
-           "model_at", "reconstruct", "generate", "linear_gaussian_marginal", "linear_gaussian_optimum"]
+           "model_at", "reconstruct", "generate", "linear_gaussian_marginal", "linear_gaussian_optimum",
+           "linear_gaussian_fit", "linear_gaussian_terms", "linear_gaussian_population"]
 
 #: The recipe's names for the two sites: the latent's term is the rate, the data's the distortion.
 NAMES = {"z": "rate", "x": "distortion"}
@@ -112,18 +117,32 @@ def bernoulli_vae(key, data_dim: int, latent_dim: int, *, width: int = 64, depth
 class _LinearGaussianDecoder(eqx.Module):
     linear: eqx.nn.Linear
     raw_scale: jax.Array  # [data_dim], softplus -> noise scale, shared by every z
+    learn_noise: bool = eqx.field(static=True, default=True)
 
     def __call__(self, z):
-        return jnp.concatenate([self.linear(z), self.raw_scale])
+        raw = self.raw_scale if self.learn_noise else jax.lax.stop_gradient(self.raw_scale)
+        return jnp.concatenate([self.linear(z), raw])
 
 
-def linear_gaussian_vae(key, data_dim: int, latent_dim: int, *, weight=None, bias=None, noise=None) -> VAE:
+def linear_gaussian_vae(key, data_dim: int, latent_dim: int, *, weight=None, bias=None, noise=None,
+                        learn_noise: bool = True) -> VAE:
     r"""Linear encoder and :math:`q(x\mid z) = \mathcal{N}(Wz + b, \mathrm{diag}\,\sigma^2)`.
 
     Its marginal :math:`q(x)` is Gaussian (:func:`linear_gaussian_marginal`), so :math:`L` and, as
     the data's own world, :math:`H` are exact. ``weight [data_dim, latent_dim]``, ``bias``
-    and ``noise`` (σ, positive) set the decoder; otherwise it is initialised at random.
+    and ``noise`` (σ, above the scale floor 1e-4) set the decoder; otherwise it is initialised at
+    random (σ = 0.69). With ``learn_noise=False`` the decoder's σ stays where ``noise`` put it (no
+    gradient reaches it): the well-posed family of chapter 6, whose β-VAE optimum is
+    :func:`linear_gaussian_optimum`. With a learned σ, :math:`D + \beta R` has no minimum for
+    β < 1: a code that copies one pixel ever more precisely lowers that pixel's density-valued
+    distortion without bound (:func:`linear_gaussian_population` computes the path).
     """
+    if noise is None and not learn_noise:
+        raise ValueError("learn_noise=False needs a noise to fix the decoder's sigma at")
+    if noise is not None and is_concrete(noise):
+        sig = np.asarray(noise, np.float64)
+        if not np.all(np.isfinite(sig) & (sig > 1e-4)):
+            raise ValueError(f"noise must be finite and above 1e-4 (the scale floor); got {noise}")
     k1, k2 = jax.random.split(key)
     linear = eqx.nn.Linear(latent_dim, data_dim, key=k2)
     f32 = lambda v, shape: jnp.broadcast_to(jnp.asarray(v, jnp.float32), shape)  # noqa: E731
@@ -132,8 +151,8 @@ def linear_gaussian_vae(key, data_dim: int, latent_dim: int, *, weight=None, bia
     linear = eqx.tree_at(lambda m: (m.weight, m.bias), linear, (w, b))
     # sigma = softplus(raw) + 1e-4 (gaussian_head's floor), inverted for a given noise
     raw = jnp.zeros(data_dim) if noise is None else f32(jnp.log(jnp.expm1(jnp.asarray(noise) - 1e-4)), (data_dim,))
-    return VAE(eqx.nn.Linear(data_dim, 2 * latent_dim, key=k1), _LinearGaussianDecoder(linear, raw),
-               gaussian_head, data_dim, latent_dim)
+    decoder = _LinearGaussianDecoder(linear, raw, bool(learn_noise))
+    return VAE(eqx.nn.Linear(data_dim, 2 * latent_dim, key=k1), decoder, gaussian_head, data_dim, latent_dim)
 
 
 def linear_gaussian_marginal(vae: VAE) -> dist.MultivariateNormal:
@@ -300,53 +319,164 @@ def generate(key, vae: VAE, n: int) -> jax.Array:
     return vae.decode(vae.prior(n).sample(key)).mean
 
 
-def _linear_gaussian_expected(params, cov, latent_dim: int):
-    """Population ``(D, R)`` of a linear VAE on data ``N(0, cov)`` (exact expectations, no sampling)."""
+def linear_gaussian_terms(vae: VAE, x) -> VAETerms:
+    r"""Per-example :math:`D` and :math:`R` of a :func:`linear_gaussian_vae` with the code integrated out exactly.
+
+    With :math:`p(z\mid x) = \mathcal{N}(\mu, \mathrm{diag}\,s^2)` and :math:`q(x\mid z) = \mathcal{N}(Vz + b,
+    \mathrm{diag}\,\sigma^2)`, :math:`\langle -\log q(x\mid z)\rangle = \sum_i \big(\tfrac12\log 2\pi\sigma_i^2
+    + [(x - V\mu - b)_i^2 + \sum_j V_{ij}^2 s_j^2] / 2\sigma_i^2\big)`; the rate is :func:`rate`. No
+    sampling, so the mean of ``distortion + beta * rate`` over a training sample is the β-VAE's
+    objective itself, to compare with :func:`linear_gaussian_fit`'s minimum. Arrays ``[N]``, nats.
+    """
+    if not isinstance(vae.decoder, _LinearGaussianDecoder):
+        raise TypeError("linear_gaussian_terms needs a VAE made by linear_gaussian_vae")
+    x = vae.check(x)
+    enc = vae.encode(x)
+    mu, s = enc.base_dist.loc, enc.base_dist.scale  # [N, k]
+    w, b = vae.decoder.linear.weight, vae.decoder.linear.bias  # [d, k], [d]
+    sigma = vae.decode(jnp.zeros((1, vae.latent_dim))).base_dist.scale[0]  # [d]
+    sq = (x - mu @ w.T - b[None, :]) ** 2 + (s**2) @ (w**2).T  # [N, d]: E (x - V z - b)^2
+    distortion = jnp.sum(0.5 * jnp.log(2 * jnp.pi * sigma**2)[None, :] + sq / (2 * sigma**2)[None, :], axis=-1)
+    return VAETerms(distortion, kl(enc, vae.prior(x.shape[0])))
+
+
+def _float64(value, name: str, fn: str) -> np.ndarray:
+    """``value`` as a float64 NumPy array, or a clear error (these closed forms run outside ``jax.jit``)."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
+        raise TypeError(f"{fn} is a float64 NumPy closed form: call it with concrete numbers, outside "
+                        f"jax.jit/grad/vmap ({name} is a tracer)")
+    out = np.asarray(value, np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return out
+
+
+def _positive_betas(betas, fn: str) -> np.ndarray:
+    b = _float64(betas, "betas", fn)
+    if b.ndim != 1 or b.size == 0 or not np.all(b > 0):
+        raise ValueError(f"betas must be a non-empty list of positive numbers; got {betas}")
+    return b
+
+
+def _positive_scalar(value, name: str, fn: str) -> float:
+    v = _float64(value, name, fn)
+    if v.ndim != 0 or not v > 0:
+        raise ValueError(f"{name} must be one positive number; got {value}")
+    return float(v)
+
+
+def linear_gaussian_population(cov, encoder_weight, encoder_scale, decoder_weight, noise) -> tuple[float, float]:
+    r"""Population :math:`(D, R)` in nats of a linear VAE on data :math:`x \sim \mathcal{N}(0, \Sigma)`, float64.
+
+    Encoder :math:`p(z\mid x) = \mathcal{N}(Ax, \mathrm{diag}\,s^2)`, prior :math:`\mathcal{N}(0, I)`,
+    decoder :math:`q(x\mid z) = \mathcal{N}(Vz, \mathrm{diag}\,\sigma^2)` (zero biases, optimal for centred
+    data). With :math:`M = I - VA`, the residual :math:`x - Vz` has covariance
+    :math:`\Delta = M\Sigma M^\top + V\,\mathrm{diag}(s^2)\,V^\top`, and
+
+    .. math:: D = \tfrac12\sum_i\Big(\log 2\pi\sigma_i^2 + \frac{\Delta_{ii}}{\sigma_i^2}\Big), \qquad
+              R = \tfrac12\big(\mathrm{tr}\,A\Sigma A^\top + \textstyle\sum_j s_j^2 - m - \sum_j \log s_j^2\big),
+
+    exact expectations, no sampling. ``cov [d, d]`` (symmetric positive definite),
+    ``encoder_weight`` :math:`A` ``[m, d]``, ``encoder_scale`` :math:`s` ``[m]``, ``decoder_weight``
+    :math:`V` ``[d, m]``, ``noise`` :math:`\sigma` (a number or ``[d]``), all positive where scales.
+    Chapter 6 uses it to show the learned-σ runaway and the tests to check :func:`linear_gaussian_optimum`.
+    """
+    fn = "linear_gaussian_population"
+    cov = _float64(cov, "cov", fn)
+    a, s = _float64(encoder_weight, "encoder_weight", fn), _float64(encoder_scale, "encoder_scale", fn)
+    v, sigma = _float64(decoder_weight, "decoder_weight", fn), _float64(noise, "noise", fn)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or not np.allclose(cov, cov.T):
+        raise ValueError(f"cov must be a symmetric [d, d] matrix; got shape {cov.shape}")
     d = cov.shape[0]
-    a = params[: latent_dim * d].reshape(latent_dim, d)  # encoder mean A x
-    log_s = params[latent_dim * d: latent_dim * (d + 1)]  # encoder scales (diagonal)
-    w = params[latent_dim * (d + 1): latent_dim * (2 * d + 1)].reshape(d, latent_dim)  # decoder W z
-    log_sigma = params[latent_dim * (2 * d + 1):]  # decoder noise (diagonal)
-    s2 = jnp.exp(2 * log_s)
-    m = jnp.eye(d) - w @ a
-    resid = m @ cov @ m.T + (w * s2[None, :]) @ w.T  # covariance of x - W z, z ~ p(z|x)
-    distortion = 0.5 * jnp.sum(jnp.log(2 * jnp.pi) + 2 * log_sigma + jnp.diag(resid) * jnp.exp(-2 * log_sigma))
-    rate = 0.5 * (jnp.trace(a @ cov @ a.T) + jnp.sum(s2) - latent_dim - 2 * jnp.sum(log_s))
+    if np.linalg.eigvalsh(cov).min() <= 0:
+        raise ValueError("cov must be positive definite")
+    if a.ndim != 2 or a.shape[1] != d:
+        raise ValueError(f"encoder_weight must be [m, {d}]; got shape {a.shape}")
+    m = a.shape[0]
+    if s.shape != (m,) or not np.all(s > 0):
+        raise ValueError(f"encoder_scale must be [{m}] positive numbers; got {s}")
+    if v.shape != (d, m):
+        raise ValueError(f"decoder_weight must be [{d}, {m}]; got shape {v.shape}")
+    sigma = np.broadcast_to(sigma, (d,)) if sigma.ndim == 0 else sigma
+    if sigma.shape != (d,) or not np.all(sigma > 0):
+        raise ValueError(f"noise must be a positive number or [{d}] positive numbers; got {noise}")
+    resid = (np.eye(d) - v @ a) @ cov @ (np.eye(d) - v @ a).T + (v * s**2) @ v.T
+    distortion = 0.5 * np.sum(np.log(2 * np.pi * sigma**2) + np.diag(resid) / sigma**2)
+    rate = 0.5 * (np.trace(a @ cov @ a.T) + np.sum(s**2) - m - np.sum(np.log(s**2)))
+    return float(distortion), float(rate)
+
+
+def linear_gaussian_optimum(weight, betas: Sequence[float], *, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    r"""Population-optimal :math:`(D, R)` of the β-VAE with the decoder's σ fixed at the truth's, closed form.
+
+    The world is :math:`x \sim \mathcal{N}(0, \Sigma)`, :math:`\Sigma = WW^\top + \sigma^2 I` (``weight``
+    :math:`W` ``[d, m]``, ``noise`` σ); the family is :func:`linear_gaussian_vae` with
+    ``learn_noise=False`` at σ (encoder :math:`\mathcal{N}(Ax + c, \mathrm{diag}\,s^2)`, decoder
+    :math:`\mathcal{N}(Vz + b, \sigma^2 I)`). Since :math:`D = \|x - Vz\|^2/2\sigma^2 + \text{const}`,
+    :math:`D + \beta R` is β times the negative ELBO of the same model with noise variance
+    :math:`\tau^2 = \beta\sigma^2`, whose best value is its maximum likelihood: the encoder matches
+    the posterior (diagonal once the code is rotated) and :math:`VV^\top = U(\Lambda - \tau^2)_+U^\top`
+    over the top :math:`m` eigenpairs :math:`(\lambda_i, u_i)` of :math:`\Sigma` (Tipping and Bishop, 1999).
+    Along each kept direction the residual variance is then :math:`\tau^2`, so
+
+    .. math:: R(\beta) = \sum_{i \le m} \tfrac12 \log\Big(\frac{\lambda_i}{\beta\sigma^2}\Big)_+, \qquad
+              D(\beta) = \tfrac d2 \log 2\pi\sigma^2 + \frac{1}{2\sigma^2}\Big(\sum_{i \in A}\beta\sigma^2
+              + \sum_{i \notin A} \lambda_i\Big),
+
+    with :math:`A` the kept directions (:math:`\lambda_i > \beta\sigma^2`, :math:`i \le m`). Every β > 0
+    has this one minimum (the objective is bounded below); a direction collapses for
+    :math:`\beta \ge \lambda_i/\sigma^2`, and :math:`D + R - H = \tfrac{|A|}2(\beta - 1 - \log\beta)` while no
+    direction has collapsed. Returns ``(D, R)``, float64 arrays ``[len(betas)]``. Chapter 6.
+    """
+    fn = "linear_gaussian_optimum"
+    w = _float64(weight, "weight", fn)
+    if w.ndim != 2 or w.shape[1] > w.shape[0]:
+        raise ValueError(f"weight must be [data_dim, latent_dim] with latent_dim <= data_dim; got shape {w.shape}")
+    b, sigma2 = _positive_betas(betas, fn), _positive_scalar(noise, "noise", fn) ** 2
+    d, m = w.shape
+    lam = np.sort(np.linalg.eigvalsh(w @ w.T + sigma2 * np.eye(d)))[::-1]
+    top, rest = lam[:m], lam[m:].sum()
+    tau2 = b[:, None] * sigma2  # [B, 1]
+    keep = top[None, :] > tau2  # [B, m]
+    rate = 0.5 * np.sum(np.where(keep, np.log(np.where(keep, top / tau2, 1.0)), 0.0), axis=1)
+    resid = np.sum(np.where(keep, tau2, top[None, :]), axis=1) + rest
+    distortion = 0.5 * d * np.log(2 * np.pi * sigma2) + resid / (2 * sigma2)
     return distortion, rate
 
 
-def linear_gaussian_optimum(weight, betas: Sequence[float], *, noise: float = 1.0, restarts: int = 3,
-                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    r"""Population-optimal β-VAEs of the linear family for data :math:`x \sim \mathcal{N}(0, WW^\top + \sigma^2 I)`.
+def linear_gaussian_fit(x, latent_dim: int, *, beta: float = 1.0, noise: float = 1.0) -> VAE:
+    r"""The exact minimiser of the β-VAE's :math:`D + \beta R` on the sample ``x [N, d]``, σ fixed at ``noise``.
 
-    The family of :func:`linear_gaussian_vae` (encoder :math:`\mathcal{N}(Ax, \mathrm{diag}\,s^2)`, decoder
-    :math:`\mathcal{N}(Wz, \mathrm{diag}\,\sigma^2)`, zero biases, which are optimal for centred data) has
-    :math:`D` and :math:`R` in closed form as expectations over the whole population, so minimising
-    :math:`D + \beta R` needs no sampling: L-BFGS from ``restarts`` random starts (``seed`` picks them;
-    the best is kept). Returns ``(D, R)`` in nats, arrays ``[len(betas)]``. Chapter 6 (exercises).
+    The same argument as :func:`linear_gaussian_optimum` with the sample's moments in place of the
+    population's: :math:`b = \bar x`, :math:`V = U_m\,\mathrm{diag}\big((l_i - \beta\sigma^2)_+\big)^{1/2}`
+    with :math:`(l_i, u_i)` the top ``latent_dim`` eigenpairs of the sample covariance (divisor
+    :math:`N`), and the encoder at the posterior of the model with noise :math:`\beta\sigma^2`:
+    gain :math:`v_i / l_i` and scale :math:`\sigma\sqrt{\beta / l_i}` along each kept direction, the
+    prior elsewhere. At β = 1 it is the maximum-likelihood fit of :math:`\mathcal{N}(b, VV^\top +
+    \sigma^2 I)` to ``x``, where the ELBO is tight: the best model the trained β = 1 VAE can reach.
+    Computed in float64, returned as a float32 :func:`linear_gaussian_vae` (``learn_noise=False``).
     """
-    from scipy.optimize import minimize  # scipy comes with scikit-learn
-
-    w_true = np.asarray(weight, np.float64)
-    if w_true.ndim != 2:
-        raise ValueError(f"weight must be [data_dim, latent_dim]; got shape {w_true.shape}")
-    d, k = w_true.shape
-    cov = jnp.asarray(w_true @ w_true.T + noise**2 * np.eye(d), jnp.float32)
-    size = k * (2 * d + 1) + d
-
-    @jax.jit
-    def value_and_grad(p, beta):
-        return jax.value_and_grad(lambda q: (lambda dd, rr: dd + beta * rr)(*_linear_gaussian_expected(q, cov, k)))(p)
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for beta in betas:
-        best = None
-        for _ in range(restarts):
-            f = lambda p: tuple(np.asarray(v, np.float64) for v in value_and_grad(jnp.asarray(p, jnp.float32), beta))  # noqa: E731
-            res = minimize(f, 0.3 * rng.standard_normal(size), jac=True, method="L-BFGS-B",
-                           options={"maxiter": 5000})
-            best = res if best is None or res.fun < best.fun else best
-        out.append([float(v) for v in _linear_gaussian_expected(jnp.asarray(best.x, jnp.float32), cov, k)])
-    dr = np.asarray(out)
-    return dr[:, 0], dr[:, 1]
+    fn = "linear_gaussian_fit"
+    xs = _float64(x, "x", fn)
+    if xs.ndim != 2 or xs.shape[0] < 2:
+        raise ValueError(f"x must have shape [N, d] with N >= 2; got {xs.shape}")
+    n, d = xs.shape
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, (int, np.integer)) or not 1 <= latent_dim <= d:
+        raise ValueError(f"latent_dim must be an integer in 1..{d}; got {latent_dim!r}")
+    beta, sigma = _positive_scalar(beta, "beta", fn), _positive_scalar(noise, "noise", fn)
+    if not sigma > 1e-4:
+        raise ValueError(f"noise must be above 1e-4 (the scale floor); got {noise}")
+    mean = xs.mean(0)
+    lam, u = np.linalg.eigh((xs - mean).T @ (xs - mean) / n)
+    lam, u = lam[::-1][:latent_dim], u[:, ::-1][:, :latent_dim]
+    tau2 = beta * sigma**2
+    keep = lam > tau2
+    v = u * np.sqrt(np.where(keep, lam - tau2, 0.0))  # [d, m]
+    gain = np.where(keep, np.sqrt(np.where(keep, lam - tau2, 0.0)) / lam, 0.0)[:, None] * u.T  # [m, d]
+    scale = np.where(keep, np.sqrt(tau2 / lam), 1.0)
+    raw = np.log(np.expm1(scale - 1e-4))  # gaussian_head: softplus(raw) + 1e-4
+    model = linear_gaussian_vae(jax.random.key(0), d, latent_dim, weight=v, bias=mean, noise=sigma, learn_noise=False)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    weight = np.concatenate([gain, np.zeros((latent_dim, d))])
+    bias = np.concatenate([-gain @ mean, raw])
+    return eqx.tree_at(lambda mdl: (mdl.encoder.weight, mdl.encoder.bias), model, (f32(weight), f32(bias)))

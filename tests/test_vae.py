@@ -235,14 +235,162 @@ def test_bad_inputs_are_named(small):
         vae.fit_betas(KEY, lambda k: m, [], x, num_steps=1)
 
 
-def test_linear_gaussian_optimum_is_tight_at_beta_one_and_trades_rate_for_distortion():
-    # a 3-dim world with a 1-dim code: at β = 1 the family contains the truth, so D + R = H (the
-    # float32 objective is optimised to ~1e-5 nats); a higher price buys less rate and more distortion.
-    w = np.array([[2.0], [1.0], [-1.0]])
-    h = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * (w @ w.T + np.eye(3)))[1]
-    d, r = vae.linear_gaussian_optimum(w, [1.0, 2.0], restarts=2)
-    assert abs(d[0] + r[0] - h) < 1e-3
-    assert r[1] < r[0] and d[1] > d[0]
-    assert 0 < (d[1] + r[1]) - (d[0] + r[0]) < (2.0 - 1.0) * (r[0] - r[1])  # the flatness bound
+def _numeric_optimum(w, beta, noise, seed=0, restarts=1):
+    """L-BFGS on the float64 population objective D + beta R of the fixed-sigma family (no closed form used)."""
+    from scipy.optimize import minimize
+
+    d, m = w.shape
+    cov = w @ w.T + noise**2 * np.eye(d)
+
+    def f(p):
+        a, log_s, v = p[: m * d].reshape(m, d), p[m * d: m * d + m], p[m * d + m:].reshape(d, m)
+        dd, rr = vae.linear_gaussian_population(cov, a, np.exp(log_s), v, noise)
+        return dd + beta * rr
+
+    rng = np.random.default_rng(seed)
+    best = min((minimize(f, 0.3 * rng.standard_normal(m * (2 * d + 1)), method="L-BFGS-B",
+                         options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-9}) for _ in range(restarts)),
+               key=lambda r: r.fun)
+    p = best.x
+    return vae.linear_gaussian_population(cov, p[: m * d].reshape(m, d), np.exp(p[m * d: m * d + m]),
+                                          p[m * d + m:].reshape(d, m), noise)
+
+
+def test_linear_gaussian_optimum_closed_form_matches_numeric_optimum_in_float64():
+    # chapter 6's world: lambda = (17, 5) and six ones; the review's table, and an L-BFGS optimum
+    i = np.arange(8)
+    w = np.stack([2 * np.cos(np.pi * i / 4), np.sin(np.pi * i / 4)], axis=1)
+    h = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * (w @ w.T + np.eye(8)))[1]
+    betas = [0.5, 1.0, 2.0, 4.0, 8.0, 20.0]
+    d, r = vae.linear_gaussian_optimum(w, betas)
+    assert d.dtype == np.float64 and r.shape == (6,)
+    np.testing.assert_allclose(r[:4], [2.9145, 2.2213, 1.5282, 0.8350], atol=1e-4)
+    np.testing.assert_allclose((d + r - h)[:4], [0.1931, 0.0, 0.3069, 1.6137], atol=1e-4)
+    assert abs(d[1] + r[1] - h) < 1e-12  # beta = 1: the family contains the truth
+    assert abs(r[4] - 0.5 * math.log(17 / 8)) < 1e-12 and r[5] == 0.0  # collapse above 5, then above 17
+    for beta, dd, rr in list(zip(betas, d, r))[::2]:  # 0.5, 2 and 8: both sides of 1, and one collapsed direction
+        dn, rn = _numeric_optimum(w, beta, 1.0)
+        assert abs((dn + beta * rn) - (dd + beta * rr)) < 1e-6, (beta, dn + beta * rn, dd + beta * rr)
+        assert dn + beta * rn >= dd + beta * rr - 1e-9  # nothing numeric beats the closed form
+        assert abs(rn - rr) < 1e-3, (beta, rn, rr)
+    # another noise level and shape
+    w3 = np.array([[2.0], [1.0], [-1.0]])
+    d3, r3 = vae.linear_gaussian_optimum(w3, [0.7, 1.5], noise=0.5)
+    for beta, dd, rr in zip([0.7, 1.5], d3, r3):
+        dn, rn = _numeric_optimum(w3, beta, 0.5)
+        assert abs((dn + beta * rn) - (dd + beta * rr)) < 1e-6
+
+
+def test_linear_gaussian_fit_is_the_sample_optimum_and_ml_at_beta_one():
+    rng = np.random.default_rng(3)
+    w = np.array([[1.5, 0.0], [0.5, 1.0], [1.5, 0.2], [0.0, -2.0]])
+    x = rng.multivariate_normal(np.array([0.5, -1.0, 0.0, 2.0]), w @ w.T + np.eye(4), size=500)
+    ml = vae.linear_gaussian_fit(x, 2)
+    # ML: the closed form's log-likelihood beats random perturbations of it (float64 check of the marginal)
+    cov = np.asarray(vae.linear_gaussian_marginal(ml).covariance_matrix, np.float64)
+    mean = np.asarray(ml.decoder.linear.bias, np.float64)
+
+    def loglik(c, mu):
+        diff = x - mu
+        return -0.5 * np.mean(np.sum(diff @ np.linalg.inv(c) * diff, -1)) - 0.5 * np.linalg.slogdet(2 * np.pi * c)[1]
+
+    base = loglik(cov, mean)
+    v = np.asarray(ml.decoder.linear.weight, np.float64)
+    for _ in range(20):
+        dv = 0.05 * rng.standard_normal(v.shape)
+        assert loglik((v + dv) @ (v + dv).T + np.eye(4), mean + 0.05 * rng.standard_normal(4)) < base
+    # the ELBO is tight there: D + R (code integrated out) equals -log q(x) example by example
+    t = vae.linear_gaussian_terms(ml, x)
+    np.testing.assert_allclose(t.distortion + t.rate, -_log_marginal(ml, x), rtol=2e-5)
+    # at beta != 1 the fit minimises the sample objective: perturbations only raise it
+    for beta in (0.5, 3.0):
+        fit = vae.linear_gaussian_fit(x, 2, beta=beta)
+        obj = lambda m: float(jnp.mean((lambda tt: tt.distortion + beta * tt.rate)(vae.linear_gaussian_terms(m, x))))  # noqa: E731
+        leaves, tree = jax.tree.flatten(fit)
+        f0 = obj(fit)
+        for k in range(10):
+            kk = jax.random.key(k)
+            moved = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(kk, a.shape) if eqx.is_inexact_array(a) else a, fit)
+            moved = eqx.tree_at(lambda m: m.decoder.raw_scale, moved, fit.decoder.raw_scale)  # sigma stays fixed
+            assert obj(moved) > f0 - 1e-5
+
+
+def test_fixed_noise_gets_no_gradient_and_learned_noise_does():
+    x = _linear_data(_linear_world(), jax.random.key(4), 64)
+    fixed = vae.linear_gaussian_vae(KEY, D, K, noise=1.0, learn_noise=False)
+    learned = vae.linear_gaussian_vae(KEY, D, K, noise=1.0)
+    for m, zero in ((fixed, True), (learned, False)):
+        g = eqx.filter_grad(lambda mm: vae.objective(mm, KEY, x, 0.5)[0])(m)
+        assert bool(jnp.all(g.decoder.raw_scale == 0)) == zero
+    np.testing.assert_allclose(vae.linear_gaussian_marginal(fixed).covariance_matrix.diagonal()
+                               - jnp.sum(fixed.decoder.linear.weight**2, 1), 1.0, rtol=1e-5)
+
+
+def test_learned_noise_runaway_below_beta_one():
+    # copy two pixels into the code with noise s: D + R - H stays put while D + beta R -> -inf for beta < 1
+    i = np.arange(8)
+    w = np.stack([2 * np.cos(np.pi * i / 4), np.sin(np.pi * i / 4)], axis=1)
+    c = w @ w.T + np.eye(8)
+    vals = []
+    for s in (1e-1, 1e-3, 1e-6):
+        a = np.zeros((2, 8))
+        a[0, 0], a[1, 2] = math.sqrt((1 - s**2) / c[0, 0]), math.sqrt((1 - s**2) / c[2, 2])
+        covz = a @ c @ a.T + s**2 * np.eye(2)
+        v = c @ a.T @ np.linalg.inv(covz)  # the best decoder: regression of x on z
+        resid = np.linalg.inv(np.linalg.inv(c) + a.T @ a / s**2)  # Cov(x | z), computed stably
+        vals.append(vae.linear_gaussian_population(c, a, np.full(2, s), v, np.sqrt(np.diag(resid))))
+    (d1, r1), (d2, r2), (d3, r3) = vals
+    assert r3 - r1 > 2 * math.log(1e5) - 1e-6
+    assert (d3 + 0.5 * r3) < (d1 + 0.5 * r1) - 0.5 * 2 * math.log(1e5) + 1e-6  # falls by (1 - beta) x the rate
+    assert abs((d3 + r3) - (d2 + r2)) < 0.1
+
+
+def test_linear_gaussian_closed_forms_refuse_bad_input_eagerly_and_under_jit():
+    w = np.ones((3, 1))
     with pytest.raises(ValueError, match="weight must be"):
         vae.linear_gaussian_optimum(np.ones(3), [1.0])
+    with pytest.raises(ValueError, match="betas"):
+        vae.linear_gaussian_optimum(w, [1.0, 0.0])
+    with pytest.raises(ValueError, match="betas"):
+        vae.linear_gaussian_optimum(w, [])
+    with pytest.raises(ValueError, match="noise"):
+        vae.linear_gaussian_optimum(w, [1.0], noise=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        vae.linear_gaussian_optimum(w, [np.nan])
+    with pytest.raises(TypeError, match="concrete numbers"):
+        jax.jit(lambda ww: vae.linear_gaussian_optimum(ww, [1.0])[0])(jnp.ones((3, 1)))
+    x = np.random.default_rng(0).standard_normal((20, 3))
+    with pytest.raises(ValueError, match="latent_dim"):
+        vae.linear_gaussian_fit(x, 4)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, d\]"):
+        vae.linear_gaussian_fit(x[0], 1)
+    with pytest.raises(ValueError, match="beta"):
+        vae.linear_gaussian_fit(x, 1, beta=-1.0)
+    with pytest.raises(ValueError, match="finite"):
+        vae.linear_gaussian_fit(np.where(x > 1, np.inf, x), 1)
+    with pytest.raises(TypeError, match="concrete numbers"):
+        jax.jit(lambda xx: vae.linear_gaussian_fit(xx, 1).decoder.linear.bias)(jnp.asarray(x))
+    c = np.eye(3)
+    with pytest.raises(ValueError, match="cov must be"):
+        vae.linear_gaussian_population(np.ones((3, 2)), np.ones((1, 3)), [1.0], np.ones((3, 1)), 1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        vae.linear_gaussian_population(-c, np.ones((1, 3)), [1.0], np.ones((3, 1)), 1.0)
+    with pytest.raises(ValueError, match="encoder_scale"):
+        vae.linear_gaussian_population(c, np.ones((1, 3)), [0.0], np.ones((3, 1)), 1.0)
+    with pytest.raises(ValueError, match="decoder_weight"):
+        vae.linear_gaussian_population(c, np.ones((1, 3)), [1.0], np.ones((2, 1)), 1.0)
+    with pytest.raises(ValueError, match="noise"):
+        vae.linear_gaussian_population(c, np.ones((1, 3)), [1.0], np.ones((3, 1)), [1.0, 0.0, 1.0])
+    with pytest.raises(TypeError, match="concrete numbers"):
+        jax.jit(lambda cc: vae.linear_gaussian_population(cc, np.ones((1, 3)), [1.0], np.ones((3, 1)), 1.0))(jnp.eye(3))
+    with pytest.raises(ValueError, match="learn_noise=False needs a noise"):
+        vae.linear_gaussian_vae(KEY, 3, 1, learn_noise=False)
+    with pytest.raises(ValueError, match="noise must be finite and above"):
+        vae.linear_gaussian_vae(KEY, 3, 1, noise=0.0)
+    m = _linear_world()
+    with pytest.raises(TypeError, match="linear_gaussian_vae"):
+        vae.linear_gaussian_terms(_binomial(KEY, 6, 3, 16, width=8), np.zeros((2, 6)))
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 4\]"):
+        vae.linear_gaussian_terms(m, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 4\]"):
+        eqx.filter_jit(vae.linear_gaussian_terms)(m, jnp.zeros((2, 3)))
