@@ -7,9 +7,9 @@ worlds read :math:`x` from the data) and draws a label from the classifier,
 KL is then a conditional KL, and up to the label entropy we cannot change it is the
 cross-entropy loss:
 
-.. math:: I[P;Q] = \left\langle \log\frac{p(x)\,p(y\mid x)}{p(x)\,q(y\mid x)}\right\rangle_{p(x, y)}
-          = \big\langle I[p(y\mid x);\, q(y\mid x)]\big\rangle_{p(x)}
-          = \underbrace{-\langle \log q(y\mid x)\rangle_{p(x, y)}}_{\text{cross-entropy}} - H[Y\mid X].
+.. math:: I[P;Q] &= \left\langle \log\frac{p(x)\,p(y\mid x)}{p(x)\,q(y\mid x)}\right\rangle_{p(x, y)}
+          = \big\langle I[p(y\mid x);\, q(y\mid x)]\big\rangle_{p(x)} \\
+          &= \underbrace{-\langle \log q(y\mid x)\rangle_{p(x, y)}}_{\text{cross-entropy}} - H[Y\mid X].
 
 :func:`real_world` and :func:`dream_world` are the two NumPyro models (use them with
 :func:`klbook.recipe.kl_objective` and ``NAMES``; :func:`objective` does); :func:`train` fits a
