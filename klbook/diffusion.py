@@ -7,9 +7,9 @@ paper (Kingma et al., 2021) uses the opposite letters: its :math:`q` is our :mat
 The real world takes a datum :math:`x` and buries it in noise, step by step, by a fixed forward
 process with a variance-preserving Gaussian marginal
 
-.. math:: p(z_t\mid x) = \mathcal{N}(\alpha_t x, \sigma_t^2 I),\qquad
-   \alpha_t^2 = \mathrm{sigmoid}(-\gamma(t)),\quad \sigma_t^2 = \mathrm{sigmoid}(\gamma(t)),
-   \quad \mathrm{SNR}(t) = \alpha_t^2/\sigma_t^2 = e^{-\gamma(t)},
+.. math:: p(z_t\mid x) &= \mathcal{N}(\alpha_t x, \sigma_t^2 I), \\
+   \alpha_t^2 &= \mathrm{sigmoid}(-\gamma(t)),\quad \sigma_t^2 = \mathrm{sigmoid}(\gamma(t)), \\
+   \mathrm{SNR}(t) &= \alpha_t^2/\sigma_t^2 = e^{-\gamma(t)},
 
 with :math:`\gamma(t) = -\log\mathrm{SNR}(t)` increasing on :math:`[0, 1]` (a decreasing one, e.g.
 a log-SNR passed where :math:`-\log\mathrm{SNR}` is meant, is refused: :func:`check_schedule`).
@@ -18,10 +18,10 @@ step :math:`q(z_s\mid z_t) = p(z_s\mid z_t, x = \hat x(z_t; t))` from each time 
 :math:`s = (i-1)/T`, and a decoder :math:`q(x\mid z_0)`. The recipe's KL between the two chains
 (:func:`real_world`, :func:`dream_world`, ``names=names(T)``) is a ledger of three terms,
 
-.. math:: I[P;Q] + H = \underbrace{\langle I[p(z_1\mid x); q(z_1)]\rangle}_{\text{prior}}
-   + \underbrace{\sum_{i=1}^T \tfrac12\big\langle(\mathrm{SNR}(s_i)-\mathrm{SNR}(t_i))\,
-     \|x-\hat x(z_{t_i}; t_i)\|^2\big\rangle}_{\text{diffusion},\ \mathcal{L}_T}
-   + \underbrace{\langle -\log q(x\mid z_0)\rangle}_{\text{reconstruction}},
+.. math:: I[P;Q] + H ={}& \underbrace{\langle I[p(z_1\mid x); q(z_1)]\rangle}_{\text{prior}}
+   + \underbrace{\langle -\log q(x\mid z_0)\rangle}_{\text{reconstruction}} \\
+   &+ \underbrace{\sum_{i=1}^T \tfrac12\big\langle(\mathrm{SNR}(s_i)-\mathrm{SNR}(t_i))\,
+     \|x-\hat x(z_{t_i}; t_i)\|^2\big\rangle}_{\text{diffusion},\ \mathcal{L}_T},
 
 an upper bound on :math:`\langle -\log q(x)\rangle`, and as :math:`T\to\infty` the diffusion term tends to
 :math:`\mathcal{L}_\infty = -\tfrac12\langle\int_0^1 \mathrm{SNR}'(t)\,\|x - \hat x(z_t; t)\|^2\,dt\rangle
@@ -224,9 +224,9 @@ def snr(gamma):
 def posterior(z_t, x, gamma_s, gamma_t) -> dist.Normal:
     r"""The forward process's reverse step :math:`p(z_s\mid z_t, x)`, :math:`s < t` (elementwise Normal).
 
-    .. math:: \mu = \frac{\alpha_s}{\alpha_t} e^{\gamma_s - \gamma_t} z_t
-       + \alpha_s\big(-\mathrm{expm1}(\gamma_s - \gamma_t)\big) x,\qquad
-       \mathrm{var} = \sigma_s^2\big(-\mathrm{expm1}(\gamma_s - \gamma_t)\big)
+    .. math:: \mu &= \frac{\alpha_s}{\alpha_t} e^{\gamma_s - \gamma_t} z_t
+       + \alpha_s\big(-\mathrm{expm1}(\gamma_s - \gamma_t)\big) x, \\
+       \mathrm{var} &= \sigma_s^2\big(-\mathrm{expm1}(\gamma_s - \gamma_t)\big)
 
     (Kingma et al., 2021, appendix A, where it is called :math:`q`). With :math:`x = \hat x(z_t; t)`
     it is the dream world's reverse step :math:`q(z_s\mid z_t)`. ``z_t``, ``x`` ``[..., D]``; ``gamma_s``, ``gamma_t``
@@ -481,8 +481,9 @@ def continuous_terms(key, model: Diffusion | None, x, *, times=None, denoise: Ca
                      schedule: Callable | None = None) -> Terms:
     r"""The continuous-time ledger, one draw of :math:`t \sim U(0, 1)` and of the noise per example.
 
-    .. math:: \mathcal{L}_\infty \approx -\tfrac12\,\mathrm{SNR}'(t)\,\|x - \hat x(z_t; t)\|^2
-       = \tfrac12\,\gamma'(t)\,\|\epsilon - \hat\epsilon(z_t; t)\|^2,\quad z_t = \alpha_t x + \sigma_t\epsilon,
+    .. math:: \mathcal{L}_\infty &\approx -\tfrac12\,\mathrm{SNR}'(t)\,\|x - \hat x(z_t; t)\|^2
+       = \tfrac12\,\gamma'(t)\,\|\epsilon - \hat\epsilon(z_t; t)\|^2, \\
+       z_t &= \alpha_t x + \sigma_t\epsilon,
 
     since :math:`x - \hat x = (\sigma_t/\alpha_t)(\hat\epsilon - \epsilon)` and
     :math:`\sigma_t^2/\alpha_t^2 = e^{\gamma(t)}`. The model's own denoiser is scored in the second
@@ -547,8 +548,9 @@ def all_steps_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise:
                     schedule: Callable | None = None) -> Terms:
     r"""The ``T``-step ledger with every step's KL in closed form, each at its own draw of :math:`z_{t_i}`:
 
-    .. math:: \mathcal{L}_T \approx \sum_{i=1}^T \tfrac12\,(\mathrm{SNR}(s_i) - \mathrm{SNR}(t_i))\,
-       \|x - \hat x(z_{t_i}; t_i)\|^2,\qquad z_{t_i} = \alpha_{t_i} x + \sigma_{t_i}\epsilon_i,\ \epsilon_i\ \text{independent}.
+    .. math:: \mathcal{L}_T &\approx \sum_{i=1}^T \tfrac12\,(\mathrm{SNR}(s_i) - \mathrm{SNR}(t_i))\,
+       \|x - \hat x(z_{t_i}; t_i)\|^2, \\
+       z_{t_i} &= \alpha_{t_i} x + \sigma_{t_i}\epsilon_i,\ \epsilon_i\ \text{independent}.
 
     The same expectation as :func:`discrete_terms` and the recipe, ``T`` network calls (vmapped),
     and the lowest variance of the three: every step is charged, none is sampled, and the only
