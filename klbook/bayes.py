@@ -7,9 +7,9 @@ distribution we choose and train (the post's notation: this :math:`p(\theta\mid 
 a prior and an i.i.d. likelihood, :math:`q(\theta)\prod_i p(x_i)\, q(y_i\mid x_i, \theta)`.
 The recipe's KL per example of the data set is
 
-.. math:: \frac{1}{N} I[P;Q] = \underbrace{\frac1N\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}_{\text{distortion}}
-   + \frac1N\underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
-   + \frac1N\langle\log p(D)\rangle ,
+.. math:: \frac{1}{N} I[P;Q] ={}& \underbrace{\frac1N\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}_{\text{distortion}}
+   + \frac1N\underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}} \\
+   &+ \frac1N\langle\log p(D)\rangle ,
 
 the negative ELBO per example plus the data's own log density, :math:`\langle\log p(D)\rangle =
 -H`, which nothing here trains and which is dropped: :math:`I = D + R - H`. The inputs
