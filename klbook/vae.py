@@ -3,9 +3,9 @@ r"""Variational autoencoders: the ELBO as distortion plus rate (chapter 6).
 The real world augments the data with an encoder, :math:`P = p(x)\,p(z\mid x)`; the dream world
 generates both, :math:`Q = q(z)\,q(x\mid z)`. The recipe's KL between them splits into
 
-.. math:: I[P;Q] = \underbrace{-\langle \log q(x\mid z)\rangle_P}_{D\ \text{distortion}}
-          + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_P}_{R\ \text{rate}} - H,
-          \qquad D + R \;\ge\; L = -\langle\log q(x)\rangle_{p(x)} \;\ge\; H,
+.. math:: I[P;Q] &= \underbrace{-\langle \log q(x\mid z)\rangle_P}_{D\ \text{distortion}}
+          + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_P}_{R\ \text{rate}} - H, \\
+          D + R &\;\ge\; L = -\langle\log q(x)\rangle_{p(x)} \;\ge\; H,
 
 with :math:`H` the data's entropy and :math:`-(D + R)` the ELBO (monotonicity gives the first
 inequality, non-negativity the second). :func:`real_world` and :func:`dream_world` are the two
@@ -373,8 +373,8 @@ def linear_gaussian_population(cov, encoder_weight, encoder_scale, decoder_weigh
     data). With :math:`M = I - VA`, the residual :math:`x - Vz` has covariance
     :math:`\Delta = M\Sigma M^\top + V\,\mathrm{diag}(s^2)\,V^\top`, and
 
-    .. math:: D = \tfrac12\sum_i\Big(\log 2\pi\sigma_i^2 + \frac{\Delta_{ii}}{\sigma_i^2}\Big), \qquad
-              R = \tfrac12\big(\mathrm{tr}\,A\Sigma A^\top + \textstyle\sum_j s_j^2 - m - \sum_j \log s_j^2\big),
+    .. math:: D &= \tfrac12\sum_i\Big(\log 2\pi\sigma_i^2 + \frac{\Delta_{ii}}{\sigma_i^2}\Big), \\
+              R &= \tfrac12\big(\mathrm{tr}\,A\Sigma A^\top + \textstyle\sum_j s_j^2 - m - \sum_j \log s_j^2\big),
 
     exact expectations, no sampling. ``cov [d, d]`` (symmetric positive definite),
     ``encoder_weight`` :math:`A` ``[m, d]``, ``encoder_scale`` :math:`s` ``[m]``, ``decoder_weight``
@@ -419,8 +419,8 @@ def linear_gaussian_optimum(weight, betas: Sequence[float], *, noise: float = 1.
     over the top :math:`m` eigenpairs :math:`(\lambda_i, u_i)` of :math:`\Sigma` (Tipping and Bishop, 1999).
     Along each kept direction the residual variance is then :math:`\tau^2`, so
 
-    .. math:: R(\beta) = \sum_{i \le m} \tfrac12 \log\Big(\frac{\lambda_i}{\beta\sigma^2}\Big)_+, \qquad
-              D(\beta) = \tfrac d2 \log 2\pi\sigma^2 + \frac{1}{2\sigma^2}\Big(\sum_{i \in A}\beta\sigma^2
+    .. math:: R(\beta) &= \sum_{i \le m} \tfrac12 \log\Big(\frac{\lambda_i}{\beta\sigma^2}\Big)_+, \\
+              D(\beta) &= \tfrac d2 \log 2\pi\sigma^2 + \frac{1}{2\sigma^2}\Big(\sum_{i \in A}\beta\sigma^2
               + \sum_{i \notin A} \lambda_i\Big),
 
     with :math:`A` the kept directions (:math:`\lambda_i > \beta\sigma^2`, :math:`i \le m`). Every β > 0
