@@ -6,8 +6,8 @@ with a network's weights as the global code :math:`\theta` and a conditional lik
 data with one draw :math:`\theta\sim p(\theta\mid D)`, a mean-field Gaussian; the dream world is a
 prior :math:`q(\theta)` times :math:`\prod_i q(y_i\mid x_i,\theta)`. Per example of the data set,
 
-.. math:: \frac1N I[P;Q] = \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}_{\text{distortion}}
-   + \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
+.. math:: \frac1N I[P;Q] ={}& \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}_{\text{distortion}} \\
+   &+ \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
    + \text{const},
 
 minimised on minibatches with the rate divided by the *full* N (Blundell et al. 2015, "Bayes
