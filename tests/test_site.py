@@ -189,6 +189,34 @@ setTimeout(() => done(images.filter(i => !(i.complete && i.naturalWidth > 0))
                             .map(i => i.getAttribute('src'))), 20000);
 """
 
+# What runs past the text column at the browser's width (1280 px): a displayed equation that
+# needs a scrollbar or pokes out of the article, or a code cell's line that does (book/_static/
+# klbook.css wraps code cells' lines, so only a lost stylesheet or an unbreakable token shows here).
+_OVERFLOW = """
+const main = document.querySelector('#main-content');
+if (!main) { return []; }
+const edge = (main.querySelector('article') || main).getBoundingClientRect().right;
+const out = [];
+const seen = new Set();
+const check = (el, kind) => {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || seen.has(el)) { return; }
+  seen.add(el);
+  const hidden = el.scrollWidth - el.clientWidth, past = r.right - edge;
+  if (hidden > 2 || past > 2) {
+    out.push(kind + ' overflows the text column by ' + Math.round(Math.max(hidden, past)) + ' px: ' +
+             el.textContent.trim().replace(/\\s+/g, ' ').slice(0, 100));
+  }
+};
+main.querySelectorAll('div.math, mjx-container[display="true"]').forEach(el => {
+  const box = el.tagName.toLowerCase() === 'mjx-container' ? el : (el.querySelector('mjx-container') || el);
+  if (el.tagName.toLowerCase() === 'div' && el.querySelector('mjx-container')) { return; }
+  check(box, 'displayed equation');
+});
+main.querySelectorAll('.cell_input pre').forEach(el => check(el, 'code line'));
+return out;
+"""
+
 _LINKS = """
 return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);
 """
@@ -254,6 +282,7 @@ def page_problems(browser, base: str, root: Path, docname: str) -> tuple[list[st
     math = browser.execute_script(_MATH_REPORT)
     bad_images = browser.execute_async_script(_WAIT_FOR_IMAGES)
     hrefs = browser.execute_script(_LINKS)
+    overflowing = browser.execute_script(_OVERFLOW)
     console = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     problems = []
     if mathjax.get("hasMath") and not mathjax.get("loaded"):
@@ -263,6 +292,7 @@ def page_problems(browser, base: str, root: Path, docname: str) -> tuple[list[st
     problems += [f"broken image: {src}" for src in bad_images]
     problems += [f"console error: {e['message']}" for e in console]
     problems += [f"broken link: {link}" for link in broken_links(hrefs, base, root)]
+    problems += overflowing
     facts = {"equations": math["count"], "links_checked": sum(h.startswith(base + "/") for h in set(hrefs)),
              "hrefs": hrefs}
     return problems, facts
@@ -301,6 +331,11 @@ FLAWS = {
                       "equation rendered as a TeX error"),
     "broken page link": ('<a href="no-such-chapter.html">a chapter that is gone</a>', "broken link"),
     "broken anchor": ('<a href="#no-such-section">a section that is gone</a>', "broken link"),
+    "wide equation": ('</p><div class="math notranslate nohighlight">\\[' + " + ".join(f"x_{{{i}}}" for i in range(80))
+                      + '\\]</div><p>', "displayed equation overflows"),
+    "long code line": ('</p><div class="cell_input"><div class="highlight"><pre style="white-space: pre">'
+                       + "total = " + " + ".join(f"term_{i}" for i in range(40)) + '</pre></div></div><p>',
+                       "code line overflows"),
 }
 
 
