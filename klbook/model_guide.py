@@ -115,6 +115,12 @@ def worlds(key, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> 
     latents = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "sample"}
     model_trace, model_params = _param_sites(model, k_model, args, kwargs, substitute=latents)
     data_sites = sorted(n for n, s in model_trace.items() if s["type"] == "sample" and s["is_observed"])
+    model_latents = {n for n, s in model_trace.items() if s["type"] == "sample" and not s["is_observed"]}
+    for names, said in ((model_latents - set(latents), "latent sites of the model that the guide does not draw"),
+                        (set(latents) - model_latents, "sites the guide draws that the model does not have")):
+        if names:
+            raise ValueError(f"{sorted(names)} are {said}: the real world's latents are the guide's, so "
+                             "the guide must draw exactly the model's latent sites")
     if not data_sites:
         raise ValueError("the model has no observed (obs=) site: the real world holds the data, so the "
                          "model must observe them")

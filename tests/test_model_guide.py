@@ -147,10 +147,23 @@ def test_mismatched_pairs_are_named():
     def guide_missing_mu(y):
         numpyro.param("unused", 0.0)
 
-    w = model_guide.worlds(jax.random.key(0), conjugate_model, guide_missing_mu, Y)
-    with pytest.raises(ValueError, match=r"\['mu'\] are in the dream world but not the real world"):
+    with pytest.raises(ValueError, match=r"\['mu'\] are latent sites of the model that the guide does not draw"):
+        model_guide.worlds(jax.random.key(0), conjugate_model, guide_missing_mu, Y)
+
+    def guide_with_extra(y):
+        conjugate_guide(y)
+        numpyro.sample("nu", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"\['nu'\] are sites the guide draws that the model does not have"):
+        model_guide.worlds(jax.random.key(0), conjugate_model, guide_with_extra, Y)
+
+    def guide_wrong_shape(y):  # the recipe names a site whose shapes differ, eagerly and under jit
+        numpyro.sample("mu", dist.Normal(jnp.zeros(1), 1.0).to_event(1))
+
+    w = model_guide.worlds(jax.random.key(0), conjugate_model, guide_wrong_shape, Y)
+    with pytest.raises(ValueError, match=r"site 'mu' has"):
         kl_objective(jax.random.key(1), w.real, w.dream, w.params, Y)
-    with pytest.raises(ValueError, match=r"\['mu'\] are in the dream world"):
+    with pytest.raises(ValueError, match=r"site 'mu' has"):
         jax.jit(lambda p: kl_objective(jax.random.key(1), w.real, w.dream, p, Y).total)(w.params)
 
     def model_without_data(y):
