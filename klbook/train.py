@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
+from klbook.recipe import KLObjective
 
 __all__ = ["fit", "evaluate", "fit_stacked", "member", "FitResult", "FitState", "NonFiniteLossError"]
 
@@ -113,22 +114,32 @@ def _data_size(data: Any) -> int:
     return n
 
 
+def _as_pair(out: Any) -> tuple[Any, Any]:
+    """A loss function's output as ``(loss, terms)``: a :class:`~klbook.recipe.KLObjective` gives
+    its weighted ``loss`` and its named ``terms``; a tuple is ``(loss, terms)``; a bare scalar
+    loss has no terms."""
+    if isinstance(out, KLObjective):
+        return out.loss, out.terms
+    if isinstance(out, tuple) and len(out) == 2:
+        return out[0], out[1]
+    return out, {}
+
+
 def _call(loss_fn: LossFn, params: Any, key: jax.Array, batch: Any) -> tuple[jax.Array, dict]:
-    """``loss_fn``'s output as ``(loss, terms)``; a bare scalar loss has no terms."""
-    out = loss_fn(params, key, batch)
-    loss, terms = (out[0], out[1]) if isinstance(out, tuple) and len(out) == 2 else (out, {})
+    """``loss_fn``'s output as ``(loss, terms)`` (see :func:`_as_pair`)."""
+    loss, terms = _as_pair(loss_fn(params, key, batch))
     return loss, dict(terms)
 
 
 def _check_output(loss_fn: LossFn, params: Any, key: jax.Array, batch: Any) -> list[str]:
     """Trace ``loss_fn`` once (no FLOPs) and check it returns a scalar loss and scalar terms."""
     out = eqx.filter_eval_shape(loss_fn, params, key, batch)
-    if not (isinstance(out, tuple) and len(out) == 2) and not hasattr(out, "shape"):
+    if not isinstance(out, KLObjective) and not (isinstance(out, tuple) and len(out) == 2) and not hasattr(out, "shape"):
         raise TypeError(
-            "loss_fn(params, key, batch) must return a scalar loss or a tuple (loss, terms) with "
-            f"terms a dict of scalars; got {type(out).__name__}"
+            "loss_fn(params, key, batch) must return a KLObjective, a scalar loss or a tuple "
+            f"(loss, terms) with terms a dict of scalars; got {type(out).__name__}"
         )
-    loss, terms = (out[0], out[1]) if isinstance(out, tuple) else (out, {})
+    loss, terms = _as_pair(out)
     if not isinstance(terms, dict):
         raise TypeError(f"loss_fn's terms must be a dict name -> scalar; got {type(terms).__name__}")
     for name, value in [("loss", loss), *terms.items()]:
@@ -250,8 +261,12 @@ def fit(
 
     Args:
         key: JAX PRNG key; the same key gives the same result.
-        loss_fn: ``(params, key, batch) -> (loss, terms)``: a scalar loss to minimise and a dict
-            of named scalar terms (e.g. ``rate``, ``distortion``) to record, or a bare scalar.
+        loss_fn: ``(params, key, batch) -> objective``: a :class:`~klbook.recipe.KLObjective`
+            (its ``loss`` is minimised and its ``terms`` recorded), a tuple ``(loss, terms)`` (a
+            scalar loss and a dict of named scalar terms such as ``rate``, ``distortion``), or a
+            bare scalar. The parameters come first because they are what is differentiated, as
+            ``jax.grad`` wants; every klbook function that draws randomness takes the key first,
+            so a chapter writes ``lambda m, k, x: vae.objective(k, m, x, beta=b)``.
         params: any pytree of arrays, including Equinox modules.
         num_steps: number of optimiser steps.
         optimizer: an Optax transformation; default ``optax.adam(1e-3)``.
@@ -459,8 +474,8 @@ def fit_stacked(key: jax.Array, make: Callable[[jax.Array], Any], loss: Callable
     Args:
         key: JAX PRNG key: split into the models' initial keys and :func:`fit`'s key.
         make: ``key -> model`` (an Equinox module or any pytree of arrays).
-        loss: ``(model, key, batch, weight) -> (loss, terms)``, ``terms`` a dict holding every
-            name in ``terms``.
+        loss: ``(model, key, batch, weight) -> objective``: a :class:`~klbook.recipe.KLObjective`
+            or ``(loss, terms)``, its terms holding every name in ``terms``.
         weights: ``[M]`` finite numbers, one model each (repeats allowed).
         data: as in :func:`fit`.
         num_steps, batch_size, optimizer, progress: as in :func:`fit` (default optimizer Adam, 1e-3).
@@ -483,7 +498,7 @@ def fit_stacked(key: jax.Array, make: Callable[[jax.Array], Any], loss: Callable
 
     def loss_fn(stacked, k, batch):
         keys = jax.random.split(k, weights.size)
-        losses, ts = eqx.filter_vmap(lambda m, kk, w: loss(m, kk, batch, w))(stacked, keys, weights)
+        losses, ts = eqx.filter_vmap(lambda m, kk, w: _as_pair(loss(m, kk, batch, w)))(stacked, keys, weights)
         named = {f"{n}/{i}": ts[n][i] for n in terms for i in range(weights.size)}
         return jnp.sum(losses), named
 
