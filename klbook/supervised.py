@@ -36,13 +36,14 @@ from klbook.nn import categorical_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
-__all__ = ["NAMES", "real_world", "dream_world", "objective", "loss_fn", "logits", "features",
+__all__ = ["NAMES", "real_world", "dream_world", "objective", "logits", "features",
            "accuracy", "train", "ensemble", "member", "train_ensemble", "Probe", "linear_probe",
            "probe_accuracy", "fit_temperature"]
 
 #: The recipe's names for the two sites: the inputs' term (zero: both worlds read x from the
-#: data) and the labels' term, the cross-entropy.
-NAMES = {"x": "inputs", "y": "cross_entropy"}
+#: data) and the labels' term, the cross-entropy ``-<log q(y|x)>`` (named ``classification``, as
+#: in :mod:`klbook.vib` and :mod:`klbook.semisup`).
+NAMES = {"x": "inputs", "y": "classification"}
 
 
 def _check(net: eqx.nn.MLP, x, y) -> tuple[jax.Array, jax.Array]:
@@ -88,18 +89,17 @@ def dream_world(net: eqx.nn.MLP, x, y) -> None:
 
 
 def objective(key: jax.Array, net: eqx.nn.MLP, x, y) -> KLObjective:
-    """The recipe's ledger for a classifier: ``inputs`` (zero) and ``cross_entropy``, nats per example.
+    """The recipe's ledger for a classifier: ``inputs`` (zero) and ``classification``, nats per example.
 
-    ``dropped`` lists ``x`` and ``y``: the data's own entropy, which no classifier changes.
+    ``classification`` is the cross-entropy :math:`-\\langle\\log q(y\\mid x)\\rangle`; ``dropped`` lists
+    ``x`` and ``y``: the data's own entropy, which no classifier changes. For
+    :func:`klbook.train.fit`: ``lambda net, k, batch: supervised.objective(k, net, *batch)``.
     """
     return kl_objective(key, real_world, dream_world, net, x, y, names=NAMES)
 
 
-def loss_fn(net: eqx.nn.MLP, key: jax.Array, batch) -> tuple[jax.Array, dict]:
-    """``(loss, terms)`` for :func:`klbook.train.fit`; ``batch`` is ``(x, y)`` (e.g. ``data.Labelled``)."""
-    x, y = batch
-    obj = objective(key, net, x, y)
-    return obj.loss, obj.terms
+def _loss(net: eqx.nn.MLP, key: jax.Array, batch) -> KLObjective:  # fit's callback: parameters first
+    return objective(key, net, *batch)
 
 
 def features(net: eqx.nn.MLP, x) -> jax.Array:
@@ -141,10 +141,10 @@ def train(
     """Minimise the recipe's KL (the cross-entropy) with Adam on minibatches of ``(x, y)``.
 
     Returns:
-        :class:`klbook.train.FitResult`; ``history`` has ``loss``, ``inputs`` and ``cross_entropy``.
+        :class:`klbook.train.FitResult`; ``history`` has ``loss``, ``inputs`` and ``classification``.
     """
     x, y = _check(net, x, y)
-    return fit(key, loss_fn, net, num_steps=num_steps, optimizer=optax.adam(learning_rate),
+    return fit(key, _loss, net, num_steps=num_steps, optimizer=optax.adam(learning_rate),
                data=(x, y), batch_size=batch_size, progress=progress, desc="classifier")
 
 
@@ -181,14 +181,14 @@ def train_ensemble(
 
     Each member minimises its own recipe KL on the shared minibatches: the loss is the sum of
     the members' cross-entropies, whose gradient with respect to one member's weights is that
-    member's own gradient (Adam scales each weight separately). ``history["cross_entropy"]``
+    member's own gradient (Adam scales each weight separately). ``history["classification"]``
     is the members' mean.
     """
     x, y = _check(member(nets, 0), x, y)
 
     def loss(stack, k, batch):
-        per_member = eqx.filter_vmap(lambda net: loss_fn(net, k, batch)[0])(stack)  # [M]
-        return jnp.sum(per_member), {"cross_entropy": jnp.mean(per_member)}
+        per_member = eqx.filter_vmap(lambda net: _loss(net, k, batch).loss)(stack)  # [M]
+        return jnp.sum(per_member), {"classification": jnp.mean(per_member)}
 
     return fit(key, loss, nets, num_steps=num_steps, optimizer=optax.adam(learning_rate),
                data=(x, y), batch_size=batch_size, progress=progress, desc="ensemble")

@@ -37,7 +37,7 @@ import optax
 from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key, kl
 from klbook.nn import bernoulli_head, binomial_head, gaussian_head, mlp
-from klbook.recipe import data, kl_objective
+from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
 __all__ = ["VAE", "VAETerms", "Chain", "NAMES", "binomial_vae", "bernoulli_vae", "linear_gaussian_vae",
@@ -276,10 +276,14 @@ def measure(key, vae: VAE, x, num_samples: int = 1000) -> Chain:
     return Chain(t.distortion, rate(vae, x), t.rate, -iwae(k2, vae, x, num_samples))
 
 
-def objective(vae: VAE, key, x, beta=1.0) -> tuple[jax.Array, dict]:
-    """The β-VAE loss ``D + β R`` from the recipe (one particle), and its terms ``rate``, ``distortion``."""
-    obj = kl_objective(key, real_world, dream_world, vae, x, names=NAMES, weights={"rate": beta})
-    return obj.loss, obj.terms
+def objective(key, vae: VAE, x, *, beta=1.0) -> KLObjective:
+    """The β-VAE's ledger from the recipe (one particle): ``loss`` is ``D + β R``, ``total`` the -ELBO ``D + R``.
+
+    :class:`klbook.recipe.KLObjective` with the terms ``rate`` and ``distortion``, nats per example;
+    ``dropped`` lists ``x`` (the data's own ``<log p(x)>``, which nothing trained changes). For
+    :func:`klbook.train.fit`: ``lambda m, k, x: vae.objective(k, m, x, beta=b)``.
+    """
+    return kl_objective(key, real_world, dream_world, vae, x, names=NAMES, weights={"rate": beta})
 
 
 def fit_betas(key, make: Callable[[jax.Array], VAE], betas: Sequence[float], x, *, num_steps: int,
@@ -297,7 +301,7 @@ def fit_betas(key, make: Callable[[jax.Array], VAE], betas: Sequence[float], x, 
     betas = jnp.asarray(betas, jnp.float32)
     if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas > 0)):
         raise ValueError(f"betas must be a non-empty list of positive numbers; got {betas}")
-    return fit_stacked(key, make, lambda m, k, batch, b: objective(m, k, batch, b), betas, jnp.asarray(x),
+    return fit_stacked(key, make, lambda m, k, batch, b: objective(k, m, batch, beta=b), betas, jnp.asarray(x),
                        num_steps=num_steps, batch_size=batch_size, optimizer=optimizer, progress=progress,
                        desc=f"{betas.size} beta-VAEs")
 
