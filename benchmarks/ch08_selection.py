@@ -62,11 +62,21 @@ mixture ((beta, gamma); 271 s):
     step 0.01, (beta, gamma) (0.3, 300.0): 0.105 (± 0.007; sets 0.093 0.120 0.113 0.093)
     step 0.01, (beta, gamma) (0.3, 3000.0): 0.109 (± 0.013; sets 0.083 0.147 0.107 0.100)
 
-tied ((beta, gamma)): NOT RECORDED. The run was killed by the kernel's out-of-memory killer at
-about 15:55 while training the tied grid (the 2-core, 24 GiB machine was running some fifty other
-processes of other jobs; the M2 grid alone took 673 s). The chapter's current tied setting (step
-0.01, beta 0.1, gamma 100) is the mixture control's validation choice above; rerun this script
-(about 15 minutes alone) to record the tied model's own choice before relying on it.
+tied ((beta, gamma); 196 s, run alone on 2026-12-06 at 18:15 with the key-first objectives, load about 10):
+    step 0.003, (beta, gamma) (0.1, 100.0): 0.081 (± 0.007; sets 0.097 0.063 0.077 0.087)
+    step 0.003, (beta, gamma) (0.1, 1000.0): 0.096 (± 0.005; sets 0.090 0.097 0.087 0.110)
+    step 0.003, (beta, gamma) (0.3, 300.0): 0.103 (± 0.014; sets 0.083 0.097 0.090 0.143)
+    step 0.003, (beta, gamma) (0.3, 3000.0): 0.108 (± 0.006; sets 0.093 0.120 0.113 0.107)
+    step 0.01, (beta, gamma) (0.1, 100.0): 0.062 (± 0.010; sets 0.093 0.050 0.057 0.050)
+    step 0.01, (beta, gamma) (0.1, 1000.0): 0.077 (± 0.009; sets 0.083 0.093 0.080 0.053)
+  * step 0.01, (beta, gamma) (0.3, 300.0): 0.061 (± 0.010; sets 0.073 0.037 0.053 0.080)
+    step 0.01, (beta, gamma) (0.3, 3000.0): 0.094 (± 0.005; sets 0.103 0.100 0.083 0.090)
+
+The tied model's choice (step 0.01, beta 0.3, gamma 300) is the separate head's too, so the chapter
+trains both, and the control (the mixture prior with a separate head), at that one setting: the
+three differ only in the prior's family and in whether the head is tied to it. (The control's own
+best setting above, beta 0.1 and gamma 100, validates at 0.081, still above the tied model's 0.061.)
+An earlier run of the tied grid (about 15:55) was killed by the out-of-memory killer under load 30-55.
 
 Times are wall-clock seconds under that load (load average 30-55), not the scripts' cost alone.
 """
@@ -107,17 +117,17 @@ def main(only=()):
         knob_rows = np.repeat(np.asarray([np.atleast_1d(c[1]) for c in configs], np.float32), SETS, axis=0)
         if name == "supervised":
             make = lambda k: semisup.classifier(k, dim, C, width=WIDTH)
-            obj = lambda m, k, xl, yl, xu, n, w: semisup.supervised_objective(m, k, xl, yl)
+            obj = lambda m, k, xl, yl, xu, n, w: semisup.supervised_objective(k, m, xl, yl)
             opt, batch = semisup.per_model_adam(lrs, weight_decay=knob_rows[:, 0]), 50
         elif name == "M2":
             make = lambda k: semisup.m2(k, dim, LATENT, C, width=WIDTH)
-            obj = lambda m, k, xl, yl, xu, n, w: semisup.m2_objective(m, k, xl, yl, xu, n, alpha=w[0])
+            obj = lambda m, k, xl, yl, xu, n, w: semisup.m2_objective(k, m, xl, yl, xu, n, alpha=w[0])
             opt, batch = semisup.per_model_adam(lrs), 50
         else:
             factory = {"separate": semisup.code_model, "mixture": semisup.mixture_code_model,
                        "tied": semisup.tied_code_model}[name]
             make = lambda k, f=factory: f(k, dim, LATENT, C, width=WIDTH)
-            obj = lambda m, k, xl, yl, xu, n, w: semisup.post_objective(m, k, xl, yl, xu, n, beta=w[0], gamma=w[1])
+            obj = lambda m, k, xl, yl, xu, n, w: semisup.post_objective(k, m, xl, yl, xu, n, beta=w[0], gamma=w[1])
             opt, batch = semisup.per_model_adam(lrs), 100
         t0 = time.time()
         models, _ = semisup.fit_models(jax.random.fold_in(key, 40 + i), make, obj, x, y, rows, knob_rows,

@@ -58,7 +58,7 @@ from klbook._checks import check_finite, is_concrete
 from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
 from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
-from klbook.recipe import data, kl_objective
+from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit, init_stacked
 
 __all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "MixtureCodeModel", "TiedCodeModel", "M2", "Classifier",
@@ -408,15 +408,56 @@ def _fractions(n_labelled: int, n_unlabelled) -> tuple[float, float]:
     return n_labelled / n, int(n_unlabelled) / n
 
 
-def post_objective(model: CodeModel | MixtureCodeModel | TiedCodeModel, key, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0,
-                   gamma=1.0) -> tuple[jax.Array, dict]:
-    r"""The post's semi-supervised loss per example of the whole set, and its terms (nats).
+def _mix(f_l: float, lab: KLObjective, f_u: float, unl: KLObjective, loss, extra: dict | None = None) -> KLObjective:
+    """One :class:`~klbook.recipe.KLObjective` per example of the whole set from the labelled and the unlabelled ledgers.
+
+    Each term is ``f_l`` times its labelled estimate plus ``f_u`` times its unlabelled one (a term
+    of one ledger only counts zero in the other); ``extra`` adds terms computed on the labelled
+    images outside the recipe, ``name -> (value, stderr)`` per labelled image. The two ledgers use
+    disjoint images and independent draws, so their standard errors add in quadrature; an extra
+    term shares its images with the labelled ledger, so the total's standard error adds its share
+    linearly (the triangle inequality: a bound, not an estimate).
+    """
+    extra = {} if extra is None else extra
+    names = list(dict.fromkeys([*lab.terms, *unl.terms]))
+    zero = jnp.zeros(())
+
+    def part(obj, n, field):
+        return getattr(obj, field).get(n, zero)
+
+    terms = {n: f_l * part(lab, n, "terms") + f_u * part(unl, n, "terms") for n in names}
+    stderr, mc = {}, {}
+    for n in [*names, "total"]:
+        stderr[n] = jnp.hypot(f_l * part(lab, n, "stderr"), f_u * part(unl, n, "stderr"))
+        mc[n] = jnp.hypot(f_l * part(lab, n, "mc_stderr"), f_u * part(unl, n, "mc_stderr"))
+    total = f_l * lab.total + f_u * unl.total
+    for n, (value, se) in extra.items():
+        terms[n], stderr[n], mc[n] = f_l * value, f_l * se, zero
+        total = total + f_l * value
+        stderr["total"] = jnp.hypot(f_l * (part(lab, "total", "stderr") + se), f_u * part(unl, "total", "stderr"))
+    dropped = tuple(dict.fromkeys([*lab.dropped, *unl.dropped]))
+    return KLObjective(loss, total, terms, stderr, mc, dropped)
+
+
+def _cross_entropy(model, x_l, y_l) -> tuple[jax.Array, jax.Array]:
+    """The classifier's mean cross-entropy on the labelled images, and its standard error over them."""
+    per = -model.classify(x_l).log_prob(y_l)  # [N_l]
+    n = per.shape[0]
+    se = jnp.std(per, ddof=1) / jnp.sqrt(n) if n > 1 else jnp.zeros(())
+    return jnp.mean(per), se
+
+
+def post_objective(key, model: CodeModel | MixtureCodeModel | TiedCodeModel, x_l, y_l, x_u, n_unlabelled: int, *,
+                   beta=1.0, gamma=1.0) -> KLObjective:
+    r"""The post's semi-supervised objective per example of the whole set, as a :class:`~klbook.recipe.KLObjective`.
 
     .. math:: \frac{N_l}{N}\big(\beta D_l + \gamma C_l + R_l\big) + \frac{N_u}{N}\big(\beta D_u + R_u\big)
 
     ``x_l [N_l, D]``, ``y_l [N_l]``: the labelled images (all of them); ``x_u [B, D]``: a batch of
-    the ``n_unlabelled`` unlabelled images. Terms: ``distortion`` and ``rate`` (over all
-    images), ``classification`` (per labelled image), and ``loss``.
+    the ``n_unlabelled`` unlabelled images. ``loss`` is the weighted sum above; ``terms``
+    (``distortion``, ``classification``, ``rate``) are per example of the whole set, so
+    ``classification`` is :math:`\tfrac{N_l}{N} C_l` and ``total`` (their unweighted sum, the
+    recipe's KL up to the data's entropy) is the loss at :math:`\beta = \gamma = 1`.
     """
     check_key(key)
     f_l, f_u = _fractions(jnp.shape(x_l)[0], n_unlabelled)
@@ -425,40 +466,43 @@ def post_objective(model: CodeModel | MixtureCodeModel | TiedCodeModel, key, x_l
                        weights={"distortion": beta, "classification": gamma})
     unl = kl_objective(k_u, post_real_world, post_dream_world, model, x_u,
                        names={n: t for n, t in POST_NAMES.items() if n != "y"}, weights={"distortion": beta})
-    terms = {n: f_l * lab.terms[n] + f_u * unl.terms[n] for n in ("distortion", "rate")}
-    terms["classification"] = lab.terms["classification"]
-    return f_l * lab.loss + f_u * unl.loss, terms
+    return _mix(f_l, lab, f_u, unl, f_l * lab.loss + f_u * unl.loss)
 
 
-def m2_objective(model: M2, key, x_l, y_l, x_u, n_unlabelled: int, *, alpha=1.0) -> tuple[jax.Array, dict]:
-    r"""M2's loss per example of the whole set (Kingma et al., 2014, eq. 9), and its terms (nats).
+def m2_objective(key, model: M2, x_l, y_l, x_u, n_unlabelled: int, *, alpha=1.0) -> KLObjective:
+    r"""M2's objective per example of the whole set (Kingma et al., 2014, eq. 9), as a :class:`~klbook.recipe.KLObjective`.
 
     .. math:: \frac{N_l}{N}\big(L(x, y) + \alpha\langle -\log p(y\mid x)\rangle\big) + \frac{N_u}{N}\,U(x)
 
     :math:`L` is the recipe's KL with the label as data, :math:`U` the recipe's KL with the label
     a latent of the real world, summed out exactly over its values. Arguments as
-    :func:`post_objective`. Terms: ``distortion``, ``rate``, ``label`` (over all images),
-    ``classification`` (the classifier's cross-entropy per labelled image), and ``loss``.
+    :func:`post_objective`. ``terms``, per example of the whole set: ``distortion``, ``rate``,
+    ``label`` (the two worlds' KL) and ``classification``, :math:`\tfrac{N_l}{N}` times the
+    classifier's cross-entropy on the labelled images (itself the supervised recipe's KL of
+    chapter 5, up to the data's entropy). ``total`` is their unweighted sum (:math:`\alpha = 1`).
     """
     check_key(key)
     f_l, f_u = _fractions(jnp.shape(x_l)[0], n_unlabelled)
     k_l, k_u = jax.random.split(key)
     lab = kl_objective(k_l, m2_real_world, m2_dream_world, model, x_l, y_l, names=M2_NAMES)
     unl = kl_objective(k_u, m2_real_world, m2_dream_world, model, x_u, names=M2_NAMES, enumerate_sites=("y",))
-    ce = -jnp.mean(model.classify(x_l).log_prob(y_l))
-    terms = {n: f_l * lab.terms[n] + f_u * unl.terms[n] for n in ("distortion", "rate", "label")}
-    terms["classification"] = ce
-    return f_l * (lab.loss + alpha * ce) + f_u * unl.loss, terms
+    ce, se = _cross_entropy(model, x_l, y_l)
+    return _mix(f_l, lab, f_u, unl, f_l * (lab.loss + alpha * ce) + f_u * unl.loss, {"classification": (ce, se)})
 
 
-def supervised_objective(model: Classifier, key, x_l, y_l, x_u=None, n_unlabelled: int = 1, *,
-                         weight=1.0) -> tuple[jax.Array, dict]:
-    """Cross-entropy of the labelled images alone, :math:`\\langle -\\log q(y\\mid x)\\rangle` (the baseline).
+def supervised_objective(key, model: Classifier, x_l, y_l, x_u=None, n_unlabelled: int = 1, *,
+                         weight=1.0) -> KLObjective:
+    """Cross-entropy of the labelled images alone, :math:`\\langle -\\log q(y\\mid x)\\rangle` (the baseline), as a KLObjective.
 
-    Same signature as the other objectives; ``x_u`` and ``n_unlabelled`` are ignored.
+    Same signature as the other objectives; ``key``, ``x_u`` and ``n_unlabelled`` are ignored (no
+    draws; the unlabelled images play no part). ``terms``: ``classification`` per labelled image;
+    ``loss`` is ``weight`` times it; the label's unknown entropy is ``dropped``.
     """
-    ce = -jnp.mean(model.classify(x_l).log_prob(y_l))
-    return weight * ce, {"classification": ce}
+    check_key(key)
+    ce, se = _cross_entropy(model, x_l, y_l)
+    zero = jnp.zeros(())
+    return KLObjective(weight * ce, ce, {"classification": ce}, {"classification": se, "total": se},
+                       {"classification": zero, "total": zero}, ("y",))
 
 
 class Split(NamedTuple):
@@ -530,9 +574,11 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
     r"""Train one model per entry of ``weights`` at once: parameters stacked, one vmapped, compiled loop.
 
     Model :math:`m` sees the labelled images of ``split`` row :math:`m` (all of them every step)
-    and a batch of ``batch_size`` of its unlabelled images, and minimises ``objective(model, key,
-    x_l, y_l, x_u, n_unlabelled, weight)`` with its own weight (:math:`\gamma`, :math:`\alpha`, ...):
-    ``objective`` is e.g. ``lambda m, k, xl, yl, xu, n, w: post_objective(m, k, xl, yl, xu, n, gamma=w)``.
+    and a batch of ``batch_size`` of its unlabelled images, and minimises the ``loss`` of the
+    :class:`~klbook.recipe.KLObjective` that ``objective(model, key, x_l, y_l, x_u, n_unlabelled,
+    weight)`` returns, with its own weight (:math:`\gamma`, :math:`\alpha`, ...). The callback
+    takes the parameters first, as :func:`klbook.train.fit` differentiates them; the objectives
+    themselves are key-first: ``lambda m, k, xl, yl, xu, n, w: post_objective(k, m, xl, yl, xu, n, gamma=w)``.
     ``weights`` is ``[M]`` (one number per model) or ``[M, P]`` (a row per model, e.g. :math:`(\beta,
     \gamma)`; ``w`` is then that row). ``x [N, D]``, ``y [N]``: the training set; ``split`` has one
     row per model. ``optimizer`` defaults to ``optax.adam(1e-3)``; :func:`per_model_adam` gives each
@@ -557,8 +603,11 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
         def one(model, kk, xl, yl, xu, w):
             return objective(model, kk, xl, yl, xu[rows], n_u, w)
 
-        losses, terms = eqx.filter_vmap(one)(stacked, jax.random.split(k, m), x_l, y_l, x_u, weights)
-        return jnp.sum(losses), {n: jnp.sum(t) for n, t in terms.items()}
+        out = eqx.filter_vmap(one)(stacked, jax.random.split(k, m), x_l, y_l, x_u, weights)
+        if not isinstance(out, KLObjective):
+            raise TypeError(f"objective must return a KLObjective (as post_objective, m2_objective and "
+                            f"supervised_objective do); got {type(out).__name__}")
+        return jnp.sum(out.loss), {n: jnp.sum(t) for n, t in out.terms.items()}
 
     res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=jnp.arange(n_u), batch_size=batch_size,
               optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,

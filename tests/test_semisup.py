@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from klbook import semisup as ss
+from klbook.recipe import KLObjective
 from klbook.recipe import kl_objective as _kl_objective
 
 
@@ -39,8 +40,10 @@ def test_post_objective_weights_and_fractions(batch):
     x, y = batch
     model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
     k_l, k_u = jax.random.split(jax.random.key(3))
-    loss, terms = eqx.filter_jit(lambda m, k: ss.post_objective(m, k, x[:4], y[:4], x[4:], 20, beta=0.5, gamma=7.0))(
+    out = eqx.filter_jit(lambda m, k: ss.post_objective(k, m, x[:4], y[:4], x[4:], 20, beta=0.5, gamma=7.0))(
         model, jax.random.key(3))
+    assert isinstance(out, KLObjective) and out.dropped == ("x", "y")
+    loss, terms = out.loss, out.terms
     lab = kl_objective(k_l, ss.post_real_world, ss.post_dream_world, model, x[:4], y[:4], names=ss.POST_NAMES).terms
     unl = kl_objective(k_u, ss.post_real_world, ss.post_dream_world, model, x[4:],
                        names={"x": "distortion", "z": "rate"}).terms
@@ -48,7 +51,12 @@ def test_post_objective_weights_and_fractions(batch):
     want = f_l * (0.5 * lab["distortion"] + 7.0 * lab["classification"] + lab["rate"]) \
         + f_u * (0.5 * unl["distortion"] + unl["rate"])
     np.testing.assert_allclose(loss, want, rtol=1e-5)
-    np.testing.assert_allclose(terms["classification"], lab["classification"], rtol=1e-6)
+    # terms per example of the whole set; their unweighted sum is the total (the loss at beta = gamma = 1)
+    np.testing.assert_allclose(terms["classification"], f_l * lab["classification"], rtol=1e-6)
+    for name in ("distortion", "rate"):
+        np.testing.assert_allclose(terms[name], f_l * lab[name] + f_u * unl[name], rtol=1e-5)
+    np.testing.assert_allclose(out.total, sum(terms.values()), rtol=1e-5)
+    assert set(out.stderr) == set(out.mc_stderr) == {"distortion", "classification", "rate", "total"}
 
 
 def test_m2_unlabelled_term_is_the_classifier_weighted_labelled_terms_minus_its_entropy(batch):
@@ -94,7 +102,7 @@ def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
     models, history = ss.fit_models(
         jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
-        lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w),
+        lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w),
         x, y, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
     assert np.all(np.isfinite(history["loss"])) and history["loss"].shape == (20,)
     err = ss.error_rate(models, x, y)
@@ -126,7 +134,7 @@ def test_bad_inputs_are_named(batch):
     with pytest.raises(ValueError, match="shape"):
         ss.post_real_world(model, x, y[:3])
     with pytest.raises(ValueError, match="n_unlabelled"):
-        ss.post_objective(model, jax.random.key(0), x, y, x, 0)
+        ss.post_objective(jax.random.key(0), model, x, y, x, 0)
 
 
 def test_tied_head_is_the_bayes_posterior_of_its_prior():
@@ -166,7 +174,7 @@ def test_post_objective_trains_the_tied_model(batch):
     split = ss.split_labelled(jax.random.key(8), jnp.arange(N) % C, 1, num_splits=2)
     models, history = ss.fit_models(
         jax.random.key(15), lambda k: ss.tied_code_model(k, D, K, C, width=8, total_count=T),
-        lambda m, k, xl, yl, xu, n, w: ss.post_objective(m, k, xl, yl, xu, n, beta=0.1, gamma=w),
+        lambda m, k, xl, yl, xu, n, w: ss.post_objective(k, m, xl, yl, xu, n, beta=0.1, gamma=w),
         x, jnp.arange(N) % C, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
     assert np.all(np.isfinite(history["loss"]))
     probs = eqx.filter_vmap(lambda m: m.predict(x))(models)
@@ -194,7 +202,7 @@ def test_image_terms_are_each_models_own_unlabelled_ledger(batch):
     split = ss.split_labelled(jax.random.key(10), y, 1, num_splits=2)
     models, _ = ss.fit_models(
         jax.random.key(11), lambda k: ss.code_model(k, D, K, C, width=8, total_count=T),
-        lambda m, k, xl, yl, xu, n, w: ss.post_objective(m, k, xl, yl, xu, n, gamma=w),
+        lambda m, k, xl, yl, xu, n, w: ss.post_objective(k, m, xl, yl, xu, n, gamma=w),
         x, y, split, [1.0, 10.0], num_steps=5, batch_size=4, progress=False)
     terms = ss.image_terms(jax.random.key(12), models, x, num_particles=3)
     assert set(terms) == {"distortion", "rate"} and terms["rate"].shape == (2,)
@@ -235,8 +243,10 @@ def test_m2_objective_weights_and_fractions(batch):
     x, y = batch
     model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
     k_l, k_u = jax.random.split(jax.random.key(3))
-    loss, terms = eqx.filter_jit(lambda m, k: ss.m2_objective(m, k, x[:4], y[:4], x[4:], 20, alpha=7.0))(
+    out = eqx.filter_jit(lambda m, k: ss.m2_objective(k, m, x[:4], y[:4], x[4:], 20, alpha=7.0))(
         model, jax.random.key(3))
+    assert isinstance(out, KLObjective) and out.dropped == ("x", "y")
+    loss, terms = out.loss, out.terms
     lab = kl_objective(k_l, ss.m2_real_world, ss.m2_dream_world, model, x[:4], y[:4], names=ss.M2_NAMES)
     unl = kl_objective(k_u, ss.m2_real_world, ss.m2_dream_world, model, x[4:], names=ss.M2_NAMES,
                        enumerate_sites=("y",))
@@ -244,12 +254,14 @@ def test_m2_objective_weights_and_fractions(batch):
     ce = -np.mean(log_p[np.arange(4), np.asarray(y[:4])])
     f_l, f_u = 4 / 24, 20 / 24
     np.testing.assert_allclose(loss, f_l * (float(lab.loss) + 7.0 * ce) + f_u * float(unl.loss), rtol=1e-5)
-    np.testing.assert_allclose(terms["classification"], ce, rtol=1e-5)
+    np.testing.assert_allclose(terms["classification"], f_l * ce, rtol=1e-5)   # per example of the whole set
+    np.testing.assert_allclose(out.total, sum(terms.values()), rtol=1e-5)      # the loss at alpha = 1
+    np.testing.assert_allclose(out.mc_stderr["classification"], 0.0)            # no draws in the cross-entropy
     for name in ("distortion", "rate", "label"):
         np.testing.assert_allclose(terms[name], f_l * lab.terms[name] + f_u * unl.terms[name], rtol=1e-5)
     # the labelled ledger holds log 1/q(y) = log C, the unlabelled one an exact KL to the uniform q(y)
     np.testing.assert_allclose(lab.terms["label"], np.log(C), rtol=1e-6)
-    alpha0, _ = ss.m2_objective(model, jax.random.key(3), x[:4], y[:4], x[4:], 20, alpha=0.0)
+    alpha0 = ss.m2_objective(jax.random.key(3), model, x[:4], y[:4], x[4:], 20, alpha=0.0).loss
     np.testing.assert_allclose(float(loss) - float(alpha0), f_l * 7.0 * ce, rtol=1e-4)
 
 
@@ -275,7 +287,7 @@ def test_per_model_adam_is_adam_per_model_and_fit_models_takes_weight_rows(batch
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
     make = lambda k: ss.classifier(k, D, C, width=8, total_count=T)
-    obj = lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w[0] * w[1])
+    obj = lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w[0] * w[1])
     run = lambda opt, w: ss.fit_models(jax.random.key(9), make, obj, x, y, split, w, num_steps=10, batch_size=4,
                                        optimizer=opt, progress=False)[0]
     w = [[1.0, 1.0], [2.0, 0.5]]
@@ -304,7 +316,7 @@ def test_mistakes_and_holdout(batch):
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
     models, _ = ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
-                              lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(m, k, xl, yl, weight=w),
+                              lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w),
                               x, y, split, [1.0, 1.0], num_steps=5, batch_size=4, progress=False)
     wrong = ss.mistakes(models, x, y)
     assert wrong.shape == (2, N) and wrong.dtype == bool
@@ -313,3 +325,132 @@ def test_mistakes_and_holdout(batch):
     assert val.size == 5 and train.size == 15 and np.array_equal(np.sort(np.concatenate([train, val])), np.arange(20))
     with pytest.raises(ValueError, match="size must lie in 1..num-1"):
         ss.holdout(jax.random.key(3), 20, 20)
+
+
+# --- cross-checks against NumPyro's own estimator (Trace_ELBO), value and gradient -------------------------------
+# Both sides are Monte Carlo estimates of the same expectation, so each is averaged over KEYS independent draws and
+# the means must agree within 5 standard errors of their difference (elementwise for the gradient; quantities with
+# no sampling noise on either side must agree to float32 rounding).
+KEYS = 4000
+
+
+def _flat(tree):
+    return jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(eqx.filter(tree, eqx.is_array))])
+
+
+def _agree(ours, theirs, what):
+    """``ours``, ``theirs``: [KEYS, P] per-draw values; their means must agree within 5 s.e. (plus float rounding)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    diff = ours.mean(0) - theirs.mean(0)
+    se = np.sqrt(ours.var(0, ddof=1) / ours.shape[0] + theirs.var(0, ddof=1) / theirs.shape[0])
+    scale = max(np.abs(ours.mean(0)).max(), 1.0)
+    bad = np.abs(diff) > 5 * se + 1e-5 * scale
+    assert not bad.any(), f"{what}: {bad.sum()} of {bad.size} disagree; worst {np.abs(diff)[bad].max():.3g} vs s.e. {se[bad].max():.3g}"
+    return np.abs(ours.mean(0)).max()
+
+
+def _per_key(loss):
+    """Per-key values and flattened gradients of ``loss(model, key)`` over KEYS keys."""
+    def one(m, k):
+        v, g = eqx.filter_value_and_grad(loss)(m, k)
+        return v, _flat(g)
+    return eqx.filter_jit(lambda m, ks: jax.vmap(lambda k: one(m, k))(ks))
+
+
+@pytest.mark.parametrize("make", [ss.code_model, ss.tied_code_model], ids=["separate head", "tied head"])
+def test_post_objective_is_numpyros_trace_elbo_per_example(batch, make):
+    # the post's loss with every unlabelled image in the batch, times N, is -ELBO of the dream world (model) with the
+    # encoder as guide, its image's and label's log-likelihoods scaled by beta and gamma (numpyro.handlers.scale)
+    import numpyro
+    from numpyro import handlers
+    from numpyro.infer import Trace_ELBO
+
+    x, y = batch
+    x_l, y_l, x_u = x[:4], y[:4], x[4:]
+    beta, gamma = 0.5, 3.0
+    model0 = make(jax.random.key(1), D, K, C, width=8, total_count=T)
+
+    def dream(m):
+        with numpyro.plate("lab", 4):
+            z = numpyro.sample("z_l", m.prior(4))
+            with handlers.scale(scale=beta):
+                numpyro.sample("x_l", m.decode(z), obs=x_l)
+            with handlers.scale(scale=gamma):
+                numpyro.sample("y_l", m.classify(z), obs=y_l)
+        with numpyro.plate("unl", N - 4):
+            z = numpyro.sample("z_u", m.prior(N - 4))
+            with handlers.scale(scale=beta):
+                numpyro.sample("x_u", m.decode(z), obs=x_u)
+
+    def encoder(m):
+        with numpyro.plate("lab", 4):
+            numpyro.sample("z_l", m.encode(x_l))
+        with numpyro.plate("unl", N - 4):
+            numpyro.sample("z_u", m.encode(x_u))
+
+    keys = jax.random.split(jax.random.key(20), KEYS)
+    ours = _per_key(lambda m, k: ss.post_objective(k, m, x_l, y_l, x_u, N - 4, beta=beta, gamma=gamma).loss)(model0, keys)
+    theirs = _per_key(lambda m, k: Trace_ELBO().loss(k, {}, dream, encoder, m) / N)(model0, keys)
+    assert _agree(ours[0][:, None], theirs[0][:, None], "value") > 1.0
+    assert _agree(ours[1], theirs[1], "gradient") > 0.0
+
+
+def test_m2_objective_is_numpyros_trace_elbo_with_the_label_summed_by_hand(batch):
+    # TraceEnum_ELBO needs funsor, which klbook does not depend on; the unlabelled ledger's sum over labels is written
+    # out: U(x) = sum_v p(v|x) [log p(v|x) + L(x, v)], with L(x, v) = -ELBO of the image with label v (Trace_ELBO),
+    # each image's ELBO weighted by p(v|x) through numpyro.handlers.scale
+    import numpyro
+    from numpyro import handlers
+    from numpyro.infer import Trace_ELBO
+
+    x, y = batch
+    x_l, y_l, x_u = x[:4], y[:4], x[4:]
+    alpha, n_u = 7.0, N - 4
+    model0 = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
+
+    def dream(m, xx, yy, w=None):
+        n = xx.shape[0]
+        with numpyro.plate("data", n), handlers.scale(scale=1.0 if w is None else w):
+            numpyro.sample("y", m.label_prior(n), obs=yy)
+            z = numpyro.sample("z", m.prior(n))
+            numpyro.sample("x", m.decode(z, yy), obs=xx)
+
+    def encoder(m, xx, yy, w=None):
+        with numpyro.plate("data", xx.shape[0]), handlers.scale(scale=1.0 if w is None else w):
+            numpyro.sample("z", m.encode(xx, yy))
+
+    def numpyro_m2(m, k):
+        ks = jax.random.split(k, C + 1)
+        lab = Trace_ELBO().loss(ks[0], {}, dream, encoder, m, x_l, y_l)                       # sum of L(x, y)
+        log_p = jax.nn.log_softmax(m.classify(x_u).logits, -1)                                 # [N_u, C]
+        p = jnp.exp(log_p)
+        unl = jnp.sum(p * log_p)
+        for v in range(C):
+            yv = jnp.full(n_u, v)
+            unl = unl + Trace_ELBO().loss(ks[v + 1], {}, dream, encoder, m, x_u, yv, p[:, v])
+        ce = -jnp.sum(m.classify(x_l).log_prob(y_l))
+        return (lab + alpha * ce + unl) / N
+
+    keys = jax.random.split(jax.random.key(21), KEYS)
+    ours = _per_key(lambda m, k: ss.m2_objective(k, m, x_l, y_l, x_u, n_u, alpha=alpha).loss)(model0, keys)
+    theirs = _per_key(numpyro_m2)(model0, keys)
+    assert _agree(ours[0][:, None], theirs[0][:, None], "value") > 1.0
+    assert _agree(ours[1], theirs[1], "gradient") > 0.0
+
+
+def test_supervised_objective_is_a_klobjective_and_objectives_are_key_first(batch):
+    x, y = batch
+    model = ss.classifier(jax.random.key(1), D, C, width=8, total_count=T)
+    out = ss.supervised_objective(jax.random.key(0), model, x, y, weight=3.0)
+    ce = -np.mean(np.asarray(model.classify(x).log_prob(y)))
+    assert isinstance(out, KLObjective) and out.dropped == ("y",)
+    np.testing.assert_allclose(out.terms["classification"], ce, rtol=1e-6)
+    np.testing.assert_allclose(out.loss, 3.0 * ce, rtol=1e-6)
+    for objective in (ss.post_objective, ss.m2_objective, ss.supervised_objective):
+        with pytest.raises(TypeError):  # the model where the key belongs: check_key names it
+            objective(model, jax.random.key(0), x, y, x, N)
+    with pytest.raises(TypeError, match="must return a KLObjective"):
+        split = ss.split_labelled(jax.random.key(8), jnp.arange(N) % C, 1, num_splits=1)
+        ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+                      lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl).loss,
+                      x, jnp.arange(N) % C, split, [1.0], num_steps=2, batch_size=4, progress=False)
