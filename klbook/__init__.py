@@ -55,8 +55,9 @@ def _require_chapters_extra(module: str, err: ModuleNotFoundError):
     package = (err.name or "").partition(".")[0]
     if package not in _CHAPTERS_EXTRA:
         raise err
-    raise ImportError(f"{module} needs {_CHAPTERS_EXTRA[package]}, which comes with the book's "
-                      f"extra: {_CHAPTERS_INSTALL}") from err
+    raise ImportError(
+        f"{module} needs {_CHAPTERS_EXTRA[package]}, which comes with the book's extra: {_CHAPTERS_INSTALL}"
+    ) from err
 
 
 def _submodules() -> list[str]:

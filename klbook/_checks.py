@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.core  # jax imports it but deletes the name: import it for the checker
 import jax.numpy as jnp
 import numpy as np
 
@@ -159,9 +160,7 @@ def check_simplex(x: Any, what: str, atol: float | None = None) -> None:
     _check_probability(a, what, tol)
     sums = a.astype(np.float64).sum(-1)
     if np.any(np.abs(sums - 1.0) > tol):
-        raise ValueError(
-            f"{what} must sum to 1 along its last axis; got sums such as {np.ravel(sums)[:3].tolist()}"
-        )
+        raise ValueError(f"{what} must sum to 1 along its last axis; got sums such as {np.ravel(sums)[:3].tolist()}")
 
 
 def check_positive(x: Any, what: str) -> None:

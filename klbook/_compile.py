@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -59,7 +60,8 @@ def filter_jit_once(fn: Callable) -> Callable:
         nonlocal cheap
         if cheap is None:
             options = once_options()
-            cheap = eqx.filter_jit(fn, compiler_options=options) if options else plain
+            # Equinox's overloads leave out the keyword arguments it passes on to jax.jit.
+            cheap = eqx.filter_jit(fn, compiler_options=options) if options else plain  # pyright: ignore[reportCallIssue]
         try:
             return cheap(*args, **kwargs)
         except ValueError as err:  # "`compiler_options` can only be passed to top-level `jax.jit`"

@@ -1,4 +1,5 @@
-"""Helpers the chapters share: the scale a chapter runs at, gluing numbers into the prose, and compiling a cell's one-off checks.
+"""Helpers the chapters share: the scale a chapter runs at, gluing numbers into the prose, and compiling a
+cell's one-off checks.
 
 Every chapter runs at the ``quick`` scale (about a minute on a 2-core CPU) unless it finds a
 GPU, where it runs at ``full`` (bigger data, longer training). ``KLBOOK_SCALE`` overrides both.
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -137,8 +139,7 @@ def glue_text(value: Any) -> str:
     return repr(value)
 
 
-def glue(name: str, value: Any, digits: int = 3, *, tol: float | None = None,
-         rel: float | None = None) -> Any:
+def glue(name: str, value: Any, digits: int = 3, *, tol: float | None = None, rel: float | None = None) -> Any:
     """Glue a number into the book's prose (myst-nb ``{glue}`` role), rounded to ``digits``.
 
     Writes the same output as ``myst_nb.glue(name, value, display=False)`` without needing
@@ -185,7 +186,9 @@ def glue(name: str, value: Any, digits: int = 3, *, tol: float | None = None,
     display(
         {prefix + "text/plain": glue_text(rounded)},
         raw=True,
-        metadata={"scrapbook": {"name": name, "mime_prefix": prefix},
-                  **({"klbook": {"tolerance": tolerance}} if tolerance else {})},
+        metadata={
+            "scrapbook": {"name": name, "mime_prefix": prefix},
+            **({"klbook": {"tolerance": tolerance}} if tolerance else {}),
+        },
     )
     return rounded

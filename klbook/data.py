@@ -18,14 +18,15 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
-import math
 import http.client
+import math
 import os
 import tempfile
 import urllib.request
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,8 +100,8 @@ def digits() -> Labelled:
 
         _require_chapters_extra("klbook.data.digits", err)
 
-    bunch = load_digits()
-    return Labelled(jnp.asarray(bunch.data.astype(np.int32)), jnp.asarray(bunch.target.astype(np.int32)))
+    images, labels = load_digits(return_X_y=True)
+    return Labelled(jnp.asarray(images.astype(np.int32)), jnp.asarray(labels.astype(np.int32)))
 
 
 def digits_split(key: jax.Array, test_fraction: float = 0.2) -> Images:
@@ -134,7 +135,8 @@ def _mixture(locs: jax.Array, scale: float, weights: jax.Array | None) -> dist.M
 
 
 def ring_mixture(num_components: int = 8, radius: float = 2.0, scale: float = 0.25, weights=None):
-    r"""Equal Gaussians on a circle: :math:`p(x) = \sum_k w_k \mathcal{N}(x;\, r(\cos\theta_k, \sin\theta_k), s^2 I)`."""
+    r"""Equal Gaussians on a circle:
+    :math:`p(x) = \sum_k w_k \mathcal{N}(x;\, r(\cos\theta_k, \sin\theta_k), s^2 I)`."""
     if isinstance(num_components, bool) or not isinstance(num_components, int) or num_components < 1:
         raise ValueError(f"num_components must be a positive integer; got {num_components!r}")
     check_positive(radius, "radius")
@@ -225,7 +227,7 @@ def _count(n: Any, what: str) -> int:
 
 
 def _num_examples(data: Any) -> int:
-    sizes = {getattr(leaf, "shape", ())[:1] for leaf in jax.tree.leaves(data)}
+    sizes: set[tuple[int, ...]] = {tuple(getattr(leaf, "shape", ()))[:1] for leaf in jax.tree.leaves(data)}
     if not sizes or () in sizes:
         raise ValueError("data must be a pytree of arrays, each with a leading example axis")
     if len(sizes) != 1:
@@ -269,7 +271,7 @@ def batches(key: jax.Array | None, data: Any, batch_size: int, *, drop_remainder
     stop = n - n % batch_size if drop_remainder else n
     for start in range(0, stop, batch_size):
         idx = order[start : start + batch_size]
-        yield jax.tree.map(lambda leaf: leaf[idx], data)
+        yield jax.tree.map(lambda leaf, idx=idx: leaf[idx], data)
 
 
 # ---- MNIST: download once, verify, cache; fall back to the digits ---------------------------

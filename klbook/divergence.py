@@ -15,7 +15,8 @@ sampling and reports a standard error.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -254,12 +255,13 @@ def _bernoulli_outcomes(d):
     """Probabilities, safe logs and zero masks of the outcomes (0, 1) on a new last axis,
     and the validity mask of the parameter (batch shape)."""
     if isinstance(d, dist.BernoulliLogits):
-        check_finite(jnp.where(jnp.isinf(d.logits), 0.0, d.logits), "Bernoulli logits")
-        logs = jnp.stack([jax.nn.log_sigmoid(-d.logits), jax.nn.log_sigmoid(d.logits)], -1)
+        logits = jnp.asarray(d.logits)  # NumPyro keeps the parameter as given
+        check_finite(jnp.where(jnp.isinf(logits), 0.0, logits), "Bernoulli logits")
+        logs = jnp.stack([jax.nn.log_sigmoid(-logits), jax.nn.log_sigmoid(logits)], -1)
         safe, zero = _from_logs(logs)
-        return jnp.exp(logs), safe, zero, _ok(lambda t: ~jnp.isnan(t), d.logits)
+        return jnp.exp(logs), safe, zero, _ok(lambda t: ~jnp.isnan(t), logits)
     check_probability(d.probs, "Bernoulli probs")
-    probs = jnp.stack([1.0 - d.probs, d.probs], -1)
+    probs = jnp.stack([1.0 - jnp.asarray(d.probs), d.probs], -1)
     safe, zero = _safe_log(probs)
     return probs, safe, zero, _ok(probability_ok, d.probs)
 
@@ -280,7 +282,8 @@ def _kl_bernoulli(p, q):
     # Cover & Thomas (2006), Elements of Information Theory, eq. 2.26, two outcomes.
     pp, lp, zp, ok_p = _bernoulli_outcomes(p)
     _, lq, zq, ok_q = _bernoulli_outcomes(q)
-    return _nan_unless(_outcome_kl(*jnp.broadcast_arrays(pp, lp, zp, lq, zq)), ok_p, ok_q)
+    pp, lp, zp, lq, zq = jnp.broadcast_arrays(pp, lp, zp, lq, zq)
+    return _nan_unless(_outcome_kl(pp, lp, zp, lq, zq), ok_p, ok_q)
 
 
 for _tp in (dist.BernoulliProbs, dist.BernoulliLogits):
@@ -357,7 +360,7 @@ def _kl_normal(p, q):
     return _nan_unless(out, *oks)
 
 
-def _diagonal_normal(d):
+def _diagonal_normal(d) -> tuple[jax.Array, jax.Array] | None:
     """``(loc, scale)`` of an Independent(Normal) over one dimension, expanded or not, else None.
 
     Covers ``Normal(loc, scale).to_event(1)`` and ``Normal(...).expand([D]).to_event(1)``;
@@ -371,24 +374,25 @@ def _diagonal_normal(d):
         base = base.base_dist
     if type(base) is not dist.Normal:
         return None
-    return jnp.broadcast_to(base.loc, shape), jnp.broadcast_to(base.scale, shape)
+    return jnp.broadcast_to(jnp.asarray(base.loc), shape), jnp.broadcast_to(jnp.asarray(base.scale), shape)
 
 
 def _mvn_parts(d, name):
     """``(loc, scale_tril, oks)`` of a full or diagonal Gaussian; ``oks``: validity masks."""
     if isinstance(d, dist.MultivariateNormal):
-        check_finite(d.loc, f"MultivariateNormal loc of {name}")
-        check_finite(d.scale_tril, f"MultivariateNormal scale_tril of {name}")
-        diag = jnp.diagonal(d.scale_tril, axis1=-2, axis2=-1)
+        loc, tril = jnp.asarray(d.loc), jnp.asarray(d.scale_tril)  # NumPyro's attributes are loosely typed
+        check_finite(loc, f"MultivariateNormal loc of {name}")
+        check_finite(tril, f"MultivariateNormal scale_tril of {name}")
+        diag = jnp.diagonal(tril, axis1=-2, axis2=-1)
         if is_concrete(diag) and np.any(np.asarray(diag) == 0):
             raise ValueError(
                 f"MultivariateNormal scale_tril of {name} must have a non-zero diagonal "
                 "(a positive-definite covariance); got a zero"
             )
-        ok_loc = _ok(lambda m: jnp.all(finite_ok(m), -1), d.loc)
+        ok_loc = _ok(lambda m: jnp.all(finite_ok(m), -1), loc)
         tril_ok = lambda t: jnp.all(finite_ok(t), (-2, -1)) & jnp.all(jnp.diagonal(t, 0, -2, -1) != 0, -1)  # noqa: E731
-        ok_tril = _ok(tril_ok, d.scale_tril)
-        return d.loc, d.scale_tril, (ok_loc, ok_tril)
+        ok_tril = _ok(tril_ok, tril)
+        return loc, tril, (ok_loc, ok_tril)
     parts = _diagonal_normal(d)
     if parts is None:
         raise _NoClosedForm
@@ -481,13 +485,7 @@ def _kl_gamma(p, q):
     a1, r1, a2, r2 = p.concentration, p.rate, q.concentration, q.rate
     for v, what in ((a1, "p concentration"), (r1, "p rate"), (a2, "q concentration"), (r2, "q rate")):
         check_positive(v, f"Gamma {what}")
-    out = (
-        (a1 - a2) * digamma(a1)
-        - gammaln(a1)
-        + gammaln(a2)
-        + a2 * (jnp.log(r1) - jnp.log(r2))
-        + a1 * (r2 - r1) / r1
-    )
+    out = (a1 - a2) * digamma(a1) - gammaln(a1) + gammaln(a2) + a2 * (jnp.log(r1) - jnp.log(r2)) + a1 * (r2 - r1) / r1
     return _nan_unless(out, *(_ok(positive_ok, v) for v in (a1, r1, a2, r2)))
 
 
@@ -556,15 +554,18 @@ def gaussian_kl(mean_p, cov_p, mean_q, cov_q=None, *, precision_q=None) -> float
             ``precision_q``, or a matrix that is not symmetric positive definite.
     """
     if (cov_q is None) == (precision_q is None):
-        raise ValueError("gaussian_kl: give the second Gaussian's covariance cov_q or its precision "
-                         "precision_q, exactly one of the two")
+        raise ValueError(
+            "gaussian_kl: give the second Gaussian's covariance cov_q or its precision "
+            "precision_q, exactly one of the two"
+        )
     mp, mq = np.asarray(mean_p, np.float64), np.asarray(mean_q, np.float64)
     sp = np.asarray(cov_p, np.float64)
     mat_q = np.asarray(cov_q if precision_q is None else precision_q, np.float64)
     name_q = "cov_q" if precision_q is None else "precision_q"
     if mp.ndim != 1 or mq.shape != mp.shape:
-        raise ValueError(f"gaussian_kl: means must be vectors of one length [D]; got mean_p "
-                         f"{mp.shape} and mean_q {mq.shape}")
+        raise ValueError(
+            f"gaussian_kl: means must be vectors of one length [D]; got mean_p {mp.shape} and mean_q {mq.shape}"
+        )
     d = mp.shape[0]
     for what, m in (("cov_p", sp), (name_q, mat_q)):
         if m.shape != (d, d):
@@ -584,10 +585,13 @@ def gaussian_kl(mean_p, cov_p, mean_q, cov_q=None, *, precision_q=None) -> float
         logdets.append(logdet)
     sp, mat_q = 0.5 * (sp + sp.T), 0.5 * (mat_q + mat_q.T)
     diff = mq - mp
-    if precision_q is None:   # log det Sigma_q - log det Sigma_p
-        trace, quad, log_ratio = (np.trace(np.linalg.solve(mat_q, sp)),
-                                  diff @ np.linalg.solve(mat_q, diff), logdets[1] - logdets[0])
-    else:                     # with P = Sigma_q^{-1}: log det Sigma_q = -log det P
+    if precision_q is None:  # log det Sigma_q - log det Sigma_p
+        trace, quad, log_ratio = (
+            np.trace(np.linalg.solve(mat_q, sp)),
+            diff @ np.linalg.solve(mat_q, diff),
+            logdets[1] - logdets[0],
+        )
+    else:  # with P = Sigma_q^{-1}: log det Sigma_q = -log det P
         trace, quad, log_ratio = np.trace(mat_q @ sp), diff @ mat_q @ diff, -logdets[1] - logdets[0]
     return float(0.5 * (trace + quad - d + log_ratio))
 
@@ -639,8 +643,9 @@ class MCEstimate(NamedTuple):
 
 def check_key(key) -> None:
     """Raise ``TypeError`` unless ``key`` is a JAX PRNG key (typed, or a raw uint32 pair)."""
-    if isinstance(key, jax.Array) or isinstance(key, jax.core.Tracer):
-        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if isinstance(key, jax.Array) or not is_concrete(key):
+        # jax.dtypes re-exports issubdtype without "as", which pyright takes for a private import
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportPrivateImportUsage]
             return
         if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
             return
@@ -666,23 +671,27 @@ def log_prob(d: dist.Distribution, x) -> jnp.ndarray:
         return _log_prob(d, x)
 
 
-def _log_prob(d, x):
+def _log_prob(d: dist.Distribution, x: jax.Array) -> jax.Array:
     if isinstance(d, (dist.BernoulliProbs, dist.BinomialProbs)):
         # Counts as floats: xlogy's gradient cannot take an integer x that is being traced.
         x = x.astype(jnp.result_type(d.probs, float))
     if isinstance(d, dist.BernoulliProbs):
-        lp = xlogy(x, d.probs) + xlogy(1.0 - x, 1.0 - d.probs)
+        p = jnp.asarray(d.probs)
+        lp = xlogy(x, p) + xlogy(1.0 - x, 1.0 - p)
     elif isinstance(d, dist.BinomialProbs):
-        n = d.total_count
+        n, p = jnp.asarray(d.total_count), jnp.asarray(d.probs)
         log_choose = gammaln(n + 1.0) - gammaln(x + 1.0) - gammaln(n - x + 1.0)
-        lp = log_choose + xlogy(x, d.probs) + xlogy(n - x, 1.0 - d.probs)
+        lp = log_choose + xlogy(x, p) + xlogy(n - x, 1.0 - p)
     elif isinstance(d, dist.CategoricalProbs):
-        safe = jnp.clip(x, 0, d.probs.shape[-1] - 1).astype(jnp.int32)
-        probs = jnp.broadcast_to(d.probs, safe.shape + d.probs.shape[-1:])
+        probs = jnp.asarray(d.probs)
+        safe = jnp.clip(x, 0, probs.shape[-1] - 1).astype(jnp.int32)
+        probs = jnp.broadcast_to(probs, safe.shape + probs.shape[-1:])
         lp = jnp.log(jnp.take_along_axis(probs, safe[..., None], -1)[..., 0])
     else:
-        lp = d.log_prob(x)
-    inside = d.support(x)
+        lp = jnp.asarray(d.log_prob(x))
+    if d.support is None:
+        raise TypeError(f"{type(d).__name__} declares no support, so log_prob cannot tell which values it gives zero")
+    inside = jnp.asarray(d.support(x))
     extra = inside.ndim - lp.ndim
     if extra > 0:
         inside = jnp.all(inside, axis=tuple(range(-extra, 0)))
@@ -740,9 +749,7 @@ def mc_kl(key, p: dist.Distribution, q: dist.Distribution, num_samples: int) -> 
     n = int(num_samples)
     batch = broadcast_batch(p.batch_shape, q.batch_shape)
     if tuple(p.event_shape) != tuple(q.event_shape):
-        raise ValueError(
-            f"event shapes of p {tuple(p.event_shape)} and q {tuple(q.event_shape)} differ"
-        )
+        raise ValueError(f"event shapes of p {tuple(p.event_shape)} and q {tuple(q.event_shape)} differ")
     full = (n,) + tuple(batch)
     shape = (n,) + tuple(batch)[: len(batch) - len(p.batch_shape)]
     pathwise = p.has_rsample

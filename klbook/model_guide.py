@@ -30,7 +30,8 @@ inference.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpyro.distributions as dist
@@ -58,14 +59,20 @@ class ModelGuideWorlds(NamedTuple):
         """The parameters as the model and guide see them: each through its constraint's bijection."""
         unknown = sorted(set(params) - set(self.constraints))
         if unknown:
-            raise KeyError(f"parameters {unknown} are not parameters of the model or the guide; "
-                           f"they are {sorted(self.constraints)}")
+            raise KeyError(
+                f"parameters {unknown} are not parameters of the model or the guide; "
+                f"they are {sorted(self.constraints)}"
+            )
         return {name: dist.biject_to(self.constraints[name])(value) for name, value in params.items()}
 
 
-def _param_sites(fn: Callable, key, args, kwargs, substitute: dict | None = None) -> dict[str, dict]:
-    tr = handlers.trace(handlers.seed(fn if substitute is None else handlers.substitute(fn, data=substitute),
-                                      key)).get_trace(*args, **kwargs)
+def _param_sites(
+    fn: Callable, key, args, kwargs, substitute: dict | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trace of ``fn`` and its ``param`` sites."""
+    tr = handlers.trace(
+        handlers.seed(fn if substitute is None else handlers.substitute(fn, data=substitute), key)
+    ).get_trace(*args, **kwargs)
     return tr, {name: site for name, site in tr.items() if site["type"] == "param"}
 
 
@@ -104,26 +111,32 @@ def worlds(key, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> 
     check_key(key)
     for fn, what in ((model, "model"), (guide, "guide")):
         if not callable(fn):
-            raise TypeError(f"the {what} must be a NumPyro model function (or an autoguide); "
-                            f"got {type(fn).__name__}")
+            raise TypeError(f"the {what} must be a NumPyro model function (or an autoguide); got {type(fn).__name__}")
     k_guide, k_model = jax.random.split(key)
     guide_trace, guide_params = _param_sites(guide, k_guide, args, kwargs)
     observed = sorted(n for n, s in guide_trace.items() if s["type"] == "sample" and s["is_observed"])
     if observed:
-        raise ValueError(f"the guide observes sites {observed}: a guide draws the latents, and the data "
-                         "belong to the model's obs= sites")
+        raise ValueError(
+            f"the guide observes sites {observed}: a guide draws the latents, and the data "
+            "belong to the model's obs= sites"
+        )
     latents = {n: s["value"] for n, s in guide_trace.items() if s["type"] == "sample"}
     model_trace, model_params = _param_sites(model, k_model, args, kwargs, substitute=latents)
     data_sites = sorted(n for n, s in model_trace.items() if s["type"] == "sample" and s["is_observed"])
     model_latents = {n for n, s in model_trace.items() if s["type"] == "sample" and not s["is_observed"]}
-    for names, said in ((model_latents - set(latents), "latent sites of the model that the guide does not draw"),
-                        (set(latents) - model_latents, "sites the guide draws that the model does not have")):
+    for names, said in (
+        (model_latents - set(latents), "latent sites of the model that the guide does not draw"),
+        (set(latents) - model_latents, "sites the guide draws that the model does not have"),
+    ):
         if names:
-            raise ValueError(f"{sorted(names)} are {said}: the real world's latents are the guide's, so "
-                             "the guide must draw exactly the model's latent sites")
+            raise ValueError(
+                f"{sorted(names)} are {said}: the real world's latents are the guide's, so "
+                "the guide must draw exactly the model's latent sites"
+            )
     if not data_sites:
-        raise ValueError("the model has no observed (obs=) site: the real world holds the data, so the "
-                         "model must observe them")
+        raise ValueError(
+            "the model has no observed (obs=) site: the real world holds the data, so the model must observe them"
+        )
     sites = {**model_params, **guide_params}
     cons = {name: site["kwargs"].get("constraint", constraints.real) for name, site in sites.items()}
     init = {name: dist.biject_to(cons[name]).inv(site["value"]) for name, site in sites.items()}

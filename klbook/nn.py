@@ -19,7 +19,8 @@ vector per example by default), so ``log_prob`` is one number per example.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import equinox as eqx
 import jax
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from klbook._checks import check_finite, check_positive
+from klbook._checks import check_finite, check_positive, is_concrete
 from klbook.divergence import check_key
 
 if TYPE_CHECKING:  # shape annotations for readers and type checkers; jaxtyping is optional
@@ -36,18 +37,22 @@ if TYPE_CHECKING:  # shape annotations for readers and type checkers; jaxtyping 
 __all__ = ["mlp", "gaussian_head", "bernoulli_head", "categorical_head", "binomial_head"]
 
 
-def _size(value, what: str) -> int | str:
+def _size(value, what: str) -> int | Literal["scalar"]:
     if value == "scalar":
-        return value
+        return "scalar"
+    return _count(value, what, " (or 'scalar')")
+
+
+def _count(value, what: str, alternative: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer (or 'scalar'); got {value!r}")
+        raise ValueError(f"{what} must be a positive integer{alternative}; got {value!r}")
     return int(value)
 
 
 def mlp(
     key: jax.Array,
-    in_size: int | str,
-    out_size: int | str,
+    in_size: int | Literal["scalar"],
+    out_size: int | Literal["scalar"],
     *,
     width: int = 64,
     depth: int = 2,
@@ -73,7 +78,7 @@ def mlp(
     """
     check_key(key)
     in_size, out_size = _size(in_size, "in_size"), _size(out_size, "out_size")
-    width = _size(width, "width")
+    width = _count(width, "width")
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
         raise ValueError(f"depth must be a non-negative integer; got {depth!r}")
     if not callable(activation) or not callable(final_activation):
@@ -184,6 +189,6 @@ def binomial_head(
     event_dims = _event_dims(event_dims)
     logits = _outputs(logits, "logits", event_dims)
     n = jnp.asarray(total_count)
-    if not jnp.issubdtype(n.dtype, jnp.integer) or (not isinstance(n, jax.core.Tracer) and np.any(np.asarray(n) < 1)):
+    if not jnp.issubdtype(n.dtype, jnp.integer) or (is_concrete(n) and np.any(np.asarray(n) < 1)):
         raise ValueError(f"total_count must be a positive integer; got {total_count!r}")
     return dist.BinomialLogits(logits, total_count=n).to_event(event_dims)

@@ -6,13 +6,19 @@ Figures label their axes with units (nats or bits) and their captions say what t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from klbook import _require_chapters_extra
 
 try:  # the book's extra: pip install "klbook[chapters]"
     import matplotlib as mpl
     import matplotlib.pyplot as plt
+    from matplotlib.rcsetup import cycler  # what matplotlib exports as mpl.cycler
 except ModuleNotFoundError as err:
     _require_chapters_extra("klbook.plot", err)
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 __all__ = ["style", "figure", "COLORS", "REAL", "DREAM"]
 
@@ -22,7 +28,7 @@ REAL = "#1f5fa8"
 DREAM = "#c2452d"
 COLORS = (REAL, DREAM, "#3a8f3a", "#8a5cb8", "#d08a1c", "#555555")
 
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "figure.figsize": (6.4, 3.6),
     "figure.dpi": 100,
     "savefig.dpi": 100,
@@ -30,7 +36,7 @@ _RC = {
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.25,
-    "axes.prop_cycle": mpl.cycler(color=COLORS),
+    "axes.prop_cycle": cycler(color=COLORS),
     "font.size": 10,
     "axes.titlesize": 11,
     "legend.frameon": False,

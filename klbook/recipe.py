@@ -88,7 +88,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -203,9 +204,7 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
             parts.append(f"sites {only_real} are in the real world but not the dream world")
         if only_dream:
             parts.append(f"sites {only_dream} are in the dream world but not the real world")
-        raise ValueError(
-            "the two worlds must be over the same random variables: " + "; ".join(parts)
-        )
+        raise ValueError("the two worlds must be over the same random variables: " + "; ".join(parts))
     for name, site in dream_sites.items():
         if site["is_observed"] and not real_sites[name]["is_observed"]:
             raise ValueError(
@@ -213,8 +212,11 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
                 "world must score the real world's value, so sample it there without obs="
             )
     for world, sites in (("real", real_sites), ("dream", dream_sites)):
-        masked = sorted(n for n, site in sites.items()
-                        if site.get("mask") is not None or isinstance(site["fn"], dist.MaskedDistribution))
+        masked = sorted(
+            n
+            for n, site in sites.items()
+            if site.get("mask") is not None or isinstance(site["fn"], dist.MaskedDistribution)
+        )
         if masked:
             raise ValueError(
                 f"sites {masked} of the {world} world are masked (handlers.mask or obs_mask): the "
@@ -237,8 +239,11 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
         observed = p_site["is_observed"]
         p_shapes, q_shapes = _shapes(p_site, observed), _shapes(q_site, observed)
         if p_shapes != q_shapes:
-            hint = (" (declare a data site's event dims with klbook.recipe.data(name, value, event_dim=...))"
-                    if observed else "")
+            hint = (
+                " (declare a data site's event dims with klbook.recipe.data(name, value, event_dim=...))"
+                if observed
+                else ""
+            )
             raise ValueError(
                 f"site {name!r} has {_describe(p_shapes)} in the real world but {_describe(q_shapes)} in "
                 f"the dream world: a site must have the same shape in both worlds, or one world's "
@@ -324,12 +329,18 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, f
     still unknown (the first trace). ``fixed`` maps enumerated latent sites to the values
     substituted for them in P (their term then carries no score function). Returns ``{site:
     (per_unit [U] or None, global scalar or None, score log p or None)}`` and the static
-    :class:`_Layout`; with ``fixed``, also ``{site: per-unit log p(site)}`` of the fixed sites.
+    :class:`_Layout`, and ``{site: per-unit log p(site)}`` of the ``fixed`` sites (empty without).
     """
     key_real, key_dream = jax.random.split(key)
-    real_sites, real_plates = _trace(real, key_real, args, kwargs,
-                                     substitute_fn=None if not fixed else lambda msg: fixed.get(msg["name"])
-                                     if msg["type"] == "sample" and not msg["is_observed"] else None)
+    real_sites, real_plates = _trace(
+        real,
+        key_real,
+        args,
+        kwargs,
+        substitute_fn=None
+        if not fixed
+        else lambda msg: fixed.get(msg["name"]) if msg["type"] == "sample" and not msg["is_observed"] else None,
+    )
     values = {n: s["value"] for n, s in real_sites.items()}
     plate_sizes = {n: _plate_sizes(s) for n, s in real_plates.items()}
 
@@ -378,9 +389,7 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, f
         if fixed and name in fixed:
             fixed_log_p[name] = _per_unit(jnp.broadcast_to(log_p, shape), shape, dim)
     layout = _Layout({n: s["is_observed"] for n, s in real_sites.items()}, plate_sizes, frames, shapes)
-    if fixed:
-        return out, layout, fixed_log_p
-    return out, layout
+    return out, layout, fixed_log_p
 
 
 def _check_enumerate(sites, real, key, args, kwargs, layout, plate, first) -> dict[str, jnp.ndarray]:
@@ -392,16 +401,20 @@ def _check_enumerate(sites, real, key, args, kwargs, layout, plate, first) -> di
         return {}
     unknown = sorted(set(sites) - set(layout.observed))
     if unknown:
-        raise ValueError(f"enumerate_sites refers to sites {unknown} that the worlds do not have; sites: "
-                         f"{sorted(layout.observed)}")
+        raise ValueError(
+            f"enumerate_sites refers to sites {unknown} that the worlds do not have; sites: {sorted(layout.observed)}"
+        )
     observed = sorted(n for n in sites if layout.observed[n])
     if observed:
-        raise ValueError(f"enumerate_sites {observed} are data sites of the real world: only latent "
-                         "sites of P (drawn, not observed) can be summed out")
+        raise ValueError(
+            f"enumerate_sites {observed} are data sites of the real world: only latent "
+            "sites of P (drawn, not observed) can be summed out"
+        )
     outside = sorted(n for n, fr in layout.frames.items() if plate is None or plate not in fr)
     if outside:
-        raise ValueError(f"enumerating needs every site in the data plate, one ledger per example; sites "
-                         f"{outside} are outside it")
+        raise ValueError(
+            f"enumerating needs every site in the data plate, one ledger per example; sites {outside} are outside it"
+        )
     real_sites = sample_sites(real, key, *args, **kwargs)
     support = {}
     for name in sites:
@@ -522,7 +535,9 @@ def kl_objective(
     ):
         raise ValueError(f"data_size must be a positive integer (the number of examples N); got {data_size!r}")
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
-        raise TypeError(f"model_kwargs must be a dict of keyword arguments for the models; got {type(model_kwargs).__name__}")
+        raise TypeError(
+            f"model_kwargs must be a dict of keyword arguments for the models; got {type(model_kwargs).__name__}"
+        )
     kwargs = dict(model_kwargs or {})
     for option, value, what in (
         ("names", names, "site names to term names, e.g. names={'z': 'rate'}"),
@@ -541,7 +556,7 @@ def kl_objective(
     # the arguments. With one particle and nothing to rescale this is the whole computation: a
     # vmap over an axis of size 1 would make XLA fuse the step differently and cost ~20%
     # (benchmarks/README.md).
-    first, layout = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure, None)
+    first, layout, _ = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure, None)
     plate = data_plate
     if plate is not None and plate not in layout.plates:
         if layout.plates or not isinstance(data_plate, _DefaultPlate):
@@ -585,30 +600,31 @@ def kl_objective(
     not_data = sorted(s for s in base_measure if s not in observed or not observed[s])
     if not_data:
         raise ValueError(f"base_measure is for data (observed) sites of the real world; {not_data} are not")
-    term_of = {site: names.get(site, site) for site in structure}
+    term_of: dict[str, str] = {site: names[site] if site in names else site for site in structure}
     unknown_w = sorted(set(weights) - set(term_of.values()))
     if unknown_w:
         raise ValueError(f"weights refers to terms {unknown_w}; the terms are {sorted(set(term_of.values()))}")
     dropped = tuple(s for s in structure if observed[s] and s not in base_measure)
 
-    def particle(k):
+    enumerated = _check_enumerate(enumerate_sites, real, keys[0], args, kwargs, layout, plate, first)
+
+    def sampled(k):  # one draw from P
         return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales)[0]
 
-    enumerated = _check_enumerate(enumerate_sites, real, keys[0], args, kwargs, layout, plate, first)
-    if enumerated:
-        def particle(k):  # noqa: F811  (every combination of the enumerated values, weighted by P)
-            grids = jnp.meshgrid(*[values for values in enumerated.values()], indexing="ij")
-            combos = {n: g.reshape(-1) for n, g in zip(enumerated, grids)}  # [V] each
+    def summed(k):  # every combination of the enumerated values, weighted by P
+        grids = jnp.meshgrid(*[values for values in enumerated.values()], indexing="ij")
+        combos = {n: g.reshape(-1) for n, g in zip(enumerated, grids, strict=True)}  # [V] each
 
-            def at(vals):
-                fixed = {n: jnp.broadcast_to(v, layout.shapes[n]) for n, v in vals.items()}
-                out, _, log_p = _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, fixed)
-                return out, sum(log_p.values())  # [U] log p of this combination
+        def at(vals):
+            fixed = {n: jnp.broadcast_to(v, layout.shapes[n]) for n, v in vals.items()}
+            out, _, log_p = _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, fixed)
+            return out, sum(log_p.values())  # [U] log p of this combination
 
-            outs, log_w = jax.vmap(at)(combos)  # [V, U] per site, [V, U]
-            w = jnp.exp(log_w)
-            return {n: (jnp.sum(w * unit, axis=0), None, score) for n, (unit, _, score) in outs.items()}
+        outs, log_w = jax.vmap(at)(combos)  # [V, U] per site, [V, U]
+        w = jnp.exp(log_w)
+        return {n: (jnp.sum(w * unit, axis=0), None, score) for n, (unit, _, score) in outs.items()}
 
+    particle = summed if enumerated else sampled
     if enumerated:
         parts = jax.vmap(particle)(keys)
     elif num_particles == 1:
@@ -617,15 +633,14 @@ def kl_objective(
         parts = jax.vmap(particle)(keys)
 
     has_units = plate is not None and any(parts[s][0] is not None for s in parts)
-    has_global_random = any(
-        parts[s][0] is None and not observed[s] for s in parts
-    )
+    has_global_random = any(parts[s][0] is None and not observed[s] for s in parts)
 
     def units_of(site):  # [K, U] per-unit contribution of a site (global sites shared out)
         unit, glob, _ = parts[site]
         if unit is not None:
             return unit
-        width = next(parts[s][0].shape[1] for s in parts if parts[s][0] is not None) if has_units else 1
+        assert glob is not None  # a site without per-unit terms has a global one
+        width = next(u.shape[1] for u, _, _ in parts.values() if u is not None) if has_units else 1
         return jnp.broadcast_to(glob[:, None] / n, (num_particles, width))
 
     nan = jnp.asarray(jnp.nan)

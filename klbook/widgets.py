@@ -53,6 +53,15 @@ def _coin_prob(value, name: str) -> float:
     return float(a)
 
 
+def _pick(old: float | None, given, name: str) -> float:
+    """The value ``given`` for a setting (checked), else the setting's ``old`` value."""
+    if given is not None:
+        return _coin_prob(given, name)
+    if old is None:
+        raise TypeError(f"{name} must be one number in [0, 1]; got None")
+    return old
+
+
 class BeliefOMeter:
     """The state of the Belief-O-Meter: a key, how many flips, the coin and the two hypotheses.
 
@@ -82,8 +91,7 @@ class BeliefOMeter:
         names = ("true_heads", "h1_heads", "h2_heads", "prior_prob")
         old = getattr(self, "_config", (None,) * 4)
         given = (true_heads, h1_heads, h2_heads, prior_prob)
-        new = tuple(o if v is None else _coin_prob(v, n) for o, v, n in zip(old, given, names))
-        true, h1, h2, prior = new
+        true, h1, h2, prior = new = tuple(_pick(o, v, n) for o, v, n in zip(old, given, names, strict=True))
         if not 0.0 < prior < 1.0:
             raise ValueError(f"prior_prob must lie strictly between 0 and 1; got {prior}")
         for outcome, p_true, p1, p2 in (("heads", true, h1, h2), ("tails", 1 - true, 1 - h1, 1 - h2)):
@@ -156,9 +164,11 @@ class BeliefOMeter:
             traj = self.trajectory
         except ValueError:
             return f"{self._num_flips} flips: they rule out both hypotheses, so neither is the true coin"
+        assert traj is not None  # there are flips
         heads = int(jnp.sum(self.flips))
         ell = float(to_bits(traj.log_odds[-1]))
-        return f"{self._num_flips} flips ({heads} heads): log-odds {ell:+.3g} bits, P(H1) = {float(traj.probability[-1]):.3g}"
+        p_h1 = float(traj.probability[-1])
+        return f"{self._num_flips} flips ({heads} heads): log-odds {ell:+.3g} bits, P(H1) = {p_h1:.3g}"
 
     def __repr__(self) -> str:
         return (
@@ -216,8 +226,12 @@ def _draw_gauge(ax, ell: float, refuted: bool) -> None:
     else:
         prob = 1.0 / (1.0 + math.exp(-ell)) if math.isfinite(ell) else float(ell > 0)
         a = _gauge_angle(ell / math.log(2.0))
-        ax.annotate("", xy=(0.93 * np.cos(a), 0.93 * np.sin(a)), xytext=(0, 0),
-                    arrowprops=dict(arrowstyle="-|>", lw=2, color="0.15"))
+        ax.annotate(
+            "",
+            xy=(0.93 * np.cos(a), 0.93 * np.sin(a)),
+            xytext=(0, 0),
+            arrowprops=dict(arrowstyle="-|>", lw=2, color="0.15"),
+        )
         label = f"P(H1) = {prob:.3g}"
     ax.plot([0], [0], "o", color="0.15", ms=6)
     ax.text(0, -0.2, label, ha="center", va="top")
@@ -240,16 +254,37 @@ def _draw_trace(ax, meter: BeliefOMeter, ell: np.ndarray, refuted: bool) -> None
     if not finite.all():  # a decisive flip: the log-odds leave the chart for good
         k = int(np.argmax(~finite))
         sign = 1.0 if bits[k] > 0 else -1.0
-        ax.annotate("", xy=(k, sign * top), xytext=(k - 1, bits[k - 1]),
-                    arrowprops=dict(arrowstyle="-|>", lw=1.5, color=COLORS[1]))
-        ax.text(k, sign * top, f"{'+' if sign > 0 else '-'}∞ at flip {k}", color=COLORS[1],
-                ha="left", va="top" if sign > 0 else "bottom")
+        ax.annotate(
+            "",
+            xy=(k, sign * top),
+            xytext=(k - 1, bits[k - 1]),
+            arrowprops=dict(arrowstyle="-|>", lw=1.5, color=COLORS[1]),
+        )
+        ax.text(
+            k,
+            sign * top,
+            f"{'+' if sign > 0 else '-'}∞ at flip {k}",
+            color=COLORS[1],
+            ha="left",
+            va="top" if sign > 0 else "bottom",
+        )
     if refuted:
-        ax.text(0.5, 0.7, f"flip {meter.num_flips} or earlier rules out both hypotheses",
-                transform=ax.transAxes, ha="center", va="bottom", color=COLORS[1])
-    ax.set(xlim=(-0.5, max(meter.num_flips, 1) + 0.5), ylim=(-top, top), xlabel="flips",
-           ylabel="log-odds of H1 (bits)",
-           title=f"H1: heads {meter.h1_heads:.3g}, H2: heads {meter.h2_heads:.3g}; coin: heads {meter.true_heads:.3g}")
+        ax.text(
+            0.5,
+            0.7,
+            f"flip {meter.num_flips} or earlier rules out both hypotheses",
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            color=COLORS[1],
+        )
+    ax.set(
+        xlim=(-0.5, max(meter.num_flips, 1) + 0.5),
+        ylim=(-top, top),
+        xlabel="flips",
+        ylabel="log-odds of H1 (bits)",
+        title=f"H1: heads {meter.h1_heads:.3g}, H2: heads {meter.h2_heads:.3g}; coin: heads {meter.true_heads:.3g}",
+    )
     ax.legend(loc="upper left", fontsize=8)
 
 
@@ -266,10 +301,15 @@ class BeliefOMeterWidget(w.VBox):
             raise TypeError(f"meter must be a BeliefOMeter; got {type(meter).__name__}")
         self.meter = meter
         self.sliders = {
-            name: w.FloatSlider(value=getattr(meter, name), min=lo, max=hi, step=0.05,
-                                description=label, continuous_update=False)
-            for name, label, lo, hi in (("true_heads", "coin heads", 0.0, 1.0), ("h1_heads", "H1 heads", 0.0, 1.0),
-                                        ("h2_heads", "H2 heads", 0.0, 1.0), ("prior_prob", "prior P(H1)", 0.05, 0.95))
+            name: w.FloatSlider(
+                value=getattr(meter, name), min=lo, max=hi, step=0.05, description=label, continuous_update=False
+            )
+            for name, label, lo, hi in (
+                ("true_heads", "coin heads", 0.0, 1.0),
+                ("h1_heads", "H1 heads", 0.0, 1.0),
+                ("h2_heads", "H2 heads", 0.0, 1.0),
+                ("prior_prob", "prior P(H1)", 0.05, 0.95),
+            )
         }
         self.buttons = {n: w.Button(description=label) for n, label in ((1, "flip"), (10, "flip 10"), (0, "reset"))}
         self.image = w.Image(format="png")
@@ -279,8 +319,9 @@ class BeliefOMeterWidget(w.VBox):
         for n, button in self.buttons.items():
             button.on_click(lambda _, n=n: self.flip(n))
         sliders = list(self.sliders.values())
-        super().__init__([w.HBox(sliders[:2]), w.HBox(sliders[2:]), w.HBox(list(self.buttons.values())),
-                          self.label, self.image])
+        super().__init__(
+            [w.HBox(sliders[:2]), w.HBox(sliders[2:]), w.HBox(list(self.buttons.values())), self.label, self.image]
+        )
         self.refresh()
 
     def configure(self, **config) -> None:

@@ -26,7 +26,8 @@ either slice of the argument gets an arrow from both.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -151,8 +152,12 @@ def structure(model: Callable, *args: Any, **kwargs: Any) -> WorldGraph:
         names = [s["name"] for s in info]
         try:
             deps, seen = _provenance(model, args, kwargs, names, values, tag_args=True)
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError):
+        except (
+            jax.errors.ConcretizationTypeError,
+            jax.errors.TracerArrayConversionError,
+            jax.errors.TracerBoolConversionError,
+            jax.errors.TracerIntegerConversionError,
+        ):
             # The model computes with its arguments' concrete values (numpy, Python control
             # flow): follow dependencies through the values numpyro.sample returns only.
             deps, seen = _provenance(model, args, kwargs, names, values, tag_args=False)
@@ -181,15 +186,17 @@ def _layout(graph: WorldGraph) -> dict[str, tuple[float, float]]:
     depth: dict[str, int] = {}
     while len(depth) < len(order):  # Kahn's order; a cycle is broken at the earliest site
         ready = [n for n in graph.nodes if n not in depth and all(p in depth for p in parents[n])]
-        n = ready[0] if ready else min((m for m in graph.nodes if m not in depth), key=order.get)
+        n = ready[0] if ready else min((m for m in graph.nodes if m not in depth), key=lambda m: order[m])
         depth[n] = 1 + max((depth[p] for p in parents[n] if p in depth), default=-1)
     member = {n: tuple(p.name for p in graph.plates if n in p.sites) for n in graph.nodes}
     bands = sorted(set(member.values()))
-    width = {b: max(sum(1 for n in graph.nodes if member[n] == b and depth[n] == d)
-                    for d in set(depth.values())) for b in bands}
-    start = dict(zip(bands, np.cumsum([0] + [width[b] for b in bands])[:-1]))
+    width = {
+        b: max(sum(1 for n in graph.nodes if member[n] == b and depth[n] == d) for d in set(depth.values()))
+        for b in bands
+    }
+    start = dict(zip(bands, np.cumsum([0] + [width[b] for b in bands])[:-1], strict=True))
     pos, used = {}, {}
-    for n in sorted(graph.nodes, key=order.get):
+    for n in sorted(graph.nodes, key=lambda m: order[m]):
         col = used.get((member[n], depth[n]), 0)
         used[(member[n], depth[n])] = col + 1
         pos[n] = (float(start[member[n]] + col), -float(depth[n]))
@@ -206,24 +213,48 @@ def _panel(ax, graph: WorldGraph, pos: dict, color: str, title: str) -> None:
         xs = [pos[n][0] for n in plate.sites]
         ys = [pos[n][1] for n in plate.sites]
         grow = pad + 0.22 * _inner(graph, plate)
-        ax.add_patch(FancyBboxPatch((min(xs) - grow, min(ys) - grow - 0.15), max(xs) - min(xs) + 2 * grow,
-                                    max(ys) - min(ys) + 2 * grow + 0.15, boxstyle="round,pad=0,rounding_size=0.08",
-                                    fill=False, edgecolor="0.45", linewidth=1.0))
-        ax.text(max(xs) + grow - 0.06, min(ys) - grow - 0.09, f"{plate.name} ({plate.size})",
-                ha="right", va="bottom", fontsize=8, color="0.35")
+        ax.add_patch(
+            FancyBboxPatch(
+                (min(xs) - grow, min(ys) - grow - 0.15),
+                max(xs) - min(xs) + 2 * grow,
+                max(ys) - min(ys) + 2 * grow + 0.15,
+                boxstyle="round,pad=0,rounding_size=0.08",
+                fill=False,
+                edgecolor="0.45",
+                linewidth=1.0,
+            )
+        )
+        ax.text(
+            max(xs) + grow - 0.06,
+            min(ys) - grow - 0.09,
+            f"{plate.name} ({plate.size})",
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            color="0.35",
+        )
     for parent, child in graph.edges:
         a, b = np.array(pos[parent]), np.array(pos[child])
         d = (b - a) / np.linalg.norm(b - a)
-        blocked = any(m not in (parent, child) and _near_segment(np.array(pos[m]), a, b, 1.2 * r)
-                      for m in graph.nodes)
-        ax.add_patch(FancyArrowPatch(tuple(a + r * d), tuple(b - r * d), arrowstyle="-|>", mutation_scale=12,
-                                     color=color, linewidth=1.4,
-                                     connectionstyle=f"arc3,rad={0.35 if blocked else 0.0}"))
+        blocked = any(m not in (parent, child) and _near_segment(np.array(pos[m]), a, b, 1.2 * r) for m in graph.nodes)
+        ax.add_patch(
+            FancyArrowPatch(
+                tuple(a + r * d),
+                tuple(b - r * d),
+                arrowstyle="-|>",
+                mutation_scale=12,
+                color=color,
+                linewidth=1.4,
+                connectionstyle=f"arc3,rad={0.35 if blocked else 0.0}",
+            )
+        )
     for n in graph.nodes:
-        ax.add_patch(Circle(pos[n], r, facecolor=shade if n in graph.observed else "white",
-                            edgecolor=color, linewidth=1.6, zorder=3))
-        ax.text(*pos[n], n, ha="center", va="center", zorder=4,
-                fontsize=max(6, 11 - max(0, len(n) - 2)))
+        ax.add_patch(
+            Circle(
+                pos[n], r, facecolor=shade if n in graph.observed else "white", edgecolor=color, linewidth=1.6, zorder=3
+            )
+        )
+        ax.text(*pos[n], n, ha="center", va="center", zorder=4, fontsize=max(6, 11 - max(0, len(n) - 2)))
     ax.set_title(title, color=color)
 
 
@@ -237,8 +268,14 @@ def _near_segment(p, a, b, tol) -> bool:
     return 0.0 < t < 1.0 and np.linalg.norm(a + t * (b - a) - p) < tol
 
 
-def draw(real: Callable, dream: Callable, *args: Any, ax: Sequence | None = None,
-         titles: tuple[str, str] = ("real world P", "dream world Q"), **kwargs: Any):
+def draw(
+    real: Callable,
+    dream: Callable,
+    *args: Any,
+    ax: Sequence | None = None,
+    titles: tuple[str, str] = ("real world P", "dream world Q"),
+    **kwargs: Any,
+):
     """Draw the real world P and the dream world Q side by side as graphical models.
 
     Each variable sits in the same place in both panels (rows by depth in the dream world,
@@ -271,22 +308,24 @@ def draw(real: Callable, dream: Callable, *args: Any, ax: Sequence | None = None
     only_p = [n for n in graphs[0].nodes if n not in graphs[1].nodes]
     only_q = [n for n in graphs[1].nodes if n not in graphs[0].nodes]
     if only_p or only_q:
-        raise ValueError("the two worlds must be over the same random variables: sites only in the real world "
-                         f"P: {only_p}; sites only in the dream world Q: {only_q}")
+        raise ValueError(
+            "the two worlds must be over the same random variables: sites only in the real world "
+            f"P: {only_p}; sites only in the dream world Q: {only_q}"
+        )
     if not graphs[0].nodes:
         raise ValueError("the worlds have no random variables (numpyro.sample sites) to draw")
     pos = _layout(graphs[1])
-    xs, ys = zip(*pos.values())
+    xs, ys = zip(*pos.values(), strict=True)
     margin = 0.22 * max((_inner(g, p) for g in graphs for p in g.plates), default=0)
     if ax is None:
         w, h = max(xs) - min(xs) + 1.5 + 2 * margin, max(ys) - min(ys) + 1.7 + 2 * margin
         fig, axes = figure(ncols=2, width=min(9.0, 2 * w + 0.6), height=min(6.0, h + 0.3))
     else:
-        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
-        if len(axes) != 2:
-            raise ValueError(f"ax must be two matplotlib axes (P, Q); got {len(axes)}")
-        fig = axes[0].figure
-    for a, graph, color, title in zip(axes, graphs, (REAL, DREAM), titles):
+        given: list[Any] = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+        if len(given) != 2:
+            raise ValueError(f"ax must be two matplotlib axes (P, Q); got {len(given)}")
+        fig, axes = given[0].figure, given
+    for a, graph, color, title in zip(axes, graphs, (REAL, DREAM), titles, strict=True):
         _panel(a, graph, pos, color, title)
         a.set_xlim(min(xs) - 0.75 - margin, max(xs) + 0.75 + margin)
         a.set_ylim(min(ys) - 0.85 - margin, max(ys) + 0.6 + margin)

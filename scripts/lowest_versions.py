@@ -88,8 +88,9 @@ def run_notebook(path: Path) -> tuple[float, str | None]:
 
     for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
         nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
         start = time.perf_counter()
         try:
             client.execute()
@@ -113,8 +114,11 @@ def notebooks(paths: list[str], jobs: int = 1) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["JUPYTER_DATA_DIR"] = str(data_dir)
     os.environ.pop("JUPYTER_PATH", None)
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name",
-                    "python3"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
+        check=True,
+        capture_output=True,
+    )
 
     failed = []
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:

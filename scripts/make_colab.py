@@ -50,8 +50,11 @@ GLUE_MIME = "application/papermill.record/text/plain"
 # MyST syntax that must never reach the Colab edition (also used by tests/test_colab.py).
 ROLE_RE = re.compile(r"\{([A-Za-z][\w:.+-]*)\}`([^`]*)`")
 # A role, or an inline code span (copied as it is: a role written inside one is an example).
-INLINE_RE = re.compile(r"\{(?P<role>[A-Za-z][\w:.+-]*)\}`(?P<content>[^`]*)`"
-                       r"|(?P<code>(?P<tick>`+)[^`].*?(?<!`)(?P=tick)(?!`))", re.S)
+INLINE_RE = re.compile(
+    r"\{(?P<role>[A-Za-z][\w:.+-]*)\}`(?P<content>[^`]*)`"
+    r"|(?P<code>(?P<tick>`+)[^`].*?(?<!`)(?P=tick)(?!`))",
+    re.S,
+)
 PLAIN_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})(?![ \t]*\{)")
 FENCE_RE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|:{3,})[ \t]*\{(?P<name>[^}]*)\}[ \t]*(?P<arg>.*)$")
 TARGET_RE = re.compile(r"^[ \t]*\(([^()\s]+)\)=[ \t]*$", re.M)
@@ -64,8 +67,19 @@ MYST_LEFTOVERS = {
     "labelled equation": re.compile(r"\$\$[ \t]*\([^()\s]+\)"),
 }
 
-ADMONITIONS = {"admonition", "note", "tip", "hint", "important", "warning", "caution",
-               "attention", "danger", "error", "seealso"}
+ADMONITIONS = {
+    "admonition",
+    "note",
+    "tip",
+    "hint",
+    "important",
+    "warning",
+    "caution",
+    "attention",
+    "danger",
+    "error",
+    "seealso",
+}
 HIDDEN_INPUT_TAGS = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
 HIDDEN_OUTPUT_TAGS = {"hide-output", "remove-output", "hide-cell", "remove-cell"}
 NUMFIG_FORMAT = {"figure": "Fig. %s", "section": "Section %s", "displaymath": "(%s)"}
@@ -179,9 +193,14 @@ def load_book(root: Path = ROOT) -> Book:
         owner, name = urllib.parse.urlsplit(repo_url).path.strip("/").split("/")[:2]
         base_url = f"https://{owner}.github.io/{name}"
     order = _toc_walk(toc)
-    book = Book(root=root, base_url=base_url, repo_url=repo_url, branch=repo.get("branch", "main"),
-                docs=[d for d, _ in order],
-                notebooks=[d for d, _ in order if _source_path(root, d).suffix == ".ipynb"])
+    book = Book(
+        root=root,
+        base_url=base_url,
+        repo_url=repo_url,
+        branch=repo.get("branch", "main"),
+        docs=[d for d, _ in order],
+        notebooks=[d for d, _ in order if _source_path(root, d).suffix == ".ipynb"],
+    )
     for bib in config.get("bibtex_bibfiles", []):
         book.citations.update(_parse_bibliography(root / bib))
 
@@ -201,7 +220,7 @@ def load_book(root: Path = ROOT) -> Book:
             for i, line in enumerate(lines):
                 target = TARGET_RE.match(line)
                 if target:  # a label on the heading (or figure) below it
-                    below = next((l for l in lines[i + 1:] if l.strip()), "")
+                    below = next((s for s in lines[i + 1 :] if s.strip()), "")
                     heading = re.match(r"^(#+)[ \t]+(.*)$", below)
                     title = heading.group(2).strip() if heading else target.group(1)
                     number = None
@@ -211,10 +230,10 @@ def load_book(root: Path = ROOT) -> Book:
                 if re.match(r"^##[ \t]", line):
                     sections += 1
             for match in LABELLED_MATH_RE.finditer(markdown):
-                book.targets[match.group("label")] = Target(
-                    docname, "displaymath", next_number("displaymath", secnum))
-            for match in re.finditer(r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{(figure|math)\}.*?\n((?:[ \t]*:.*\n)*)",
-                                     markdown, re.M):
+                book.targets[match.group("label")] = Target(docname, "displaymath", next_number("displaymath", secnum))
+            for match in re.finditer(
+                r"^[ \t]*(?:`{3,}|:{3,})[ \t]*\{(figure|math)\}.*?\n((?:[ \t]*:.*\n)*)", markdown, re.M
+            ):
                 name = re.search(r":(?:name|label):[ \t]*(\S+)", match.group(2))
                 if name:
                     kind = "figure" if match.group(1) == "figure" else "displaymath"
@@ -234,8 +253,7 @@ class Converter:
 
     def fail(self, what: str) -> None:
         """Unknown MyST: the learner would read it raw."""
-        raise ColabError(f"{self.where}: {what} has no Colab form; "
-                         "convert it in scripts/make_colab.py or avoid it")
+        raise ColabError(f"{self.where}: {what} has no Colab form; convert it in scripts/make_colab.py or avoid it")
 
     def broken(self, what: str) -> None:
         """Known MyST whose target is missing (the book build would fail on it too)."""
@@ -273,8 +291,10 @@ class Converter:
         if role in ("glue", "glue:text", "glue:md", "glue:any"):
             name, _, spec = content.partition(":") if role == "glue:text" else (content, "", "")
             if name not in self.glued:
-                self.broken(f"{{{role}}}`{content}`: no stored output glues {name!r} "
-                            "(run make refresh on this notebook, then make colab)")
+                self.broken(
+                    f"{{{role}}}`{content}`: no stored output glues {name!r} "
+                    "(run make refresh on this notebook, then make colab)"
+                )
             value = self.glued[name]
             if spec:
                 try:
@@ -324,6 +344,7 @@ class Converter:
             if match.group("code"):
                 return match.group("code")
             return self.role(match)
+
         return INLINE_RE.sub(one, text)
 
     # blocks --------------------------------------------------------------------------------
@@ -333,18 +354,18 @@ class Converter:
             label = match.group("label")
             target = self._target(label, "eq")
             body = match.group("body").rstrip()
-            return f"$${body} \\tag{{{target.number}}}\n$$" if "\n" in body else \
-                f"$${body} \\tag{{{target.number}}}$$"
+            return f"$${body} \\tag{{{target.number}}}\n$$" if "\n" in body else f"$${body} \\tag{{{target.number}}}$$"
+
         return LABELLED_MATH_RE.sub(tag, text)
 
     def _options(self, body: list[str]) -> tuple[dict[str, str], list[str]]:
         options: dict[str, str] = {}
         if body and body[0].strip() == "---":
-            end = next((i for i, l in enumerate(body[1:], 1) if l.strip() == "---"), None)
+            end = next((i for i, s in enumerate(body[1:], 1) if s.strip() == "---"), None)
             if end is None:
                 self.fail("a directive's unterminated '---' option block")
             options = {k: str(v) for k, v in (yaml.safe_load("\n".join(body[1:end])) or {}).items()}
-            return options, body[end + 1:]
+            return options, body[end + 1 :]
         while body and re.match(r"^\s*:[\w-]+:", body[0]):
             key, _, value = body.pop(0).strip()[1:].partition(":")
             options[key] = value.strip()
@@ -353,8 +374,22 @@ class Converter:
     def directive(self, name: str, arg: str, body: list[str]) -> str:
         name = name.strip()
         options, body = self._options(list(body))
-        known = {"class", "name", "label", "open", "alt", "width", "height", "align", "scale",
-                 "figwidth", "caption", "linenos", "emphasize-lines", "tags"}
+        known = {
+            "class",
+            "name",
+            "label",
+            "open",
+            "alt",
+            "width",
+            "height",
+            "align",
+            "scale",
+            "figwidth",
+            "caption",
+            "linenos",
+            "emphasize-lines",
+            "tags",
+        }
         unknown = set(options) - known
         if unknown:
             self.fail(f"the option(s) {sorted(unknown)} of the directive {{{name}}}")
@@ -364,7 +399,7 @@ class Converter:
             title = self.inline(title)
             if "dropdown" in options.get("class", "").split():
                 return f"<details>\n<summary>{title}</summary>\n\n{inner}\n\n</details>"
-            quoted = "\n".join(f"> {l}" if l.strip() else ">" for l in inner.splitlines())
+            quoted = "\n".join(f"> {s}" if s.strip() else ">" for s in inner.splitlines())
             return f"> **{title}**\n>\n{quoted}"
         if name in ("figure", "image"):
             if arg.startswith(("http://", "https://")):
@@ -406,7 +441,7 @@ class Converter:
                 end = next((j for j in range(i + 1, len(lines)) if closing.match(lines[j])), None)
                 if end is None:
                     self.fail(f"the unclosed fence {line.strip()!r}")
-                out.append(self.directive(fence.group("name"), fence.group("arg"), lines[i + 1:end]))
+                out.append(self.directive(fence.group("name"), fence.group("arg"), lines[i + 1 : end]))
                 i = end + 1
                 continue
             if plain_fence:  # an ordinary code block: copied verbatim
@@ -414,7 +449,7 @@ class Converter:
                 marker = plain_fence.group(1)
                 closing = re.compile(rf"^[ \t]*{re.escape(marker[0])}{{{len(marker)},}}[ \t]*$")
                 end = next((j for j in range(i + 1, len(lines)) if closing.match(lines[j])), len(lines) - 1)
-                out.append("\n".join(lines[i:end + 1]))
+                out.append("\n".join(lines[i : end + 1]))
                 i = end + 1
                 continue
             if TARGET_RE.match(line):
@@ -512,8 +547,7 @@ def _header(book: Book, docname: str, nb: dict) -> str:
 def convert(book: Book, docname: str, nb: dict) -> dict:
     """The Colab edition of the notebook ``nb`` (the notebook ``docname`` of ``book``)."""
     converter = Converter(book, docname, glued_values(nb))
-    cells = [{"cell_type": "markdown", "id": "colab-edition", "metadata": {},
-              "source": _header(book, docname, nb)}]
+    cells = [{"cell_type": "markdown", "id": "colab-edition", "metadata": {}, "source": _header(book, docname, nb)}]
     for cell in nb["cells"]:
         cell = copy.deepcopy(cell)
         metadata = cell.setdefault("metadata", {})
@@ -535,8 +569,7 @@ def convert(book: Book, docname: str, nb: dict) -> dict:
         else:
             cell["source"] = _text(cell["source"])
         cells.append(cell)
-    metadata = {k: v for k, v in nb.get("metadata", {}).items()
-                if k in ("kernelspec", "language_info", "klbook")}
+    metadata = {k: v for k, v in nb.get("metadata", {}).items() if k in ("kernelspec", "language_info", "klbook")}
     metadata["accelerator"] = "GPU"
     metadata["colab"] = {"provenance": [], "gpuType": "T4", "toc_visible": True}
     return {"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
@@ -580,8 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             files[path] = text
         except ColabError as error:
             failures.append(str(error))
-    stale = [p for p, text in files.items()
-             if not p.exists() or p.read_text(encoding="utf-8") != text]
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:
             print(f"stale: {path.relative_to(ROOT)} (run make colab)", file=sys.stderr)

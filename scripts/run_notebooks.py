@@ -58,18 +58,24 @@ def run_one(path: Path, timeout: int) -> dict:
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
     start = time.perf_counter()
     result = {"passed": True}
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError) as err:
-        failing = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and any(
-            o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        failing = next(
+            (
+                i
+                for i, c in enumerate(nb.cells)
+                if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+            ),
+            None,
+        )
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        result = {"passed": False, "failing_cell": failing,
-                  "error": (lines[-1] if lines else type(err).__name__)[:500]}
+        result = {"passed": False, "failing_cell": failing, "error": (lines[-1] if lines else type(err).__name__)[:500]}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 

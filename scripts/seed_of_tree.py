@@ -22,8 +22,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a notebook's execution can depend on.
-TESTED = ("book/*.ipynb", "klbook/**/*.py", "tests/**/*.py", "tests/*.cfg", "scripts/*.py",
-          "conftest.py", "Makefile", "pyproject.toml")
+TESTED = (
+    "book/*.ipynb",
+    "klbook/**/*.py",
+    "tests/**/*.py",
+    "tests/*.cfg",
+    "scripts/*.py",
+    "conftest.py",
+    "Makefile",
+    "pyproject.toml",
+)
 FIRST_FRESH = 15  # seeds 0-14 published the outputs and measured the tolerances
 SPAN = 1_000_000
 
@@ -34,8 +42,11 @@ def tested_files(root: Path = ROOT) -> list[Path]:
     try:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
         names = [n for n in listed.decode().split("\0") if n]
-        files = {root / n for n in names
-                 if any(fnmatch.fnmatch(n, pat) or fnmatch.fnmatch(n, pat.replace("**/", "")) for pat in TESTED)}
+        files = {
+            root / n
+            for n in names
+            if any(fnmatch.fnmatch(n, pat) or fnmatch.fnmatch(n, pat.replace("**/", "")) for pat in TESTED)
+        }
     except (OSError, subprocess.CalledProcessError):
         files = {p for pattern in TESTED for p in root.glob(pattern)}
     return sorted((p for p in files if p.is_file()), key=lambda p: p.relative_to(root).as_posix())

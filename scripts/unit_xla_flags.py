@@ -29,8 +29,7 @@ PROBE = "import jax.numpy as jnp; jnp.zeros(2).block_until_ready()"
 def accepted(flag: str) -> bool:
     """Whether this interpreter's XLA starts with ``flag`` (an unknown flag aborts the process)."""
     env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                          timeout=300).returncode == 0
+    return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, timeout=300).returncode == 0
 
 
 def flags() -> str:

@@ -84,14 +84,16 @@ def within(stored: str, rerun: str, spec: dict[str, float]) -> tuple[bool, list[
         return False, ["the text around the measured numbers differs (not only the numbers)"]
     problems = []
     a, r = spec.get("abs", 0.0), spec.get("rel", 0.0)
-    for s_tok, v_tok in zip(n1, n2):
+    for s_tok, v_tok in zip(n1, n2, strict=True):
         s, v = _value(s_tok), _value(v_tok)
         if s == v or (math.isnan(s) and math.isnan(v)):
             continue
         if math.isfinite(s) and math.isfinite(v) and abs(v - s) <= a + r * abs(s):
             continue
-        problems.append(f"measured {v_tok} against stored {s_tok}: outside the declared tolerance "
-                        f"abs={a:g} rel={r:g} (allowed |difference| <= {a + r * abs(s):.3g})")
+        problems.append(
+            f"measured {v_tok} against stored {s_tok}: outside the declared tolerance "
+            f"abs={a:g} rel={r:g} (allowed |difference| <= {a + r * abs(s):.3g})"
+        )
     return not problems, problems
 
 
@@ -163,7 +165,7 @@ def reconcile(item, test: list, ref: list, notes: list[str]) -> tuple[list, list
         t_plain = [o for o in test if not _is_glue(o)]
         r_plain = [o for o in ref if not _is_glue(o)]
         if len(t_plain) == len(r_plain):
-            for t_out, r_out in zip(t_plain, r_plain):
+            for t_out, r_out in zip(t_plain, r_plain, strict=True):
                 for where in _texts(t_out):
                     if where not in _texts(r_out) or t_out.get("output_type") != r_out.get("output_type"):
                         continue
@@ -174,10 +176,12 @@ def reconcile(item, test: list, ref: list, notes: list[str]) -> tuple[list, list
                         notes.extend(why)
 
     if seeded:
+
         def keep(o):
             if _is_glue(o):
                 return _glue_spec(o, spec) is not None
             return spec is not None and o.get("output_type") in ("stream", "execute_result")
+
         ref_names = {_glue_name(o) for o in ref if _is_glue(o) and keep(o)}
         test = [o for o in test if keep(o) and (not _is_glue(o) or _glue_name(o) in ref_names)]
         ref = [o for o in ref if keep(o)]
@@ -251,8 +255,12 @@ def retry_kernel_start(start, attempts: int = KERNEL_START_ATTEMPTS):
             except RuntimeError as err:
                 if attempt == attempts:
                     raise
-                warnings.warn(f"klbook contract: a kernel failed to start ({err}); starting another "
-                              f"(attempt {attempt + 1} of {attempts})", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"klbook contract: a kernel failed to start ({err}); starting another "
+                    f"(attempt {attempt + 1} of {attempts})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
 
     start_new_kernel.__wrapped__ = start
     return start_new_kernel

@@ -39,29 +39,38 @@ def _notebook(flaw: str | None) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell("# A chapter\n\nTwo and two make {glue}`four`."),
-        nbformat.v4.new_code_cell(install_cell_source(config["repository"]["url"]),
-                                  execution_count=1),
-        nbformat.v4.new_code_cell("print(2 + 2)", execution_count=2, outputs=[
-            nbformat.v4.new_output("stream", name="stdout", text="4\n")]),
-        nbformat.v4.new_code_cell("from klbook.book import glue\nglue('four', 4)",
-                                  execution_count=3, outputs=[nbformat.v4.new_output(
-                                      "display_data",
-                                      data={"application/papermill.record/text/plain": "4"},
-                                      metadata={"scrapbook": {
-                                          "name": "four",
-                                          "mime_prefix": "application/papermill.record/"}})]),
+        nbformat.v4.new_code_cell(install_cell_source(config["repository"]["url"]), execution_count=1),
+        nbformat.v4.new_code_cell(
+            "print(2 + 2)", execution_count=2, outputs=[nbformat.v4.new_output("stream", name="stdout", text="4\n")]
+        ),
+        nbformat.v4.new_code_cell(
+            "from klbook.book import glue\nglue('four', 4)",
+            execution_count=3,
+            outputs=[
+                nbformat.v4.new_output(
+                    "display_data",
+                    data={"application/papermill.record/text/plain": "4"},
+                    metadata={"scrapbook": {"name": "four", "mime_prefix": "application/papermill.record/"}},
+                )
+            ],
+        ),
     ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if flaw == "error output":
-        nb.cells[2].outputs = [nbformat.v4.new_output(
-            "error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])]
+        nb.cells[2].outputs = [
+            nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])
+        ]
     if flaw == "never executed":
         nb.cells[2].execution_count = None
         nb.cells[2].outputs = []
-    nb.metadata[METADATA_KEY] = {"source_sha256": code_digest(nb), "seconds": 0.1,
-                                 "scale": "quick", "device": "cpu: cpu",
-                                 "machine": "test", "executed": "2026-01-01"}
+    nb.metadata[METADATA_KEY] = {
+        "source_sha256": code_digest(nb),
+        "seconds": 0.1,
+        "scale": "quick",
+        "device": "cpu: cpu",
+        "machine": "test",
+        "executed": "2026-01-01",
+    }
     if flaw == "code changed after stamping":
         nb.cells[2].source = "print(2 + 3)"
     return nb
@@ -77,16 +86,20 @@ def _make_book(directory: Path, flaw: str | None) -> Path:
     config["sphinx"]["config"]["html_static_path"] = [str(assets)]
     config["logo"] = config["html"]["favicon"] = ""
     (directory / "book").mkdir(parents=True)
-    shutil.copytree(ROOT / "book" / "_ext", directory / "book" / "_ext",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "book" / "_ext", directory / "book" / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "book" / "references.bib", directory / "book" / "references.bib")
     (directory / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (directory / "_toc.yml").write_text(yaml.safe_dump(
-        {"format": "jb-book", "root": "book/intro",
-         "parts": [{"caption": "Chapters", "numbered": True,
-                    "chapters": [{"file": "book/chapter"}]}]}, sort_keys=False))
-    intro = INTRO + ("\nSee {ref}`a-label-nobody-defined`.\n" if flaw == "broken cross-reference"
-                     else "")
+    (directory / "_toc.yml").write_text(
+        yaml.safe_dump(
+            {
+                "format": "jb-book",
+                "root": "book/intro",
+                "parts": [{"caption": "Chapters", "numbered": True, "chapters": [{"file": "book/chapter"}]}],
+            },
+            sort_keys=False,
+        )
+    )
+    intro = INTRO + ("\nSee {ref}`a-label-nobody-defined`.\n" if flaw == "broken cross-reference" else "")
     (directory / "book" / "intro.md").write_text(intro)
     nbformat.write(_notebook(flaw), directory / "book" / "chapter.ipynb")
     return directory
@@ -95,9 +108,11 @@ def _make_book(directory: Path, flaw: str | None) -> Path:
 def _build(directory: Path) -> subprocess.CompletedProcess:
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     return subprocess.run(
-        [str(jupyter_book), "build", str(directory), "--warningiserror", "--nitpick",
-         "--keep-going"],
-        capture_output=True, text=True, timeout=600, cwd=directory,
+        [str(jupyter_book), "build", str(directory), "--warningiserror", "--nitpick", "--keep-going"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=directory,
     )
 
 

@@ -35,7 +35,8 @@ def test_every_chapter_and_appendix_has_a_colab_edition_and_nothing_else():
     assert wanted, "no notebook in _toc.yml"
     assert present == wanted, (
         f"colab/ lacks {sorted(wanted - present)} and has extra {sorted(present - wanted)}: "
-        "run make colab (and delete editions of chapters no longer in _toc.yml)")
+        "run make colab (and delete editions of chapters no longer in _toc.yml)"
+    )
 
 
 @pytest.mark.parametrize("docname", BOOK.notebooks)
@@ -44,7 +45,8 @@ def test_colab_edition_is_current(docname):
     assert path.exists(), f"no {path.relative_to(ROOT)}: run make colab"
     assert path.read_text(encoding="utf-8") == text, (
         f"{path.relative_to(ROOT)} is stale (its notebook, the bibliography or _config.yml changed "
-        "since it was generated): run make colab")
+        "since it was generated): run make colab"
+    )
 
 
 # An independent scan: MyST syntax in Markdown, outside fenced code blocks.
@@ -81,8 +83,10 @@ def _myst_in(markdown: str) -> list[str]:
 
 
 def test_the_scan_finds_what_it_looks_for():
-    flawed = ("A {glue}`x` and {cite:t}`k`.\n\n```{note}\nhi\n```\n\n:::{tip}\nhi\n:::\n\n"
-              "(sec-x)=\n## X\n\n$$\na\n$$ (eq-a)\n\n```python\n{glue}`inside code` is fine\n```\n")
+    flawed = (
+        "A {glue}`x` and {cite:t}`k`.\n\n```{note}\nhi\n```\n\n:::{tip}\nhi\n:::\n\n"
+        "(sec-x)=\n## X\n\n$$\na\n$$ (eq-a)\n\n```python\n{glue}`inside code` is fine\n```\n"
+    )
     found = _myst_in(flawed)
     kinds = {f.split(":")[0] for f in found}
     assert kinds == set(MYST), found
@@ -93,8 +97,12 @@ def test_the_scan_finds_what_it_looks_for():
 def test_colab_edition_has_no_myst_syntax(docname):
     path = ROOT / "colab" / f"{Path(docname).name}.ipynb"
     nb = json.loads(path.read_text(encoding="utf-8"))
-    problems = [f"cell {i}: {p}" for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "markdown"
-                for p in _myst_in("".join(cell["source"]))]
+    problems = [
+        f"cell {i}: {p}"
+        for i, cell in enumerate(nb["cells"])
+        if cell["cell_type"] == "markdown"
+        for p in _myst_in("".join(cell["source"]))
+    ]
     assert not problems, f"{path.relative_to(ROOT)} still holds MyST (run make colab): {problems}"
 
 
@@ -108,8 +116,10 @@ def test_colab_edition_says_what_it_is_and_keeps_the_code(docname):
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     book_code = [c for c in book_nb["cells"] if c["cell_type"] == "code"]
     assert ["".join(c["source"]) for c in code] == ["".join(c["source"]) for c in book_code]
+
     def kinds(cells):
         return [[o["output_type"] for o in c.get("outputs", [])] for c in cells]
+
     assert kinds(code) == kinds(book_code)
 
 
@@ -131,41 +141,61 @@ def test_equations_are_numbered_as_the_built_book_numbers_them():
 # --- the generator on synthetic input ----------------------------------------------------------
 
 
-def _book(**targets) -> "make_colab.Book":
+def _book(**targets) -> make_colab.Book:
     book = make_colab.Book(
-        root=ROOT, base_url="https://example.org/kl", repo_url="https://github.com/o/r", branch="main",
+        root=ROOT,
+        base_url="https://example.org/kl",
+        repo_url="https://github.com/o/r",
+        branch="main",
         docs=["book/intro", "book/ch01", "book/ch02", "book/bibliography"],
         notebooks=["book/ch01", "book/ch02"],
-        titles={"book/intro": "Preface", "book/ch01": "One", "book/ch02": "Two",
-                "book/bibliography": "Bibliography"},
-        citations={"kw": ("Kingma and Welling", "Kingma and Welling", "2014"),
-                   "a3": ("Alemi et al.", "Alemi, Poole and Fischer", "2018")})
-    book.targets.update({
-        "ch02-eq": make_colab.Target("book/ch02", "displaymath", "2.1"),
-        "ch02-eq2": make_colab.Target("book/ch02", "displaymath", "2.2"),
-        "ch01-eq": make_colab.Target("book/ch01", "displaymath", "1.4"),
-        "sec-odds": make_colab.Target("book/ch01", "section", "1.2", "Bayes' rule, in odds"),
-        **targets})
+        titles={"book/intro": "Preface", "book/ch01": "One", "book/ch02": "Two", "book/bibliography": "Bibliography"},
+        citations={
+            "kw": ("Kingma and Welling", "Kingma and Welling", "2014"),
+            "a3": ("Alemi et al.", "Alemi, Poole and Fischer", "2018"),
+        },
+    )
+    book.targets.update(
+        {
+            "ch02-eq": make_colab.Target("book/ch02", "displaymath", "2.1"),
+            "ch02-eq2": make_colab.Target("book/ch02", "displaymath", "2.2"),
+            "ch01-eq": make_colab.Target("book/ch01", "displaymath", "1.4"),
+            "sec-odds": make_colab.Target("book/ch01", "section", "1.2", "Bayes' rule, in odds"),
+            **targets,
+        }
+    )
     return book
 
 
 def _glue_output(name: str, text: str) -> dict:
-    return {"output_type": "display_data", "data": {make_colab.GLUE_MIME: text},
-            "metadata": {"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}}}
+    return {
+        "output_type": "display_data",
+        "data": {make_colab.GLUE_MIME: text},
+        "metadata": {"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}},
+    }
 
 
 def _nb(*markdown: str, tags=()) -> dict:
-    code = {"cell_type": "code", "execution_count": 1, "id": "c1",
-            "metadata": {"tags": list(tags)} if tags else {},
-            "source": "book.glue('x', 0.125)",
-            "outputs": [_glue_output("ch02_x", "0.125"), _glue_output("ch02_s", "42")]}
-    cells = [code] + [{"cell_type": "markdown", "id": f"m{i}", "metadata": {}, "source": m}
-                      for i, m in enumerate(markdown)]
-    return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                        "language": "python"},
-                         "klbook": {"scale": "quick", "device": "cpu: cpu", "executed": "2026-01-02",
-                                    "machine": "test box"}}}
+    code = {
+        "cell_type": "code",
+        "execution_count": 1,
+        "id": "c1",
+        "metadata": {"tags": list(tags)} if tags else {},
+        "source": "book.glue('x', 0.125)",
+        "outputs": [_glue_output("ch02_x", "0.125"), _glue_output("ch02_s", "42")],
+    }
+    cells = [code] + [
+        {"cell_type": "markdown", "id": f"m{i}", "metadata": {}, "source": m} for i, m in enumerate(markdown)
+    ]
+    return {
+        "cells": cells,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "klbook": {"scale": "quick", "device": "cpu: cpu", "executed": "2026-01-02", "machine": "test box"},
+        },
+    }
 
 
 def _convert(*markdown: str, book=None, tags=()) -> dict:
@@ -179,7 +209,8 @@ def _md(*markdown: str, book=None) -> list[str]:
 
 def test_glue_becomes_the_stored_text():
     assert _md("A {glue}`ch02_x` nat and {glue:text}`ch02_s` and {glue:md}`ch02_x`.") == [
-        "A 0.125 nat and 42 and 0.125."]
+        "A 0.125 nat and 42 and 0.125."
+    ]
     assert _md("{glue:text}`ch02_x:.1f`") == ["0.1"]
 
 
@@ -192,9 +223,11 @@ def test_eq_is_numbered_and_the_equation_tagged():
 def test_citations_parenthetical_and_textual_link_to_the_bibliography():
     [md] = _md("{cite}`kw` {cite:p}`kw,a3` {cite:t}`a3`")
     url = "https://example.org/kl/book/bibliography.html#cite-"
-    assert md == (f"([Kingma and Welling, 2014]({url}kw)) "
-                  f"([Kingma and Welling, 2014]({url}kw); [Alemi et al., 2018]({url}a3)) "
-                  f"[Alemi et al. (2018)]({url}a3)")
+    assert md == (
+        f"([Kingma and Welling, 2014]({url}kw)) "
+        f"([Kingma and Welling, 2014]({url}kw); [Alemi et al., 2018]({url}a3)) "
+        f"[Alemi et al. (2018)]({url}a3)"
+    )
 
 
 def test_the_bibliography_gives_author_year_names():
@@ -205,30 +238,37 @@ def test_the_bibliography_gives_author_year_names():
 
 
 def test_ref_numref_doc_term_math():
-    [md] = _md("{ref}`sec-odds`, {ref}`odds <sec-odds>`, {numref}`sec-odds`, "
-               "{numref}`Part %s <sec-odds>`, {doc}`intro`, {doc}`the preface <intro>`, "
-               "{term}`ELBO`, {term}`bounds <ELBO>`, {math}`x^2`")
+    [md] = _md(
+        "{ref}`sec-odds`, {ref}`odds <sec-odds>`, {numref}`sec-odds`, "
+        "{numref}`Part %s <sec-odds>`, {doc}`intro`, {doc}`the preface <intro>`, "
+        "{term}`ELBO`, {term}`bounds <ELBO>`, {math}`x^2`"
+    )
     page = "https://example.org/kl/book/ch01.html#sec-odds"
-    assert md == (f"[Bayes' rule, in odds]({page}), [odds]({page}), [Section 1.2]({page}), "
-                  f"[Part 1.2]({page}), [Preface](https://example.org/kl/book/intro.html), "
-                  "[the preface](https://example.org/kl/book/intro.html), ELBO, bounds, $x^2$")
+    assert md == (
+        f"[Bayes' rule, in odds]({page}), [odds]({page}), [Section 1.2]({page}), "
+        f"[Part 1.2]({page}), [Preface](https://example.org/kl/book/intro.html), "
+        "[the preface](https://example.org/kl/book/intro.html), ELBO, bounds, $x^2$"
+    )
 
 
 def test_admonitions_become_blockquotes_and_dropdowns_details():
-    [md] = _md("```{note}\nSee {eq}`ch02-eq`.\n```\n\n:::{admonition} Exercise 1\nProve it.\n:::\n\n"
-               "````{admonition} Solution\n:class: dropdown\n\nIt is {glue}`ch02_x`.\n\n"
-               "```python\nprint(1)\n```\n````\n\n::::{warning}\n:::{tip}\nnested\n:::\n::::")
+    [md] = _md(
+        "```{note}\nSee {eq}`ch02-eq`.\n```\n\n:::{admonition} Exercise 1\nProve it.\n:::\n\n"
+        "````{admonition} Solution\n:class: dropdown\n\nIt is {glue}`ch02_x`.\n\n"
+        "```python\nprint(1)\n```\n````\n\n::::{warning}\n:::{tip}\nnested\n:::\n::::"
+    )
     assert "> **Note**\n>\n> See (2.1)." in md
     assert "> **Exercise 1**\n>\n> Prove it." in md
-    assert ("<details>\n<summary>Solution</summary>\n\nIt is 0.125.\n\n```python\nprint(1)\n```"
-            "\n\n</details>") in md
+    assert ("<details>\n<summary>Solution</summary>\n\nIt is 0.125.\n\n```python\nprint(1)\n```\n\n</details>") in md
     assert "> **Warning**\n>\n> > **Tip**\n> >\n> > nested" in md
     assert not _myst_in(md)
 
 
 def test_targets_are_removed_and_figures_become_images():
-    [md] = _md("(sec-new)=\n## New\n\n```{figure} fig/a.png\n:name: fig-a\n:alt: A plot\n\nThe caption.\n```",
-               book=_book(**{"sec-new": make_colab.Target("book/ch02", "section", "2.1", "New")}))
+    [md] = _md(
+        "(sec-new)=\n## New\n\n```{figure} fig/a.png\n:name: fig-a\n:alt: A plot\n\nThe caption.\n```",
+        book=_book(**{"sec-new": make_colab.Target("book/ch02", "section", "2.1", "New")}),
+    )
     assert md.startswith("## New") and "(sec-new)=" not in md
     assert "![A plot](https://raw.githubusercontent.com/o/r/main/book/fig/a.png)\n\nThe caption." in md
 
@@ -238,18 +278,21 @@ def test_roles_in_code_are_left_alone():
     assert md == "Write `{glue}`name`` in a chapter.\n\n```md\n{eq}`label`\n```"
 
 
-@pytest.mark.parametrize("markdown, named", [
-    ("An {abbr}`MLE (maximum likelihood)`.", "{abbr}`MLE (maximum likelihood)`"),
-    ("```{margin}\nx\n```", "{margin}"),
-    ("```{note}\n:unknown-option: 1\nx\n```", "unknown-option"),
-    ("{glue}`nobody_glued_this`", "nobody_glued_this"),
-    ("{cite}`nosuchkey2020`", "nosuchkey2020"),
-    ("{eq}`no-such-label`", "no-such-label"),
-    ("{doc}`no_such_page`", "no_such_page"),
-    ("Term\n: a definition list", "definition list"),
-    (":::\nbare colon fence\n:::", "colon fence"),
-    ("```{note}\nnever closed", "unclosed fence"),
-])
+@pytest.mark.parametrize(
+    "markdown, named",
+    [
+        ("An {abbr}`MLE (maximum likelihood)`.", "{abbr}`MLE (maximum likelihood)`"),
+        ("```{margin}\nx\n```", "{margin}"),
+        ("```{note}\n:unknown-option: 1\nx\n```", "unknown-option"),
+        ("{glue}`nobody_glued_this`", "nobody_glued_this"),
+        ("{cite}`nosuchkey2020`", "nosuchkey2020"),
+        ("{eq}`no-such-label`", "no-such-label"),
+        ("{doc}`no_such_page`", "no_such_page"),
+        ("Term\n: a definition list", "definition list"),
+        (":::\nbare colon fence\n:::", "colon fence"),
+        ("```{note}\nnever closed", "unclosed fence"),
+    ],
+)
 def test_unknown_myst_fails_naming_the_file_and_the_syntax(markdown, named):
     with pytest.raises(make_colab.ColabError) as info:
         _convert(markdown)

@@ -1,4 +1,5 @@
-"""klbook.book.jit_once (klbook._compile): a one-off program compiled cheaply computes what filter_jit computes, and composes."""
+"""klbook.book.jit_once (klbook._compile): a one-off program compiled cheaply computes what filter_jit computes,
+and composes."""
 
 import inspect
 
@@ -33,7 +34,7 @@ def test_same_numbers_as_filter_jit_up_to_rounding():
     np.testing.assert_allclose(got, want, rtol=8 * np.finfo(np.float32).eps)
     g_want = eqx.filter_jit(eqx.filter_grad(loss))(net, x)
     g_got = book.jit_once(eqx.filter_grad(loss))(net, x)
-    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -43,8 +44,11 @@ def test_composes_with_grad_vmap_and_an_outer_jit():
     exact = np.sin(2 * np.arange(3.0))  # d/dv sin(v)^2
     np.testing.assert_allclose(jax.grad(f)(x), exact, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(jax.jit(jax.grad(f))(x), exact, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(jax.vmap(f)(jnp.stack([x, 2 * x])),
-                               [np.sum(np.sin(np.arange(3.0)) ** 2), np.sum(np.sin(2 * np.arange(3.0)) ** 2)], rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.vmap(f)(jnp.stack([x, 2 * x])),
+        [np.sum(np.sin(np.arange(3.0)) ** 2), np.sum(np.sin(2 * np.arange(3.0)) ** 2)],
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(book.jit_once(jax.grad(f))(x), exact, rtol=1e-6, atol=1e-7)  # nested jit_once
 
 

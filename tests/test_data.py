@@ -145,7 +145,9 @@ def test_regression_noise_gap_and_true_conditional():
     assert abs(float(resid.mean())) < 5 * noise / math.sqrt(n)
     assert abs(float(resid.var()) - noise**2) < 5 * noise**2 * math.sqrt(2 / (n - 1))
     lp = r.conditional(r.x).log_prob(r.y)
-    np.testing.assert_allclose(lp, -0.5 * (resid / noise) ** 2 - math.log(noise * math.sqrt(2 * math.pi)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        lp, -0.5 * (resid / noise) ** 2 - math.log(noise * math.sqrt(2 * math.pi)), rtol=1e-4, atol=1e-5
+    )
     with pytest.raises(ValueError, match="gap"):
         data.regression_1d(KEY, 10, gap=(2.0, 4.0))
     with pytest.raises(ValueError, match="low < high"):

@@ -130,7 +130,8 @@ GRAD_CASES = {
     "bernoulli": lambda t: kl(dist.Bernoulli(probs=jax.nn.sigmoid(t)), dist.Bernoulli(probs=0.3)),
     "bernoulli-at-boundary-p": lambda t: kl(dist.Bernoulli(probs=1.0), dist.Bernoulli(probs=jax.nn.sigmoid(t))),
     "categorical": lambda t: kl(
-        dist.Categorical(logits=jnp.array([t, 0.0, 1.0])), dist.Categorical(probs=(jnp.array([0.5, 0.5, 0.0]) + 0.1) / 1.3)
+        dist.Categorical(logits=jnp.array([t, 0.0, 1.0])),
+        dist.Categorical(probs=(jnp.array([0.5, 0.5, 0.0]) + 0.1) / 1.3),
     ),
     "categorical-zero-in-p": lambda t: kl(
         dist.Categorical(probs=jnp.array([0.0, 0.5, 0.5])), dist.Categorical(logits=jnp.array([t, 0.0, 1.0]))
@@ -257,8 +258,7 @@ def test_pairs_in_numpyros_registry_are_used():
         np.testing.assert_allclose(kl(p, q), reference, rtol=1e-6)
         # Compiled, the closed form may be evaluated in another order; 0.0383 is a difference of
         # terms of order one, so it agrees within a few float32 ulps of those terms, not of itself.
-        np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5,
-                                   atol=16 * float(jnp.finfo(jnp.float32).eps))
+        np.testing.assert_allclose(jax.jit(kl)(p, q), reference, rtol=1e-5, atol=16 * float(jnp.finfo(jnp.float32).eps))
         if exact:
             est = mc_kl(jax.random.key(2), p, q, 20000)
             assert bool(jnp.all(jnp.abs(est.value - reference) < 5 * est.stderr)), (est, reference)
@@ -486,29 +486,35 @@ def test_gaussian_kl_matches_numpyro_is_zero_on_itself_and_takes_a_precision():
 
     m1, c1 = np.array([0.3, -1.0]), np.array([[1.5, 0.4], [0.4, 0.8]])
     m2, c2 = np.array([1.0, 0.5]), np.array([[0.7, -0.2], [-0.2, 1.1]])
-    expected = kl(dist.MultivariateNormal(jnp.asarray(m1), jnp.asarray(c1)),
-                  dist.MultivariateNormal(jnp.asarray(m2), jnp.asarray(c2)))
+    expected = kl(
+        dist.MultivariateNormal(jnp.asarray(m1), jnp.asarray(c1)),
+        dist.MultivariateNormal(jnp.asarray(m2), jnp.asarray(c2)),
+    )
     value = gaussian_kl(m1, c1, m2, c2)
-    assert abs(value - float(expected)) < 1e-5          # numpyro's float32 against float64
+    assert abs(value - float(expected)) < 1e-5  # numpyro's float32 against float64
     assert abs(gaussian_kl(m1, c1, m1, c1)) < 1e-12
     assert abs(gaussian_kl(m1, c1, m2, precision_q=np.linalg.inv(c2)) - value) < 1e-12
     # chapter 4's and chapter 10's helpers are this one
     from klbook import bayes, density
+
     assert density.gaussian_kl is gaussian_kl
     target = bayes.Gaussian(jnp.asarray(m2), jnp.asarray(np.linalg.inv(c2)))
     assert abs(bayes.gaussian_kl(m1, c1, target) - value) < 1e-6
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    ((np.zeros(2), np.eye(2), np.zeros(2)), {}, "exactly one"),
-    ((np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)), {"precision_q": np.eye(2)}, "exactly one"),
-    ((np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), {}, "vectors of one length"),
-    ((np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), {}, "cov_p must be"),
-    ((np.zeros(2), np.eye(2), np.zeros(2)), {"precision_q": np.eye(3)}, "precision_q must be"),
-    ((np.array([0.0, np.nan]), np.eye(2), np.zeros(2), np.eye(2)), {}, "mean_p has non-finite"),
-    ((np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]])), {}, "cov_q is not symmetric"),
-    ((np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2)), {}, "cov_p is not positive definite"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((np.zeros(2), np.eye(2), np.zeros(2)), {}, "exactly one"),
+        ((np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)), {"precision_q": np.eye(2)}, "exactly one"),
+        ((np.zeros(2), np.eye(2), np.zeros(3), np.eye(3)), {}, "vectors of one length"),
+        ((np.zeros(2), np.eye(3), np.zeros(2), np.eye(2)), {}, "cov_p must be"),
+        ((np.zeros(2), np.eye(2), np.zeros(2)), {"precision_q": np.eye(3)}, "precision_q must be"),
+        ((np.array([0.0, np.nan]), np.eye(2), np.zeros(2), np.eye(2)), {}, "mean_p has non-finite"),
+        ((np.zeros(2), np.eye(2), np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]])), {}, "cov_q is not symmetric"),
+        ((np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2)), {}, "cov_p is not positive definite"),
+    ],
+)
 def test_gaussian_kl_names_bad_input(args, kwargs, message):
     from klbook.divergence import gaussian_kl
 

@@ -19,13 +19,15 @@ import lowest_versions  # noqa: E402
 
 
 def test_constraints_pin_every_runtime_requirement_at_its_lower_bound():
-    out = subprocess.run([sys.executable, str(SCRIPT), "constraints"], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "constraints"], capture_output=True, text=True, check=True
+    ).stdout.split()
     pins = dict(line.split("==") for line in out)
     names = {r.name for r in lowest_versions.runtime_requirements()}
     assert set(pins) == names and {"jax", "numpyro", "equinox", "optax"} <= names
     assert pins["jax"] == lowest_versions.lower_bound(
-        next(r for r in lowest_versions.runtime_requirements() if r.name == "jax"))
+        next(r for r in lowest_versions.runtime_requirements() if r.name == "jax")
+    )
 
 
 def _notebook(path: Path, source: str) -> Path:
@@ -39,8 +41,12 @@ def _notebook(path: Path, source: str) -> Path:
 def test_notebooks_side_by_side_and_a_raising_cell_fails_the_run(tmp_path):
     good = _notebook(tmp_path / "good.ipynb", "x = 1 + 1\nassert x == 2")
     bad = _notebook(tmp_path / "bad.ipynb", "assert 1 + 1 == 3, 'arithmetic broke'")
-    run = subprocess.run([sys.executable, str(SCRIPT), "notebooks", "--jobs", "2", str(good),
-                          str(bad)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "notebooks", "--jobs", "2", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode != 0, run.stdout
     assert "good.ipynb: passed" in run.stdout and "bad.ipynb: FAILED" in run.stdout, run.stdout
     assert "arithmetic broke" in run.stderr
@@ -65,8 +71,7 @@ class _Client:
 
 
 @pytest.mark.parametrize("failures, ok", [(0, True), (2, True), (3, False)])
-def test_a_kernel_that_does_not_start_is_started_again_at_most_three_times(
-        tmp_path, monkeypatch, failures, ok):
+def test_a_kernel_that_does_not_start_is_started_again_at_most_three_times(tmp_path, monkeypatch, failures, ok):
     import nbclient
 
     client = _Client(RuntimeError("Kernel died before replying to kernel_info"), failures)

@@ -129,8 +129,7 @@ def test_autoguide_and_training_reach_the_exact_posterior():
         out = kl_objective(k, w.real, w.dream, params, Y, num_particles=8)
         return out.loss, out.terms
 
-    result = train.fit(jax.random.key(1), loss, w.params, num_steps=1500, optimizer=optax.adam(0.03),
-                       progress=False)
+    result = train.fit(jax.random.key(1), loss, w.params, num_steps=1500, optimizer=optax.adam(0.03), progress=False)
     post_prec = 1 / PRIOR_SCALE**2 + N / NOISE**2
     post_mean, post_sd = float(jnp.sum(Y) / NOISE**2 / post_prec), float(post_prec**-0.5)
     fitted = w.constrained(result.params)

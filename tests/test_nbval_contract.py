@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
-
 import nbval_contract
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,10 +69,12 @@ def test_a_kernel_that_starts_is_started_once():
 def test_the_plugin_wraps_the_start_nbval_really_calls():
     # In a fresh interpreter: loading the plugin replaces the module global that
     # nbval.kernel.RunningKernel looks up when it starts a notebook's kernel.
-    code = ("import nbval.kernel, nbval_contract; original = nbval.kernel.start_new_kernel; "
-            "nbval_contract.pytest_configure(None); "
-            "assert nbval.kernel.start_new_kernel.__wrapped__ is original; "
-            "assert 'start_new_kernel(' in __import__('inspect').getsource(nbval.kernel.RunningKernel.__init__)")
+    code = (
+        "import nbval.kernel, nbval_contract; original = nbval.kernel.start_new_kernel; "
+        "nbval_contract.pytest_configure(None); "
+        "assert nbval.kernel.start_new_kernel.__wrapped__ is original; "
+        "assert 'start_new_kernel(' in __import__('inspect').getsource(nbval.kernel.RunningKernel.__init__)"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
@@ -102,13 +103,32 @@ def _flaky_run(tmp_path: Path, plugin: bool) -> subprocess.CompletedProcess:
     (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "flaky", "language": "python"}))
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "flaky", "display_name": "flaky", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell("print(6 * 7)", execution_count=1,
-                                          outputs=[nbformat.v4.new_output("stream", name="stdout", text="42\n")])]
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "print(6 * 7)", execution_count=1, outputs=[nbformat.v4.new_output("stream", name="stdout", text="42\n")]
+        )
+    ]
     nbformat.write(nb, tmp_path / "case.ipynb")
-    env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "share" / "jupyter"),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    args = [sys.executable, "-m", "pytest", "--nbval", "--nbval-kernel-name", "flaky", "-p", "no:cacheprovider",
-            "-q", "-rA", "-W", "always", "case.ipynb"]
+    env = dict(
+        os.environ,
+        JUPYTER_PATH=str(tmp_path / "share" / "jupyter"),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--nbval",
+        "--nbval-kernel-name",
+        "flaky",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rA",
+        "-W",
+        "always",
+        "case.ipynb",
+    ]
     if plugin:
         args[3:3] = ["-p", "nbval_contract"]
     return subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)

@@ -64,17 +64,27 @@ CASES = {
     "cell raises": ("print(1 / 0)", "inf\n", False, "ZeroDivisionError"),
     "volatile text only": (
         "print('100%|##########| 50/50 [00:03<00:00, 15.2it/s]')\nprint('took: 3.1 s')",
-        "100%|##########| 50/50 [00:01<00:00, 41.0it/s]\ntook: 1.2 s\n", True, None),
+        "100%|##########| 50/50 [00:01<00:00, 41.0it/s]\ntook: 1.2 s\n",
+        True,
+        None,
+    ),
     # the reproducibility contract
-    "exact number, last digit edited": ("print(f'{2 ** 0.5:.6f}')", "1.414214\n".replace("4\n", "5\n"), False,
-                                        "1.414215"),
+    "exact number, last digit edited": (
+        "print(f'{2 ** 0.5:.6f}')",
+        "1.414214\n".replace("4\n", "5\n"),
+        False,
+        "1.414215",
+    ),
     "measured, within tolerance": (MEASURED + "print('loss', 1.0)", "loss 1.04\n", True, None),
-    "measured, outside tolerance": (MEASURED + "print('loss', 1.0)", "loss 1.07\n", False,
-                                    "outside the declared tolerance"),
+    "measured, outside tolerance": (
+        MEASURED + "print('loss', 1.0)",
+        "loss 1.07\n",
+        False,
+        "outside the declared tolerance",
+    ),
     "measured, other words": (MEASURED + "print('loss', 1.0)", "gain 1.0\n", False, "gain"),
     "glued measured, within": (GLUE_CODE.format(", tol=0.01"), ("glue", "x", "1.24", {"abs": 0.01}), True, None),
-    "glued measured, outside": (GLUE_CODE.format(", tol=0.01"), ("glue", "x", "1.3", {"abs": 0.01}), False,
-                                "glued x"),
+    "glued measured, outside": (GLUE_CODE.format(", tol=0.01"), ("glue", "x", "1.3", {"abs": 0.01}), False, "glued x"),
     "glued exact, edited": (GLUE_CODE.format(""), ("glue", "x", "1.235", None), False, "1.235"),
     # another seed: exact outputs follow the seed, measured ones are held to their tolerance
     "seed: exact output differs": ("print(12)", "13\n", True, None, "1"),
@@ -88,12 +98,32 @@ def _nbval(directory: Path, name: str) -> subprocess.CompletedProcess:
     seed = CASES[name][4] if len(CASES[name]) > 4 else "0"
     path = directory / "case.ipynb"
     nbformat.write(_notebook(code, stored), path)
-    env = dict(os.environ, KLBOOK_SEED=seed,
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        KLBOOK_SEED=seed,
+        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "nbval_contract", "--nbval", "--nbval-current-env",
-         "--nbval-sanitize-with", str(SANITIZE), "-p", "no:cacheprovider", "-q", path.name],
-        capture_output=True, text=True, timeout=300, cwd=directory, env=env,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "nbval_contract",
+            "--nbval",
+            "--nbval-current-env",
+            "--nbval-sanitize-with",
+            str(SANITIZE),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            path.name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=directory,
+        env=env,
     )
 
 

@@ -95,7 +95,9 @@ def test_categorical_head_is_softmax_over_the_last_axis():
     d = categorical_head(logits)
     assert d.batch_shape == (2,) and d.event_shape == ()
     np.testing.assert_allclose(d.probs, jax.nn.softmax(logits, -1), rtol=1e-6)
-    np.testing.assert_allclose(d.log_prob(jnp.array([2, 0])), jax.nn.log_softmax(logits)[jnp.arange(2), jnp.array([2, 0])], rtol=1e-6)
+    np.testing.assert_allclose(
+        d.log_prob(jnp.array([2, 0])), jax.nn.log_softmax(logits)[jnp.arange(2), jnp.array([2, 0])], rtol=1e-6
+    )
 
 
 def test_binomial_head_log_prob_and_mean():

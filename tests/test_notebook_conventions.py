@@ -53,8 +53,10 @@ def test_first_code_cell_is_the_install_cell(path):
     expected = install_cell_source(repository_url())
     assert source is not None, f"{path.name} has no code cell, so no install cell"
     if INSTALL_MARKER not in source:
-        pytest.fail(f"{path.name}: the first code cell is not the install cell; make it exactly "
-                    f"install_cell_source({repository_url()!r}) from book/_ext/klbook_strict.py")
+        pytest.fail(
+            f"{path.name}: the first code cell is not the install cell; make it exactly "
+            f"install_cell_source({repository_url()!r}) from book/_ext/klbook_strict.py"
+        )
     assert source.strip() == expected.strip(), (
         f"{path.name}: the install cell differs from install_cell_source({repository_url()!r}) "
         "(a different repository, or edited by hand); regenerate it"
@@ -67,7 +69,8 @@ def test_install_cell_is_collapsed_on_the_site(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     cell = next(c for c in nb["cells"] if c.get("cell_type") == "code")
     assert "hide-input" in cell.get("metadata", {}).get("tags", []), (
-        f"{path.name}: tag the install cell 'hide-input' (scripts/tag_install_cells.py)")
+        f"{path.name}: tag the install cell 'hide-input' (scripts/tag_install_cells.py)"
+    )
 
 
 # --- what the cell does -----------------------------------------------------------------------
@@ -98,7 +101,8 @@ def test_install_cell_installs_from_the_repository_and_keeps_jax(monkeypatch):
     args = calls[0]
     assert args[:4] == [sys.executable, "-m", "pip", "install"]
     assert f"klbook[chapters] @ git+{repository_url()}" in args, (
-        "the install cell must ask for the chapters extra (figures, widgets, datasets)")
+        "the install cell must ask for the chapters extra (figures, widgets, datasets)"
+    )
     for name in ("jax", "jaxlib"):
         pin = f"{name}=={importlib.metadata.version(name)}"
         assert pin in args, f"the install cell must pin the installed {name} ({pin}); got {args}"
@@ -111,8 +115,11 @@ def _ends_with_bare_glue(source: str) -> bool:
     except SyntaxError:  # IPython magics: not plain Python, and no glue call to find
         return False
     last = body[-1] if body else None
-    return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
-            and ast.unparse(last.value.func).split(".")[-1] == "glue")
+    return (
+        isinstance(last, ast.Expr)
+        and isinstance(last.value, ast.Call)
+        and ast.unparse(last.value.func).split(".")[-1] == "glue"
+    )
 
 
 def test_bare_glue_detector():
@@ -128,6 +135,9 @@ def test_no_cell_ends_with_a_bare_glue_call(path):
     an execute_result: an unlabelled output that nbval compares exactly even when the glue itself is
     measured (declared with ``tol``/``rel``), which fails on another CPU. Assign it: ``_ = book.glue(...)``."""
     nb = json.loads(path.read_text(encoding="utf-8"))
-    bad = [i for i, cell in enumerate(nb.get("cells", [])) if cell.get("cell_type") == "code"
-           and _ends_with_bare_glue("".join(cell.get("source", "")))]
+    bad = [
+        i
+        for i, cell in enumerate(nb.get("cells", []))
+        if cell.get("cell_type") == "code" and _ends_with_bare_glue("".join(cell.get("source", "")))
+    ]
     assert not bad, f"{path.name}: cells {bad} end with a bare book.glue(...) call; write `_ = book.glue(...)`"

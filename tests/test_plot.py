@@ -51,7 +51,7 @@ def test_gaussian_ellipses_lie_at_the_requested_mahalanobis_radii():
     plot.gaussian_ellipses(ax, loc, cov, plot.REAL, label="p", radii=(1.0, 2.0))
     contours = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
     precision = np.linalg.inv(cov)
-    for line, radius in zip(contours, (1.0, 2.0)):
+    for line, radius in zip(contours, (1.0, 2.0), strict=True):
         d = np.stack(line.get_data(), axis=1) - loc
         np.testing.assert_allclose(np.einsum("ni,ij,nj->n", d, precision, d), radius**2, rtol=1e-10)
     assert contours[0].get_label() == "p"

@@ -40,9 +40,15 @@ assert len(printed_errors) == 3, printed_errors
 
 def test_the_page_has_its_sections():
     text = PAGE.read_text(encoding="utf-8")
-    for heading in ("## Install", "## The recipe on a model of your own", "## Minibatches and `data_size`",
-                    "## From a NumPyro model and guide to the ledger", "## A sweep of weights",
-                    "## What errors to expect", "## More than one device"):
+    for heading in (
+        "## Install",
+        "## The recipe on a model of your own",
+        "## Minibatches and `data_size`",
+        "## From a NumPyro model and guide to the ledger",
+        "## A sweep of weights",
+        "## What errors to expect",
+        "## More than one device",
+    ):
         assert heading in text, f"the practitioner's page lost its section {heading!r}"
     assert len(BLOCKS) >= 5
 
@@ -51,13 +57,20 @@ def test_the_page_runs_and_its_claims_hold():
     source = "\n".join(BLOCKS)
     # Keep the minibatch fit's result under its own name before the next section reuses `result`,
     # and collect the printed errors of the last block.
-    source = source.replace("result = klbook.train.fit(jax.random.key(2)",
-                            "result = result_minibatch = klbook.train.fit(jax.random.key(2)", 1)
-    source = source.replace('print(f"{attempt}: {type(err).__name__}',
-                            'printed_errors.append(attempt); print(f"{attempt}: {type(err).__name__}', 1)
+    source = source.replace(
+        "result = klbook.train.fit(jax.random.key(2)",
+        "result = result_minibatch = klbook.train.fit(jax.random.key(2)",
+        1,
+    )
+    source = source.replace(
+        'print(f"{attempt}: {type(err).__name__}',
+        'printed_errors.append(attempt); print(f"{attempt}: {type(err).__name__}',
+        1,
+    )
     source = "printed_errors = []\n" + source + CHECKS
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, env=env,
-                            cwd=ROOT, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+    )
     assert result.returncode == 0, f"the practitioner's page failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"

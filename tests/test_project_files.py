@@ -29,8 +29,7 @@ def test_environment_yml_matches_pyproject():
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
     wanted = {}
-    for spec in (project["dependencies"] + extras["chapters"] + extras["site"]
-                 + extras["test"]):
+    for spec in project["dependencies"] + extras["chapters"] + extras["site"] + extras["test"]:
         name, specifier = _normalise(spec)
         if name == "klbook":  # one extra naming another (site includes chapters)
             continue
@@ -80,7 +79,8 @@ def test_core_install_is_light_and_the_book_extras_are_extras():
     assert {"matplotlib", "ipywidgets", "scikit-learn"} <= chapters
     site = [Requirement(s) for s in extras["site"]]
     assert any(r.name == "klbook" and "chapters" in r.extras for r in site), (
-        "the site extra must include the chapters extra: autodoc imports every chapter module")
+        "the site extra must include the chapters extra: autodoc imports every chapter module"
+    )
     assert not {"jupyter-book", "sphinx-book-theme"} & (chapters | core)
 
 
@@ -89,7 +89,8 @@ def test_every_requirement_has_a_lower_bound():
     project = _pyproject()["project"]
     for spec in project["dependencies"] + project["optional-dependencies"]["chapters"]:
         assert any(s.operator == ">=" for s in Requirement(spec).specifier), (
-            f"{spec!r} has no lower bound (>=) for make test-lowest to install")
+            f"{spec!r} has no lower bound (>=) for make test-lowest to install"
+        )
 
 
 def test_license_is_spdx_and_ships():
@@ -100,7 +101,8 @@ def test_license_is_spdx_and_ships():
     requires = _pyproject()["build-system"]["requires"]
     setuptools = next(Requirement(r) for r in requires if Requirement(r).name == "setuptools")
     assert setuptools.specifier.contains("77") and not setuptools.specifier.contains("76.9"), (
-        "SPDX license strings and license-files need setuptools >= 77")
+        "SPDX license strings and license-files need setuptools >= 77"
+    )
 
 
 def test_version_comes_from_the_package_metadata():
@@ -110,4 +112,5 @@ def test_version_comes_from_the_package_metadata():
 
     assert klbook.__version__ == importlib.metadata.version("klbook")
     assert klbook.__version__ == _pyproject()["project"]["version"], (
-        "the installed metadata is stale: reinstall (make install)")
+        "the installed metadata is stale: reinstall (make install)"
+    )

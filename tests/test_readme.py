@@ -17,15 +17,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKS = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(encoding="utf-8"),
-                    re.MULTILINE | re.DOTALL)
+BLOCKS = re.findall(
+    r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL
+)
 
 
 def _run(source: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True,
-                            env=env, cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, f"README example failed:\n{source}\n{result.stderr[-4000:]}"
     return result.stdout
 
@@ -42,6 +44,8 @@ def test_the_readme_has_the_examples():
 def test_readme_block_runs(index):
     source = BLOCKS[index]
     if "klbook.train.fit" in source:  # the worked recipe: also check where it lands
-        source += ("\nassert abs(float(result.params['loc']) - float(x.mean())) < 0.1\n"
-                   "assert abs(float(jnp.exp(result.params['log_scale'])) - float(x.std())) < 0.1\n")
+        source += (
+            "\nassert abs(float(result.params['loc']) - float(x.mean())) < 0.1\n"
+            "assert abs(float(jnp.exp(result.params['log_scale'])) - float(x.std())) < 0.1\n"
+        )
     _run(source)

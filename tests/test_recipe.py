@@ -132,8 +132,8 @@ def test_discrete_latent_score_function_gradient():
     def dream(logit):
         numpyro.sample("b", dist.Bernoulli(probs=0.3))
 
-    exact = jax.grad(lambda l: klbook.kl(dist.Bernoulli(logits=l), dist.Bernoulli(probs=0.3)))(0.4)
-    grad = jax.grad(lambda l, k: kl_objective(k, real, dream, l, num_particles=500).loss)
+    exact = jax.grad(lambda lg: klbook.kl(dist.Bernoulli(logits=lg), dist.Bernoulli(probs=0.3)))(0.4)
+    grad = jax.grad(lambda lg, k: kl_objective(k, real, dream, lg, num_particles=500).loss)
     grads = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(0.4, jax.random.split(jax.random.key(7), 20))
     se = jnp.std(grads, ddof=1) / jnp.sqrt(grads.size)
     assert abs(grads.mean() - exact) < 5 * se
@@ -149,9 +149,7 @@ def test_weights_scale_the_loss_not_the_total():
     plain = kl_objective(key, real_vae, dream_vae, X, names=NAMES, num_particles=8)
     beta = kl_objective(key, real_vae, dream_vae, X, names=NAMES, weights={"rate": 4.0}, num_particles=8)
     np.testing.assert_allclose(beta.total, plain.total, rtol=1e-6)
-    np.testing.assert_allclose(
-        beta.loss, plain.terms["distortion"] + 4.0 * plain.terms["rate"], rtol=1e-5
-    )
+    np.testing.assert_allclose(beta.loss, plain.terms["distortion"] + 4.0 * plain.terms["rate"], rtol=1e-5)
 
 
 def test_base_measure_makes_the_data_term_an_exact_kl():
@@ -290,8 +288,11 @@ def test_the_two_standard_errors_answer_their_questions():
     reported = float(np.sqrt(np.mean(np.asarray(objs.mc_stderr["total"]) ** 2)))
     assert abs(reported / spread - 1) < 0.2, (reported, spread)
     # Over examples: the exact per-example totals (closed forms) and their spread.
-    per_example = np.asarray(klbook.kl(dist.Normal(0.5 * X, 0.8), dist.Normal(0.0, 1.0))
-                             + 0.5 * jnp.log(2 * jnp.pi) + 0.5 * ((X - 0.5 * X) ** 2 + 0.8**2))
+    per_example = np.asarray(
+        klbook.kl(dist.Normal(0.5 * X, 0.8), dist.Normal(0.0, 1.0))
+        + 0.5 * jnp.log(2 * jnp.pi)
+        + 0.5 * ((X - 0.5 * X) ** 2 + 0.8**2)
+    )
     data_se = np.std(per_example, ddof=1) / np.sqrt(X.shape[0])
     many = kl_objective(jax.random.key(22), real_vae, dream_vae, X, names=NAMES, num_particles=4000)
     assert float(many.mc_stderr["total"]) < 0.05 * data_se  # 4000 draws: Monte Carlo error is small

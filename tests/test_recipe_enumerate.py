@@ -46,7 +46,6 @@ def brute(th):
     return {k: jnp.mean(jnp.sum(jnp.exp(lp) * v, -1)) for k, v in per.items()}
 
 
-
 def _discrete_only(th, **kw):
     def r(x):
         with numpyro.plate("data", U):
@@ -79,7 +78,8 @@ def test_discrete_only_is_exact_value_and_gradient():
 
 def test_with_a_continuous_latent_matches_closed_form_within_monte_carlo_error():
     obj = jax.jit(lambda k: kl_objective(k, real, dream, X, 0.7, enumerate_sites=("y",), num_particles=1000))(
-        jax.random.key(2))
+        jax.random.key(2)
+    )
     ref = brute(0.7)
     np.testing.assert_allclose(obj.terms["y"], ref["y"], rtol=1e-5)  # the label's term is exact
     for site in ("z", "x"):
@@ -114,18 +114,26 @@ def test_two_sites_enumerate_every_combination():
         for b in (0.0, 1.0):
             pa = jnp.where(a == 1, p1, 1 - p1)
             pb = jnp.where(b == 1, p2, 1 - p2)
-            ratio = (jnp.log(pa) - jnp.log(0.5) + jnp.log(pb) - jnp.log(jnp.where(b == 1, 0.3, 0.7))
-                     - dist.Normal(a + 2 * b, 1.0).log_prob(X))
+            ratio = (
+                jnp.log(pa)
+                - jnp.log(0.5)
+                + jnp.log(pb)
+                - jnp.log(jnp.where(b == 1, 0.3, 0.7))
+                - dist.Normal(a + 2 * b, 1.0).log_prob(X)
+            )
             total = total + pa * pb * ratio
     np.testing.assert_allclose(obj.total, jnp.mean(total), rtol=1e-5)
 
 
-@pytest.mark.parametrize("sites, error, match", [
-    (("w",), ValueError, "do not have"),
-    (("x",), ValueError, "data sites"),
-    (("z",), ValueError, "cannot be enumerated"),
-    ("y", TypeError, "tuple of site names"),
-])
+@pytest.mark.parametrize(
+    "sites, error, match",
+    [
+        (("w",), ValueError, "do not have"),
+        (("x",), ValueError, "data sites"),
+        (("z",), ValueError, "cannot be enumerated"),
+        ("y", TypeError, "tuple of site names"),
+    ],
+)
 def test_bad_sites_are_named(sites, error, match):
     with pytest.raises(error, match=match):
         kl_objective(jax.random.key(0), real, dream, X, 0.7, enumerate_sites=sites)

@@ -156,12 +156,24 @@ def _pair(p_dist, q_dist):
 @pytest.mark.parametrize(
     "p_dist, q_dist, message",
     [
-        (dist.Normal(0.0, 1.0), dist.Normal(jnp.zeros(2), 1.0),
-         r"site 'z' has batch shape \(\), event shape \(\) in the real world but batch shape \(2,\), event shape \(\) in the dream world"),
-        (dist.Normal(jnp.zeros(2), 1.0), dist.Normal(0.0, 1.0),
-         r"site 'z' has batch shape \(2,\), event shape \(\) in the real world but batch shape \(\), event shape \(\)"),
-        (dist.Normal(jnp.zeros(2), 1.0), dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
-         r"site 'z' has batch shape \(2,\), event shape \(\) in the real world but batch shape \(\), event shape \(2,\)"),
+        (
+            dist.Normal(0.0, 1.0),
+            dist.Normal(jnp.zeros(2), 1.0),
+            r"site 'z' has batch shape \(\), event shape \(\) in the real world"
+            r" but batch shape \(2,\), event shape \(\) in the dream world",
+        ),
+        (
+            dist.Normal(jnp.zeros(2), 1.0),
+            dist.Normal(0.0, 1.0),
+            r"site 'z' has batch shape \(2,\), event shape \(\) in the real world"
+            r" but batch shape \(\), event shape \(\)",
+        ),
+        (
+            dist.Normal(jnp.zeros(2), 1.0),
+            dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
+            r"site 'z' has batch shape \(2,\), event shape \(\) in the real world"
+            r" but batch shape \(\), event shape \(2,\)",
+        ),
     ],
 )
 def test_site_shapes_must_agree_eagerly_and_under_jit(p_dist, q_dist, message):
@@ -267,8 +279,14 @@ def mixture_dream(x, *, weights, locs):
 def test_model_keyword_arguments_go_in_model_kwargs_and_never_clash():
     w, locs = jnp.array([0.3, 0.7]), jnp.array([-1.0, 1.0])
     with jax.numpy_rank_promotion("allow"):  # NumPyro's MixtureSameFamily.log_prob broadcasts by rank
-        obj = kl_objective(jax.random.key(0), mixture_real, mixture_dream, X4,
-                           model_kwargs={"weights": w, "locs": locs}, weights={"x": 2.0})
+        obj = kl_objective(
+            jax.random.key(0),
+            mixture_real,
+            mixture_dream,
+            X4,
+            model_kwargs={"weights": w, "locs": locs},
+            weights={"x": 2.0},
+        )
         mixture = dist.MixtureSameFamily(dist.Categorical(probs=w), dist.Normal(locs, 1.0))
         expected = float(-jnp.mean(mixture.log_prob(X4)))
     np.testing.assert_allclose(float(obj.total), expected, rtol=1e-6)

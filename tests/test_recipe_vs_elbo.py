@@ -44,6 +44,7 @@ def assert_same_expectation(a, b, what):
 
 def compare(real, dream, guide, params, args, n, *, seed, elbo=Trace_ELBO, grad_elbo=None, particles=1):
     """Value and gradient of the recipe vs ``ELBO.loss / n`` over ``REPLICATES`` keys each."""
+
     def recipe(p, key):
         return kl_objective(key, real, dream, p, *args, num_particles=particles).loss
 
@@ -98,8 +99,11 @@ def conj_posterior(x):
 def test_subsampled_conjugate_gaussian_gives_the_evidence_per_example():
     """At the exact posterior, -ELBO / N = -log p(x) / N exactly; subsampling only adds noise."""
     post = conj_posterior(XS)
-    log_evidence = (dist.Normal(post["m"], 1.0).log_prob(XS).sum() + dist.Normal(0.0, 1.0).log_prob(post["m"])
-                    - dist.Normal(post["m"], jnp.exp(post["log_s"])).log_prob(post["m"]))
+    log_evidence = (
+        dist.Normal(post["m"], 1.0).log_prob(XS).sum()
+        + dist.Normal(0.0, 1.0).log_prob(post["m"])
+        - dist.Normal(post["m"], jnp.exp(post["log_s"])).log_prob(post["m"])
+    )
     truth = float(-log_evidence / N)
     obj = kl_objective(jax.random.key(1), conj_real, conj_dream, post, XS, num_particles=2000)
     assert abs(float(obj.total) - truth) < 5 * float(obj.stderr["total"]), (float(obj.total), truth)
@@ -123,6 +127,7 @@ def test_subsampled_conjugate_gaussian_matches_trace_elbo_value_and_gradient():
 
 def test_both_worlds_score_the_same_minibatch():
     """Same indices in both worlds: one particle's data term is exactly that batch's mean."""
+
     def real(x):
         with numpyro.plate("data", N, subsample_size=B) as idx:
             data("x", x[idx])
@@ -166,8 +171,12 @@ def hier_real(p, y):
 
 
 HIER_PARAMS = {
-    "mu_loc": jnp.array(0.8), "mu_log_scale": jnp.array(-0.5), "tau_loc": jnp.array(-0.2),
-    "tau_log_scale": jnp.array(-1.0), "w": jnp.array(0.6), "theta_log_scale": jnp.full(J, -0.4),
+    "mu_loc": jnp.array(0.8),
+    "mu_log_scale": jnp.array(-0.5),
+    "tau_loc": jnp.array(-0.2),
+    "tau_log_scale": jnp.array(-1.0),
+    "w": jnp.array(0.6),
+    "theta_log_scale": jnp.full(J, -0.4),
 }
 
 
@@ -200,6 +209,7 @@ def mix_real(p, x):
 
 def test_discrete_latents_match_trace_elbo_value_and_tracegraph_gradient():
     params = {"a": jnp.array(0.7), "b": jnp.array(0.2), "loc0": jnp.array(-1.0), "loc1": jnp.array(1.5)}
-    _, grads = compare(mix_real, mix_dream, mix_guide, params, (XMIX,), XMIX.shape[0], seed=30,
-                       grad_elbo=TraceGraph_ELBO, particles=4)
+    _, grads = compare(
+        mix_real, mix_dream, mix_guide, params, (XMIX,), XMIX.shape[0], seed=30, grad_elbo=TraceGraph_ELBO, particles=4
+    )
     assert np.all(np.abs(grads.mean(0)) > 0)

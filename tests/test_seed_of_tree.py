@@ -47,6 +47,7 @@ def test_never_a_seed_used_to_publish_or_tune(tmp_path, content):
 
 
 def test_this_checkout_prints_one_integer():
-    out = subprocess.run([sys.executable, str(Path(seed_of_tree.__file__))], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, str(Path(seed_of_tree.__file__))], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert int(out) >= seed_of_tree.FIRST_FRESH

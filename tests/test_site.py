@@ -115,13 +115,23 @@ def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
-        _missing("Debian's chromium and chromium-driver are needed (.ci/run installs them: "
-                 "apt-get install chromium chromium-driver)")
+        _missing(
+            "Debian's chromium and chromium-driver are needed (.ci/run installs them: "
+            "apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--hide-scrollbars", "--window-size=1280,900", "--no-first-run",
-                 "--disable-extensions", "--disable-background-networking"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--window-size=1280,900",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
@@ -233,7 +243,7 @@ class _Ids(html.parser.HTMLParser):
                 self.ids.add(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ids_of(path: Path) -> frozenset[str]:
     parser = _Ids()
     parser.feed(path.read_text(encoding="utf-8", errors="replace"))
@@ -293,8 +303,11 @@ def page_problems(browser, base: str, root: Path, docname: str) -> tuple[list[st
     problems += [f"console error: {e['message']}" for e in console]
     problems += [f"broken link: {link}" for link in broken_links(hrefs, base, root)]
     problems += overflowing
-    facts = {"equations": math["count"], "links_checked": sum(h.startswith(base + "/") for h in set(hrefs)),
-             "hrefs": hrefs}
+    facts = {
+        "equations": math["count"],
+        "links_checked": sum(h.startswith(base + "/") for h in set(hrefs)),
+        "hrefs": hrefs,
+    }
     return problems, facts
 
 
@@ -323,19 +336,33 @@ def test_page_renders_in_a_browser(site, browser, report, docname):
 # Each flaw is put into a copy of a real built page, as the build would have written it.
 FLAWS = {
     "broken image": ('<img alt="a lost figure" src="_images/no-such-figure.png"/>', "broken image"),
-    "unbalanced braces": ('<span class="math notranslate nohighlight">\\(\\frac{1}{\\)</span>',
-                          "equation not rendered"),
-    "missing argument": ('<span class="math notranslate nohighlight">\\(\\frac{1}\\)</span>',
-                         "equation rendered as a TeX error"),
-    "unknown macro": ('<span class="math notranslate nohighlight">\\(\\klnotamacro{p}{q}\\)</span>',
-                      "equation rendered as a TeX error"),
+    "unbalanced braces": (
+        '<span class="math notranslate nohighlight">\\(\\frac{1}{\\)</span>',
+        "equation not rendered",
+    ),
+    "missing argument": (
+        '<span class="math notranslate nohighlight">\\(\\frac{1}\\)</span>',
+        "equation rendered as a TeX error",
+    ),
+    "unknown macro": (
+        '<span class="math notranslate nohighlight">\\(\\klnotamacro{p}{q}\\)</span>',
+        "equation rendered as a TeX error",
+    ),
     "broken page link": ('<a href="no-such-chapter.html">a chapter that is gone</a>', "broken link"),
     "broken anchor": ('<a href="#no-such-section">a section that is gone</a>', "broken link"),
-    "wide equation": ('</p><div class="math notranslate nohighlight">\\[' + " + ".join(f"x_{{{i}}}" for i in range(80))
-                      + '\\]</div><p>', "displayed equation overflows"),
-    "long code line": ('</p><div class="cell_input"><div class="highlight"><pre style="white-space: pre">'
-                       + "total = " + " + ".join(f"term_{i}" for i in range(40)) + '</pre></div></div><p>',
-                       "code line overflows"),
+    "wide equation": (
+        '</p><div class="math notranslate nohighlight">\\['
+        + " + ".join(f"x_{{{i}}}" for i in range(80))
+        + "\\]</div><p>",
+        "displayed equation overflows",
+    ),
+    "long code line": (
+        '</p><div class="cell_input"><div class="highlight"><pre style="white-space: pre">'
+        + "total = "
+        + " + ".join(f"term_{i}" for i in range(40))
+        + "</pre></div></div><p>",
+        "code line overflows",
+    ),
 }
 
 
@@ -385,15 +412,13 @@ def launch_problems(hrefs: list[str], docname: str, site: str) -> list[str]:
     interface = cfg["launch_buttons"].get("notebook_interface", "classic")
     ui = {"classic": "tree", "jupyterlab": "lab/tree"}[interface]
     wanted = {
-        "Colab": f"{cfg['launch_buttons']['colab_url'].rstrip('/')}/github/{owner_repo}/blob/"
-                 f"{branch}/{colab}",
+        "Colab": f"{cfg['launch_buttons']['colab_url'].rstrip('/')}/github/{owner_repo}/blob/{branch}/{colab}",
         "Binder": f"{cfg['launch_buttons']['binderhub_url'].rstrip('/')}/v2/gh/{owner_repo}/{branch}"
-                  f"?urlpath={ui}/{colab}",
+        f"?urlpath={ui}/{colab}",
         ".ipynb download": f"{site}/_sources/{docname}.ipynb",
         "repository": repo,
     }
-    return [f"no {what} link ({url}...)" for what, url in wanted.items()
-            if not any(h.startswith(url) for h in hrefs)]
+    return [f"no {what} link ({url}...)" for what, url in wanted.items() if not any(h.startswith(url) for h in hrefs)]
 
 
 # --- pages with a job of their own -----------------------------------------------------------
@@ -409,8 +434,9 @@ def _built(docname: str) -> str:
 def test_api_page_documents_every_public_module():
     text = _built("book/api")
     package = importlib.import_module("klbook")
-    modules = ["klbook"] + [f"klbook.{m.name}" for m in pkgutil.iter_modules(package.__path__)
-                            if not m.name.startswith("_")]
+    modules = ["klbook"] + [
+        f"klbook.{m.name}" for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")
+    ]
     missing = [m for m in modules if f'id="module-{m}"' not in text]
     assert not missing, f"the API page lacks {missing}"
     assert "kl" in dir(package) and 'id="klbook.divergence.kl"' in text
@@ -428,8 +454,9 @@ def test_bibliography_lists_every_entry():
     keys = re.findall(r"^@\w+\{([^,\s]+),", (ROOT / "book/references.bib").read_text(), re.M)
     assert "alemi2024kl" in keys
     missing = [k for k in keys if f'id="cite-{k}"' not in text]
-    assert not missing, (f"references.bib entries {missing} are not on the bibliography page "
-                         "(cite them somewhere, or drop them)")
+    assert not missing, (
+        f"references.bib entries {missing} are not on the bibliography page (cite them somewhere, or drop them)"
+    )
 
 
 def test_execution_page_has_a_row_per_notebook():

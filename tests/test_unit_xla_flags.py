@@ -16,8 +16,9 @@ def test_an_unknown_flag_is_refused_and_a_known_one_accepted():
 
 
 def test_flags_keep_what_is_set_and_add_only_accepted_candidates(monkeypatch):
-    monkeypatch.setattr(unit_xla_flags, "CANDIDATES",
-                        ("--xla_backend_optimization_level=0", "--xla_klbook_no_such_flag=1"))
+    monkeypatch.setattr(
+        unit_xla_flags, "CANDIDATES", ("--xla_backend_optimization_level=0", "--xla_klbook_no_such_flag=1")
+    )
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/dev/null ")
     assert unit_xla_flags.flags() == "--xla_dump_to=/dev/null --xla_backend_optimization_level=0"
     monkeypatch.delenv("XLA_FLAGS")

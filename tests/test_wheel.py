@@ -7,8 +7,8 @@ both resolve the same requirements from the wheel's metadata), which may fetch t
 dependencies from the registry, with the ``chapters`` extra (figures, widgets, datasets): exactly what the
 notebooks' install cell asks for on Colab. The site and test extras are *not* installed, and
 neither is the source tree (no editable install). The environment gets only what a Colab machine
-already has for running a notebook: ``ipykernel`` and ``nbclient``. Chapter 1 then runs in a temporary directory, with that
-environment's kernel, exactly as a reader would run it: its first cell finds klbook installed and
+already has for running a notebook: ``ipykernel`` and ``nbclient``. Chapter 1 then runs in a temporary directory, with
+that environment's kernel, exactly as a reader would run it: its first cell finds klbook installed and
 does nothing. A last cell added by the test proves klbook came from the wheel. Each step is
 timed; the times are printed and written to ``_build/wheel-test.json``.
 
@@ -45,9 +45,20 @@ NOTEBOOK_TIMEOUT = 900  # seconds per cell
 pytestmark = pytest.mark.slow
 
 # Copying the tree for the build leaves out what is generated or private.
-IGNORE = shutil.ignore_patterns(".git", ".venv", "_build", "build", "dist", "*.egg-info",
-                                "__pycache__", ".pytest_cache", ".hypothesis", "node_modules",
-                                ".ipynb_checkpoints", ".gl")
+IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "_build",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    "node_modules",
+    ".ipynb_checkpoints",
+    ".gl",
+)
 
 
 def _chapter() -> Path | None:
@@ -77,10 +88,10 @@ def _stand_in(directory: Path) -> Path:
         nbformat.v4.new_code_cell(
             "import math\nimport numpyro.distributions as dist\nimport klbook\n"
             "value = float(klbook.kl(dist.Bernoulli(probs=1.0), dist.Bernoulli(probs=0.5)))\n"
-            "assert abs(value - math.log(2)) < 1e-6, value\nprint(f'{value:.3f} nats')"),
+            "assert abs(value - math.log(2)) < 1e-6, value\nprint(f'{value:.3f} nats')"
+        ),
     ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = directory / "stand_in_for_ch01.ipynb"
     nbformat.write(nb, path)
     return path
@@ -89,8 +100,10 @@ def _stand_in(directory: Path) -> Path:
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(args, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
-                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -100,15 +113,14 @@ def _build_wheel(source: Path, out: Path) -> Path:
 
         _run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(source)])
     except ImportError:
-        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out),
-              str(source)])
+        _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(out), str(source)])
     wheels = sorted(out.glob("klbook-*.whl"))
     assert len(wheels) == 1, f"expected one klbook wheel, found {wheels}"
     return wheels[0]
 
 
 # The driver runs inside the fresh environment, as a Colab reader's Jupyter would.
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import json, sys, time
     import nbformat
     from nbclient import NotebookClient
@@ -137,7 +149,7 @@ DRIVER = textwrap.dedent('''
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     print(json.dumps({"seconds": seconds, "where": where, "errors": len(errors)}))
-''')
+""")
 
 
 def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
@@ -164,19 +176,25 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     requirements = [f"{wheel}[chapters]", "ipykernel", "nbclient"]
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if uv:  # the same resolution from the wheel's metadata as pip's, in a fraction of the time
-        _run([uv, "pip", "install", "--quiet", "--python", str(python), *requirements],
-             timeout=1800)
+        _run([uv, "pip", "install", "--quiet", "--python", str(python), *requirements], timeout=1800)
     else:
-        _run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-              *requirements], timeout=1800)
+        _run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements], timeout=1800
+        )
     # Its own kernel, registered inside the environment; JUPYTER_DATA_DIR hides any user-wide
     # kernel named python3 that could point at another interpreter.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTHONPATH", "JUPYTER", "VIRTUAL_ENV", "KLBOOK_STRICT"))}
-    env.update(JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"), KLBOOK_SCALE="quick",
-               JAX_PLATFORMS="cpu", PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
-    _run([str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
-         env=env)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHONPATH", "JUPYTER", "VIRTUAL_ENV", "KLBOOK_STRICT"))
+    }
+    env.update(
+        JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"),
+        KLBOOK_SCALE="quick",
+        JAX_PLATFORMS="cpu",
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+    )
+    _run([str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], env=env)
     times["create environment and install"] = time.perf_counter() - start
 
     # Only the runtime dependencies: none of the book's or the tests' packages came along.
@@ -197,15 +215,20 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     start = time.perf_counter()
-    result = _run([str(python), str(driver), str(notebook), str(workdir),
-                   str(NOTEBOOK_TIMEOUT)], env=env, cwd=workdir, timeout=3600)
+    result = _run(
+        [str(python), str(driver), str(notebook), str(workdir), str(NOTEBOOK_TIMEOUT)],
+        env=env,
+        cwd=workdir,
+        timeout=3600,
+    )
     times["execute " + chapter.name] = time.perf_counter() - start
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert outcome["errors"] == 0
     assert Path(outcome["where"]["prefix"]).resolve() == venv.resolve(), outcome
     assert Path(outcome["where"]["klbook"]).resolve().is_relative_to(venv.resolve()), (
-        f"klbook was imported from {outcome['where']['klbook']}, not from the wheel")
+        f"klbook was imported from {outcome['where']['klbook']}, not from the wheel"
+    )
 
     # The Colab edition of the same chapter (colab/, scripts/make_colab.py), as the launch buttons
     # open it: plain Markdown, the same code, run in the same fresh environment.
@@ -216,17 +239,24 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
         colab_dir.mkdir()
         shutil.copy(colab, colab_dir / chapter.name)
         start = time.perf_counter()
-        result = _run([str(python), str(driver), str(colab_dir / chapter.name), str(colab_dir),
-                       str(NOTEBOOK_TIMEOUT)], env=env, cwd=colab_dir, timeout=3600)
+        result = _run(
+            [str(python), str(driver), str(colab_dir / chapter.name), str(colab_dir), str(NOTEBOOK_TIMEOUT)],
+            env=env,
+            cwd=colab_dir,
+            timeout=3600,
+        )
         times["execute colab/" + chapter.name] = time.perf_counter() - start
         colab_outcome = json.loads(result.stdout.strip().splitlines()[-1])
         assert colab_outcome["errors"] == 0, colab_outcome
         assert Path(colab_outcome["where"]["klbook"]).resolve().is_relative_to(venv.resolve())
 
     RECORD.parent.mkdir(parents=True, exist_ok=True)
-    RECORD.write_text(json.dumps({"notebook": chapter.name, "wheel": wheel.name,
-                                  "seconds": {k: round(v, 1) for k, v in times.items()}},
-                                 indent=2))
+    RECORD.write_text(
+        json.dumps(
+            {"notebook": chapter.name, "wheel": wheel.name, "seconds": {k: round(v, 1) for k, v in times.items()}},
+            indent=2,
+        )
+    )
     print("\nfresh-wheel test:")
     for step, seconds in times.items():
         print(f"  {seconds:7.1f} s  {step}")

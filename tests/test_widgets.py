@@ -67,7 +67,7 @@ def test_one_tail_is_infinite_evidence_for_the_fair_coin():
 def test_flips_that_refute_both_hypotheses_are_reported_not_hidden():
     meter = BeliefOMeter(KEY, true_heads=0.5, h1_heads=1.0, h2_heads=0.0).flip(30)
     with pytest.raises(ValueError, match="both"):
-        meter.trajectory
+        _ = meter.trajectory
     assert "rule out both" in meter.status
     assert math.isnan(meter.expected_slope)
     fig = draw_belief_o_meter(meter)

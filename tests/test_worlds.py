@@ -1,6 +1,5 @@
 """Tests for klbook.worlds: the graph read off each world's code, and the side-by-side drawing."""
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
