@@ -5,14 +5,16 @@ The real world holds labelled data :math:`p(x, y)` and augments it with a *stoch
 does not model them), a fixed marginal :math:`q(z) = \mathcal{N}(0, I)` for the code, and a
 classifier :math:`q(y\mid z)` that reads the code alone. The recipe's KL then splits into
 
-.. math:: I[P;Q] = \underbrace{\left\langle -\log q(y\mid z)\right\rangle_{p(x,y)\,p(z\mid x)}}_{C,\ \text{classification distortion}}
-   + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_{p(x)\,p(z\mid x)}}_{R,\ \text{rate}}
+.. math::
+   I[P;Q] = \underbrace{\left\langle -\log q(y\mid z)\right\rangle_{p(x,y)\,p(z\mid x)}}_{C}
+   + \underbrace{\left\langle \log\frac{p(z\mid x)}{q(z)}\right\rangle_{p(x)\,p(z\mid x)}}_{R}
    - H[Y\mid X] ,
 
 (the images' term is zero: both worlds read :math:`x` as data) and the variational information
-bottleneck (Alemi et al., 2017) minimises :math:`C + \beta R`.
+bottleneck (Alemi et al., 2017) minimises :math:`C + \beta R`. The recipe names :math:`C`, the
+label's term, ``"classification"`` (as :mod:`klbook.supervised` does) and :math:`R` ``"rate"``.
 The rate bounds the information the code keeps about the image, :math:`R \ge I(X; Z)`, and the
-distortion bounds the cross-entropy of the *stochastic classifier*
+classification term bounds the cross-entropy of the *stochastic classifier*
 :math:`\bar q(y\mid x) = \int p(z\mid x)\, q(y\mid z)\, dz` (Jensen's inequality), which in turn
 is at least the conditional entropy :math:`H[Y\mid X]`:
 
@@ -49,7 +51,7 @@ import optax
 from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key
 from klbook.nn import categorical_head, gaussian_head, mlp
-from klbook.recipe import data, kl_objective
+from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
 __all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
@@ -58,8 +60,8 @@ __all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rat
            "labelled_mixture", "label_posterior"]
 
 #: The recipe's names for the three sites: the images' term (zero: both worlds read x as data),
-#: the code's term, the rate, and the labels' term, the classification distortion.
-NAMES = {"x": "inputs", "z": "rate", "y": "distortion"}
+#: the code's term, the rate, and the labels' term :math:`C`, the classification term.
+NAMES = {"x": "inputs", "z": "rate", "y": "classification"}
 
 
 class VIB(eqx.Module):
@@ -156,10 +158,23 @@ def dream_world(model: VIB, x, y) -> None:
         numpyro.sample("y", model.classify(z))
 
 
-def objective(model: VIB, key: jax.Array, x, y, beta=1e-3) -> tuple[jax.Array, dict]:
-    """The VIB loss ``C + β R`` from the recipe (one draw of the code), and its terms, nats per example."""
-    obj = kl_objective(key, real_world, dream_world, model, x, y, names=NAMES, weights={"rate": beta})
-    return obj.loss, obj.terms
+def objective(key: jax.Array, model: VIB, x, y, *, beta=1e-3, num_particles: int = 1) -> KLObjective:
+    r"""The VIB's ledger from the recipe: ``loss`` is :math:`C + \beta R`, nats per example.
+
+    ``x [N, D]``, ``y [N]``; ``num_particles`` draws of the code per example. Returns the recipe's
+    :class:`~klbook.recipe.KLObjective` with terms ``"inputs"`` (zero), ``"rate"`` (:math:`R`) and
+    ``"classification"`` (:math:`C`); ``total`` is the unweighted :math:`C + R`, the KL up to the
+    constant :math:`H[Y\mid X]` (the dropped data sites ``x`` and ``y``).
+    """
+    check_key(key)
+    message = "beta must be a finite number >= 0"
+    if is_concrete(beta):
+        if np.ndim(beta) != 0 or not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"{message}; got {beta}")
+    else:  # a traced beta (a sweep vmapped over it): the same message stops the program at run time
+        beta = eqx.error_if(beta, ~jnp.isfinite(beta) | (beta < 0), message)
+    return kl_objective(key, real_world, dream_world, model, x, y, names=NAMES, weights={"rate": beta},
+                        num_particles=num_particles)
 
 
 def rate(model: VIB, x) -> jax.Array:
@@ -198,15 +213,16 @@ def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[
     stochastic classifier) and repeats (several seeds of one β); :func:`klbook.train.fit_stacked`
     does the training. Returns the stacked models
     (leading axis ``len(betas)``; see :func:`model_at`) and the history with ``rate/i`` and
-    ``distortion/i`` per model.
+    ``classification/i`` per model.
     """
     check_key(key)
     betas = jnp.asarray(betas, jnp.float32)
     if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas >= 0)):
         raise ValueError(f"betas must be a non-empty list of non-negative numbers; got {betas}")
-    return fit_stacked(key, make, lambda m, k, batch, b: objective(m, k, batch[0], batch[1], b), betas,
+    return fit_stacked(key, make, lambda m, k, batch, b: objective(k, m, batch[0], batch[1], beta=b), betas,
                        (jnp.asarray(x), jnp.asarray(y)), num_steps=num_steps, batch_size=batch_size,
-                       optimizer=optimizer, progress=progress, desc=f"{betas.size} VIBs")
+                       optimizer=optimizer, terms=("rate", "classification"), progress=progress,
+                       desc=f"{betas.size} VIBs")
 
 
 def model_at(models: VIB, i: int) -> VIB:
@@ -218,8 +234,8 @@ class Scores(NamedTuple):
     """What :func:`evaluate` measures for one model on a labelled set (nats, fractions; scalars)."""
 
     rate: jax.Array  #: closed-form rate :math:`R`, averaged over the images
-    distortion: jax.Array  #: :math:`C = \langle -\log q(y\mid z)\rangle` over the encoder's draws
-    distortion_se: jax.Array  #: its Monte Carlo standard error (over the independent draws)
+    classification: jax.Array  #: :math:`C = \langle -\log q(y\mid z)\rangle` over the encoder's draws
+    classification_se: jax.Array  #: its Monte Carlo standard error (over the independent draws)
     error_one: jax.Array  #: expected error of a one-draw classifier (averaged over the draws)
     error_avg: jax.Array  #: error of the stochastic classifier with ``num_samples`` draws averaged
     calibration: jax.Array  #: expected calibration error of that averaged classifier
@@ -230,10 +246,10 @@ class Scores(NamedTuple):
 
 
 def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
-    r"""Rate, distortion, errors and calibration of one VIB on ``x [N, D]``, ``y [N]``.
+    r"""Rate, classification term, errors and calibration of one VIB on ``x [N, D]``, ``y [N]``.
 
     ``num_samples`` draws :math:`z_s \sim p(z\mid x)` per image serve every sampled score; the
-    distortion's standard error treats the ``num_samples`` draws (each averaged over the images)
+    classification term's standard error treats the ``num_samples`` draws (each averaged over the images)
     as independent estimates. ``error_one`` averages the one-draw error over the draws (lower
     variance than a single draw, same expectation). The draws are those of
     ``predictive(key, model, x, num_samples)``.
@@ -261,14 +277,16 @@ def _evaluate(key, model: VIB, x, y, num_samples: int) -> Scores:
     wrong_one = jnp.argmax(log_probs, axis=-1) != y[None, :]  # [S, N]
     at_mean = jnp.argmax(model.classify(encoder.base_dist.loc).logits, axis=-1)  # [N]
     conf, correct, _ = _bins(qbar, y, 10)
-    return Scores(rate=jnp.mean(rate(model, x)), distortion=jnp.mean(per_draw),
-                  distortion_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
+    return Scores(rate=jnp.mean(rate(model, x)), classification=jnp.mean(per_draw),
+                  classification_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
                   error_one=jnp.mean(wrong_one), error_avg=jnp.mean(jnp.argmax(qbar, -1) != y),
-                  calibration=jnp.sum(jnp.abs(correct - conf)) / y.shape[0], error_mean_code=jnp.mean(at_mean != y),
+                  calibration=jnp.sum(jnp.abs(correct - conf)) / y.shape[0],
+                  error_mean_code=jnp.mean(at_mean != y),
                   confidence_gap=(jnp.sum(conf) - jnp.sum(correct)) / y.shape[0])
 
 
-def labelled_mixture(key: jax.Array, num_samples: int, mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
+def labelled_mixture(key: jax.Array, num_samples: int,
+                     mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
     r"""Labelled points from a Gaussian mixture: the label is the component, ``x [N, d]``, ``y [N]``.
 
     With :func:`label_posterior` this is a world whose :math:`p(y\mid x)`, hence :math:`H[Y\mid X]`,
