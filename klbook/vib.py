@@ -38,7 +38,8 @@ rate in closed form; :func:`predictive` is the stochastic classifier; :func:`fgs
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -337,7 +338,9 @@ def label_posterior(mixture: dist.MixtureSameFamily, x) -> jax.Array:
 def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.0) -> jax.Array:
     r"""The fast gradient-sign attack (Goodfellow et al., 2015) on the classifier at the code's mean.
 
-    .. math:: x' = \mathrm{clip}\big(x + \epsilon\, \mathrm{sign}\,\nabla_x [-\log q(y\mid \mu(x))],\ [\text{low}, \text{high}]\big)
+    .. math::
+       x' = \mathrm{clip}\big(x + \epsilon\, \mathrm{sign}\,\nabla_x [-\log q(y\mid \mu(x))],\
+       [\text{low}, \text{high}]\big)
 
     Each pixel moves by at most ``epsilon``, in the direction that raises the loss of the true
     label fastest. Returns ``x' [N, D]``.

@@ -217,7 +217,8 @@ def test_label_posterior_is_bayes_rule_by_hand():
     from klbook.data import ring_mixture
     mix = ring_mixture(3, radius=1.0, scale=0.5)
     base = mix.component_distribution.base_dist
-    loc, scale = np.broadcast_to(np.asarray(base.loc, np.float64), (3, 2)), np.broadcast_to(np.asarray(base.scale, np.float64), (3, 2))
+    loc = np.broadcast_to(np.asarray(base.loc, np.float64), (3, 2))
+    scale = np.broadcast_to(np.asarray(base.scale, np.float64), (3, 2))
     w = np.exp(np.asarray(mix.mixing_distribution.logits, np.float64))
     w /= w.sum()
     x = np.array([[0.3, -0.2], [1.0, 0.0], [-0.5, 0.9]])
@@ -338,7 +339,7 @@ def test_objective_matches_numpyro_trace_elbo_value_and_gradient(beta):
         flat = jnp.concatenate([g.reshape(reps, -1) for g in jax.tree.leaves(grads)], axis=1)
         return np.asarray(values, np.float64), np.asarray(flat, np.float64)
 
-    for (a, b), what in zip(zip(draws(ours, 1), draws(theirs, 2)), ("value", "gradient")):
+    for (a, b), what in zip(zip(draws(ours, 1), draws(theirs, 2), strict=True), ("value", "gradient"), strict=True):
         gap = np.abs(a.mean(0) - b.mean(0))
         se = np.sqrt(a.var(0, ddof=1) / reps + b.var(0, ddof=1) / reps)
         assert np.all(gap < 5 * se + 1e-6), (what, a.mean(0), b.mean(0), se)
