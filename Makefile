@@ -194,16 +194,24 @@ test-site: test-book
 test-wheel: install
 	$(call timed,wheel,$(PY) -m pytest tests/test_wheel.py -q -s)
 
-# Layer 6: the declared lower bounds, installed (uv, constraints generated from pyproject.toml)
-# (core and chapters extra) into a fresh venv, the test tools resolved as usual; the package's
-# unit tests (test-unit's selection less the checks on the project's own files, which do not
-# depend on klbook's dependencies: the Colab edition, notebook conventions, pyproject) and
-# chapters 1, 3 and 6 top to bottom with their asserts, at quick (outputs are not compared), two
-# at a time. The venv is made again whenever pyproject.toml (the bounds) or the script changes.
+# Layer 6: the declared lower bounds, every one of them: uv installs the core and the chapters,
+# site and test extras at their lower bounds (constraints generated from pyproject.toml) into a
+# fresh venv, and each bound is then exercised there: the package's unit tests (test-unit's
+# selection less the checks on the project's own files, which do not depend on klbook's
+# dependencies: the Colab edition, notebook conventions, pyproject) under the lowest pytest,
+# xdist, hypothesis and jaxtyping; chapters 1 and 6 top to bottom with their asserts through the
+# lowest nbclient and ipykernel, and chapter 3 through the lowest nbval (outputs are not compared:
+# the notebook layer does that at the current versions), at quick, two at a time; the book built
+# strictly by the lowest Jupyter Book, Sphinx theme and bibtex extension into _build/lowest-book,
+# and that site opened in Chromium by the lowest Selenium; the wheel built by the lowest `build`
+# and installed by the lowest uv. The venv is made again whenever pyproject.toml (the bounds) or
+# the script changes.
 LOWEST := _build/lowest-venv
 LOWEST_STAMP := $(LOWEST)/.installed-stamp
-LOWEST_NOTEBOOKS := book/ch06_vae.ipynb book/ch01_weight_of_evidence.ipynb book/ch03_recipe.ipynb
-LOWEST_INSTALL := -c _build/lowest-constraints.txt -e .[chapters,test]
+LOWEST_NOTEBOOKS := book/ch06_vae.ipynb book/ch01_weight_of_evidence.ipynb
+LOWEST_NBVAL := book/ch03_recipe.ipynb
+LOWEST_BOOK := _build/lowest-book
+LOWEST_INSTALL := -c _build/lowest-constraints.txt -e .[chapters,site,test]
 PROJECT_FILE_TESTS := tests/test_colab.py tests/test_notebook_conventions.py tests/test_project_files.py
 $(LOWEST_STAMP): pyproject.toml scripts/lowest_versions.py | install
 	$(call timed,lowest install,rm -rf $(LOWEST) && \
@@ -212,12 +220,18 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_versions.py | install
 	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
 	  touch $(LOWEST_STAMP))
 
-test-lowest: $(LOWEST_STAMP)
+test-lowest: $(LOWEST_STAMP) site-assets
 	$(call timed,lowest,$(LOWEST)/bin/python scripts/lowest_versions.py check && \
 	  $(call UNIT_XLA,$(LOWEST)/bin/python) $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) $(LOADFILE) \
 	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
-	  KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks \
-	    --jobs $(if $(XDIST),$(JOBS),1) $(LOWEST_NOTEBOOKS))
+	  { KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks \
+	    --jobs $(if $(XDIST),$(JOBS),1) $(LOWEST_NOTEBOOKS) & nb=$$!; \
+	    KLBOOK_SCALE=quick $(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(LOWEST_NBVAL); \
+	    lax=$$?; wait $$nb && test $$lax = 0; } && \
+	  rm -rf $(LOWEST_BOOK) && \
+	  $(LOWEST)/bin/jupyter-book build . --path-output $(LOWEST_BOOK) --warningiserror --nitpick --keep-going >/dev/null && \
+	  KLBOOK_SITE_HTML=$(LOWEST_BOOK)/_build/html $(LOWEST)/bin/python -m pytest tests/test_site.py -q -p no:cacheprovider && \
+	  $(LOWEST)/bin/python -m pytest tests/test_wheel.py -q -p no:cacheprovider)
 
 # The layers in order. The unit, notebook and seed layers keep both cores busy on their own; the
 # rest then runs two make jobs at a time, since each is mostly one busy process or waiting on an

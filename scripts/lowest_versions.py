@@ -3,13 +3,14 @@
 pyproject.toml is the source of truth. Three steps, each a sub-command:
 
 ``constraints``
-    print ``name==lower-bound`` for every runtime requirement (the core install and the
-    ``chapters`` extra), for ``uv pip install -c`` (or ``pip install -c``). The test tools are
-    resolved as usual: the layer tests klbook's range, not pytest's.
+    print ``name==lower-bound`` for every declared requirement: the core install and the
+    ``chapters``, ``site`` and ``test`` extras, for ``uv pip install -c`` (or ``pip install -c``).
+    (The ``lint`` extra is pinned exactly and tested by ``make test-lint``; ``gpu`` needs a GPU.)
+    What the bounds do not name (IPython, Sphinx, docutils, ...) is resolved as usual.
 ``check``
-    in the environment that runs it, print the installed version of every runtime requirement
-    (and of jaxlib, SciPy and Python, which follow from them), and fail unless each runtime
-    requirement is installed at exactly its declared lower bound.
+    in the environment that runs it, print the installed version of every declared requirement
+    (and of jaxlib, SciPy, IPython, Sphinx and Python, which follow from them), and fail unless
+    each is installed at exactly its declared lower bound.
 ``notebooks [--jobs N] NOTEBOOK...``
     execute each notebook top to bottom with nbclient, in its own directory, with this
     environment's kernel, N at a time; a cell that raises (a failed ``assert``) fails. Outputs are not
@@ -40,10 +41,26 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The extras whose lower bounds the layer installs and exercises: ``chapters`` by the unit tests and
+# the notebooks, ``test`` by the same runs (pytest, xdist, hypothesis, nbclient, nbval, ipykernel)
+# and by the wheel and site tests (build, uv, selenium), ``site`` by a strict build of the book.
+EXTRAS = ("chapters", "site", "test")
+
+
 def runtime_requirements() -> list[Requirement]:
+    """Every requirement with a lower bound to test: the core and :data:`EXTRAS` (this Python's)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + project["optional-dependencies"]["chapters"]
-    return [r for r in map(Requirement, specs) if r.marker is None or r.marker.evaluate()]
+    specs = list(project["dependencies"])
+    for extra in EXTRAS:
+        specs += project["optional-dependencies"][extra]
+    reqs: dict[str, Requirement] = {}
+    for req in map(Requirement, specs):
+        if (req.marker is not None and not req.marker.evaluate()) or req.name == project["name"]:
+            continue  # another Python's requirement, or "klbook[chapters]" inside an extra
+        if req.name in reqs and str(reqs[req.name].specifier) != str(req.specifier):
+            sys.exit(f"{req.name} is declared twice with different ranges: {reqs[req.name]} and {req}")
+        reqs.setdefault(req.name, req)
+    return list(reqs.values())
 
 
 def lower_bound(req: Requirement) -> str:
@@ -66,7 +83,7 @@ def check() -> None:
         ok = Version(installed) == Version(low)
         wrong += [] if ok else [f"{req.name} {installed} (declared lower bound {low})"]
         print(f"  {req.name:14s} {installed:10s} {'= lower bound' if ok else '!= ' + low}")
-    for name in ("jaxlib", "scipy"):
+    for name in ("jaxlib", "scipy", "ipython", "sphinx"):
         print(f"  {name:14s} {importlib.metadata.version(name):10s} (follows from the above)")
     if wrong:
         sys.exit("not at the declared lower bound: " + "; ".join(wrong))

@@ -25,6 +25,9 @@ def test_constraints_pin_every_runtime_requirement_at_its_lower_bound():
     pins = dict(line.split("==") for line in out)
     names = {r.name for r in lowest_versions.runtime_requirements()}
     assert set(pins) == names and {"jax", "numpyro", "equinox", "optax"} <= names
+    # every extra with lower bounds is in: chapters, site (the book build) and test (the tools)
+    assert {"matplotlib", "jupyter-book", "ipykernel", "pytest", "nbval", "selenium", "build", "uv"} <= names
+    assert "klbook" not in names and "ruff" not in names  # the self-reference and the exact lint pins
     assert pins["jax"] == lowest_versions.lower_bound(
         next(r for r in lowest_versions.runtime_requirements() if r.name == "jax")
     )
