@@ -90,6 +90,7 @@ import numpyro.distributions as dist
 
 from klbook._checks import is_concrete
 from klbook.divergence import check_key
+from klbook.nn import gaussian_head
 from klbook.recipe import KLObjective, data, kl_objective
 
 __all__ = [
@@ -143,9 +144,10 @@ class TherML(eqx.Module):
     * ``decoder(z)`` -> :math:`q(x\mid z)` for ``z [N, K]``, batch ``(N,)``, event ``(d,)``.
     * ``classifier(z)`` -> :math:`q(y\mid z)`, batch ``(N,)``; without an encoder it is called
       ``classifier(theta, x)``, the likelihood :math:`q(y\mid x,\theta)` of :mod:`klbook.bayes`.
-    * ``posterior``: :math:`p(\theta\mid\mathcal D)`, a NumPyro distribution (a pytree, so its
-      parameters train); ``None`` or ``dist.Delta`` for a point estimate (no :math:`S`).
-    * ``weight_prior``: :math:`q(\theta)`, a NumPyro distribution with the posterior's shape.
+    * ``posterior``: :math:`p(\theta\mid\mathcal D)`, a NumPyro distribution or a module that
+      returns one when called (:class:`MeanField`, whose parameters train); ``None`` or
+      ``dist.Delta`` for a point estimate (no :math:`S`).
+    * ``weight_prior``: :math:`q(\theta)`, likewise, with the posterior's shape.
 
     The callables may be Equinox modules (their arrays are then trained parameters).
     """
@@ -167,6 +169,64 @@ class _Method(eqx.Module):
 
     def __call__(self, *args):
         return getattr(self.module, self.method)(*(args[1:] if self.drop_theta else args))
+
+
+class MeanField(eqx.Module):
+    r"""A trainable mean-field Gaussian over the weights, :math:`\mathcal N(\mu, \mathrm{diag}\,s^2)`, s a softplus.
+
+    Called with no arguments it returns the distribution (event ``(num_weights,)``); every value of
+    its parameters is valid, so an optimiser may move them freely.
+    """
+
+    loc: jax.Array
+    raw_scale: jax.Array
+
+    def __call__(self) -> dist.Distribution:
+        return dist.Normal(self.loc, jax.nn.softplus(self.raw_scale)).to_event(1)
+
+
+def mean_field(loc, scale: float = 1e-2) -> MeanField:
+    """:class:`MeanField` centred at ``loc [num_weights]`` with every standard deviation ``scale``."""
+    loc = jnp.asarray(loc, jnp.float32)
+    if loc.ndim != 1 or not scale > 0:
+        raise ValueError(f"loc must be a vector of weights and scale > 0; got shape {loc.shape}, scale {scale!r}")
+    return MeanField(loc, jnp.full(loc.shape, float(np.log(np.expm1(scale))), jnp.float32))
+
+
+class WeightEncoder(eqx.Module):
+    r"""An MLP encoder whose weights are θ: :math:`p(z\mid x, \theta)`, a diagonal Gaussian.
+
+    ``sizes`` are the layer widths from the input to ``2 K`` (mean and raw scale, as
+    :func:`klbook.nn.gaussian_head` reads them); θ is the flat vector of every layer's weight
+    matrix and bias, ``num_weights`` long; hidden layers use ``tanh``. The inputs are divided by
+    ``input_scale`` (16 for the 8×8 digits' counts). Holds no trained array itself: the weights
+    live in the posterior over θ.
+    """
+
+    sizes: tuple[int, ...] = eqx.field(static=True)
+    input_scale: float = eqx.field(static=True, default=1.0)
+
+    @property
+    def num_weights(self) -> int:
+        return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:], strict=False))
+
+    def __call__(self, theta, x) -> dist.Distribution:
+        theta, h = jnp.asarray(theta), jnp.asarray(x).astype(jnp.float32) / self.input_scale
+        if theta.shape != (self.num_weights,):
+            raise ValueError(
+                f"theta must have shape ({self.num_weights},) for layer sizes {self.sizes}; got {theta.shape}"
+            )
+        if h.ndim != 2 or h.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must have shape [N, {self.sizes[0]}]; got {h.shape}")
+        start, last = 0, len(self.sizes) - 2
+        for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=False)):
+            w = theta[start : start + a * b].reshape(a, b)
+            bias = theta[start + a * b : start + (a + 1) * b]
+            start += (a + 1) * b
+            h = h @ w + bias[None, :]
+            if i < last:
+                h = jnp.tanh(h)
+        return gaussian_head(h)
 
 
 def from_vae(vae) -> TherML:
@@ -197,16 +257,22 @@ def _is_point_mass(d) -> bool:
     return isinstance(d, dist.Delta)
 
 
+def _distribution(d):
+    """A distribution field: a NumPyro distribution, or a module that returns one when called (:class:`MeanField`)."""
+    return d if d is None or isinstance(d, dist.Distribution) else d()
+
+
 def _weights(model: TherML):
     """θ's distribution in the real world, or None when θ is a point estimate."""
-    return None if model.posterior is None or _is_point_mass(model.posterior) else model.posterior
+    post = _distribution(model.posterior)
+    return None if post is None or _is_point_mass(post) else post
 
 
 def _theta_value(model: TherML):
     """θ for a point estimate: the Delta's value, or None without a posterior."""
-    if model.posterior is None:
+    d = _distribution(model.posterior)
+    if d is None:
         return None
-    d = model.posterior
     while isinstance(d, dist.Independent):
         d = d.base_dist
     return getattr(d, "v")  # noqa: B009 (pyright: Distribution has no v)
@@ -244,8 +310,8 @@ def dream_world(model: TherML, x, y=None) -> None:
     ``x`` and ``y`` only set the shapes (the recipe substitutes the real world's values). Without an
     encoder the label head is the likelihood :math:`q(y\mid x, \theta)` and ``x`` is data here too.
     """
-    post = _weights(model)
-    theta = numpyro.sample("theta", model.weight_prior) if post is not None else _theta_value(model)
+    prior = _distribution(model.weight_prior)
+    theta = numpyro.sample("theta", prior) if _weights(model) is not None and prior is not None else _theta_value(model)
     n = x.shape[0]
     with numpyro.plate("data", n):
         if model.encoder is None:

@@ -13,7 +13,7 @@ from numpyro.infer import Trace_ELBO
 
 from klbook import bayes, therml, vae, vib
 from klbook import semisup as ss
-from klbook.nn import categorical_head, gaussian_head
+from klbook.nn import categorical_head
 from klbook.recipe import KLObjective
 
 N, D, K, C = 8, 6, 2, 3
@@ -129,13 +129,6 @@ def test_variational_bayes_is_therml_without_a_code_and_sigma_one(beta=0.3):
 # --- the full diagram: every term, against NumPyro's Trace_ELBO -------------------------------------
 
 
-class _Encoder(eqx.Module):
-    """p(z|x, theta): a linear map whose weights are theta [D * 2K] (no parameters of its own)."""
-
-    def __call__(self, theta, x):
-        return gaussian_head(x @ theta.reshape(D, 2 * K))
-
-
 class _Head(eqx.Module):
     net: eqx.nn.Linear
     kind: str = eqx.field(static=True)
@@ -147,14 +140,15 @@ class _Head(eqx.Module):
 
 def _full(key):
     k1, k2, k3 = jax.random.split(key, 3)
-    posterior = dist.Normal(0.3 * jax.random.normal(k1, (2 * D * K,)), 0.2).to_event(1)
+    encoder = therml.WeightEncoder((D, 4, 2 * K))  # one hidden layer; its weights are theta
+    posterior = therml.mean_field(0.3 * jax.random.normal(k1, (encoder.num_weights,)), 0.2)
     return therml.TherML(
-        encoder=_Encoder(),
+        encoder=encoder,
         prior=lambda n: dist.Normal(jnp.zeros((n, K)), 1.0).to_event(1),
         decoder=_Head(eqx.nn.Linear(K, D, key=k2), "bernoulli"),
         classifier=_Head(eqx.nn.Linear(K, C, key=k3), "categorical"),
         posterior=posterior,
-        weight_prior=dist.Normal(jnp.zeros(2 * D * K), 1.0).to_event(1),
+        weight_prior=dist.Normal(jnp.zeros(encoder.num_weights), 1.0).to_event(1),
     )
 
 
@@ -167,7 +161,7 @@ def _numpyro_pair():
             numpyro.sample("y", m.classifier(z), obs=y)
 
     def guide(m, x, y):
-        theta = numpyro.sample("theta", m.posterior)
+        theta = numpyro.sample("theta", m.posterior())
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("z", m.encoder(theta, x))
 
@@ -177,14 +171,14 @@ def _numpyro_pair():
 def test_full_objective_matches_numpyro_trace_elbo_value_and_gradient():
     """With every multiplier 1, loss = total = Trace_ELBO / N (S's KL divided by N), in expectation.
 
-    Both are one-particle Monte Carlo estimators of the same expectation; 300 independent keys
+    Both are one-particle Monte Carlo estimators of the same expectation; 200 independent keys
     each, compared within 5 combined standard errors per component (value and every gradient entry).
     """
     m = _full(jax.random.key(12))
     x, y = _images(), _labels()
     params, static = eqx.partition(m, eqx.is_inexact_array)
     model, guide = _numpyro_pair()
-    reps = 300
+    reps = 200
 
     def ours(p, key):
         return therml.objective(key, eqx.combine(p, static), x, y, delta=1.0, gamma=1.0, sigma=1.0).loss
@@ -216,7 +210,7 @@ def test_loss_is_the_papers_weighted_sum_and_total_the_unweighted_one():
     _close(obj.loss, t["rate"] + delta * t["distortion"] + gamma * t["classification"] + sigma * t["weights_rate"])
     _close(obj.total, sum(t.values()))
     # S is the weights' KL divided by N (here the batch is the whole set): its closed form is within 5 s.e.
-    exact = float(dist.kl_divergence(m.posterior, m.weight_prior)) / N
+    exact = float(dist.kl_divergence(m.posterior(), m.weight_prior)) / N
     assert abs(float(t["weights_rate"]) - exact) < 5 * float(obj.stderr["weights_rate"])
 
 
@@ -241,7 +235,7 @@ def _both(fn, *args, match, exc=ValueError):
 
 class _DeltaEncoder(eqx.Module):
     def __call__(self, theta, x):
-        return dist.Delta(x @ theta.reshape(D, 2 * K)[:, :K], event_dim=1)
+        return dist.Delta(x @ theta[: D * K].reshape(D, K), event_dim=1)
 
 
 def test_deterministic_code_is_refused_naming_the_rate():
@@ -257,7 +251,7 @@ def test_deterministic_code_is_refused_naming_the_rate():
 
 def test_point_mass_weights_refuse_S_but_work_as_a_plain_parameter():
     m = _full(jax.random.key(16))
-    point = dist.Delta(m.posterior.base_dist.loc, event_dim=1)
+    point = dist.Delta(m.posterior.loc, event_dim=1)
     mp = eqx.tree_at(lambda t: t.posterior, m, point)
     x, y = _images(), _labels()
     _both(
@@ -325,3 +319,20 @@ def test_special_case_names_and_betas_are_checked():
         therml.special_case("gan", beta=1.0)
     with pytest.raises(ValueError, match="beta > 0"):
         therml.special_case("vib", beta=0.0)
+
+
+def test_weight_encoder_reads_theta_as_its_layers():
+    enc = therml.WeightEncoder((D, 2 * K), input_scale=2.0)  # one linear layer
+    assert enc.num_weights == (D + 1) * 2 * K
+    theta = jax.random.normal(jax.random.key(19), (enc.num_weights,))
+    x = _images()
+    w, b = theta[: D * 2 * K].reshape(D, 2 * K), theta[D * 2 * K :]
+    _close(enc(theta, x).mean, (x / 2.0 @ w + b[None, :])[:, :K])
+    with pytest.raises(ValueError, match=r"theta must have shape \(28,\)"):
+        enc(theta[:-1], x)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 6\]"):
+        enc(theta, x[:, :-1])
+    with pytest.raises(ValueError, match="scale > 0"):
+        therml.mean_field(jnp.zeros(3), 0.0)
+    mf = therml.mean_field(jnp.zeros(3), 0.5)
+    _close(jnp.sqrt(mf().variance), jnp.full(3, 0.5))
