@@ -349,3 +349,85 @@ def test_fit_accepts_a_kl_objective():
     np.testing.assert_allclose(res.history["loss"], 2.0 * res.history["distortion"], rtol=1e-6)
     scores = evaluate(jax.random.key(1), loss, res.params, x, 2)
     np.testing.assert_allclose(scores["distortion"], 0.5 * np.log(2 * np.pi) + 0.5 * float(((x - x.mean()) ** 2).mean()), rtol=1e-5)
+
+
+# --- stacked models: a missing leading axis is named, not indexed into (issue 22) -------------
+
+
+def _stack3():
+    from klbook.train import init_stacked
+
+    return init_stacked(lambda k: {"w": jax.random.normal(k, (2,)), "b": jnp.zeros(())}, jax.random.split(KEY, 3))
+
+
+def test_member_refuses_an_unstacked_model_and_an_index_out_of_range():
+    from klbook.train import member, stack_size
+
+    stacked = _stack3()
+    assert stack_size(stacked) == 3
+    np.testing.assert_array_equal(member(stacked, -1)["w"], stacked["w"][2])
+    np.testing.assert_array_equal(member(stacked, np.int64(1))["w"], stacked["w"][1])
+    # JAX clamps an out-of-range index: member(stacked, 5) used to return model 2 silently
+    with pytest.raises(IndexError, match=r"model index 5 is out of range for 3 stacked models"):
+        member(stacked, 5)
+    with pytest.raises(IndexError, match=r"model index -4 is out of range for 3 stacked models"):
+        member(stacked, -4)
+    with pytest.raises(TypeError, match="model index must be an integer; got 1.0"):
+        member(stacked, 1.0)
+    # an unstacked MLP (weights [8, 1], [1, 8], biases [8], [1]) used to come back as a model of rows
+    model = eqx.nn.MLP(1, 1, 8, 1, key=KEY)
+    with pytest.raises(ValueError, match=r"stacked on a leading axis M .* leading sizes 1, 8: an unstacked model"):
+        member(model, 0)
+    with pytest.raises(ValueError, match=r"leading sizes scalar"):
+        member({"a": jnp.array(1.0)}, 0)
+    with pytest.raises(ValueError, match="holds no arrays"):
+        member({"a": 1.0}, 0)
+    # a traced index (inside jit or vmap) cannot be checked and is used as given
+    picked = jax.jit(lambda s, i: member(s, i)["w"])(stacked, 1)
+    np.testing.assert_array_equal(picked, stacked["w"][1])
+
+
+def test_init_stacked_wants_one_key_per_model():
+    from klbook.train import init_stacked
+
+    make = lambda k: {"w": jax.random.normal(k, (2,))}  # noqa: E731
+    assert init_stacked(make, jax.random.split(KEY, 4))["w"].shape == (4, 2)
+    assert init_stacked(make, jax.random.split(jax.random.PRNGKey(0), 4))["w"].shape == (4, 2)  # raw keys [4, 2]
+    # one key used to fail inside vmap ("rank should be at least 1") or as "invalid PRNG key data"
+    with pytest.raises(TypeError, match=r"one PRNG key per model .* shape \(\) \(a single key\)"):
+        init_stacked(make, KEY)
+    with pytest.raises(TypeError, match=r"raw uint32 key data of shape \(2,\) \(a single key\)"):
+        init_stacked(make, jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="key must be a JAX PRNG key"):
+        init_stacked(make, jnp.zeros(3))
+    with pytest.raises(TypeError, match="make must be callable"):
+        init_stacked("mlp", jax.random.split(KEY, 2))
+
+
+def test_fit_stacked_refuses_a_per_example_loss_and_missing_terms_before_compiling():
+    from klbook.train import fit_stacked
+
+    traced = []
+
+    def per_example(p, k, b, w):  # forgot the mean over the batch: fit_stacked used to sum it silently
+        traced.append(1)
+        return w * (b - p["m"]) ** 2, {"rate": jnp.mean(p["m"] ** 2), "distortion": jnp.mean((b - p["m"]) ** 2)}
+
+    make = lambda k: {"m": jnp.zeros(())}  # noqa: E731
+    with pytest.raises(ValueError, match=r"a scalar loss for each model; got shape \(4,\) per model"):
+        fit_stacked(KEY, make, per_example, [1.0, 2.0], jnp.ones(8), num_steps=2, batch_size=4, progress=False)
+    assert len(traced) == 1  # the abstract shape check only: refused before anything ran
+    no_rate = lambda p, k, b, w: (w * jnp.mean((b - p["m"]) ** 2), {"distortion": jnp.mean((b - p["m"]) ** 2)})  # noqa: E731
+    with pytest.raises(ValueError, match=r"records terms \['rate', 'distortion'\], but loss returns no \['rate'\] "
+                                         r"\(it returns \['distortion'\]\)"):
+        fit_stacked(KEY, make, no_rate, [1.0, 2.0], jnp.ones(8), num_steps=2, batch_size=4, progress=False)
+    vector_term = lambda p, k, b, w: (jnp.mean((b - p["m"]) ** 2), {"rate": b, "distortion": jnp.mean(b)})  # noqa: E731
+    with pytest.raises(ValueError, match=r"term 'rate' must be a scalar for each model; got shape \(4,\)"):
+        fit_stacked(KEY, make, vector_term, [1.0], jnp.ones(8), num_steps=2, batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"one per model \(shape \[M\]\); got shape \(\)"):
+        fit_stacked(KEY, make, no_rate, 0.5, jnp.ones(8), num_steps=2, terms=("distortion",), progress=False)
+    with pytest.raises(TypeError, match="terms must be a tuple of term names"):
+        fit_stacked(KEY, make, no_rate, [0.5], jnp.ones(8), num_steps=2, terms="distortion", progress=False)
+    _, history = fit_stacked(KEY, make, no_rate, [0.5, 1.0], jnp.ones(8), num_steps=2, batch_size=4,
+                             terms=("distortion",), progress=False)
+    assert sorted(history) == ["distortion/0", "distortion/1", "loss"]
