@@ -62,7 +62,7 @@ mixture ((beta, gamma); 271 s):
     step 0.01, (beta, gamma) (0.3, 300.0): 0.105 (± 0.007; sets 0.093 0.120 0.113 0.093)
     step 0.01, (beta, gamma) (0.3, 3000.0): 0.109 (± 0.013; sets 0.083 0.147 0.107 0.100)
 
-tied ((beta, gamma); 196 s, run alone on 2026-12-06 at 18:15 with the key-first objectives, load about 10):
+tied ((beta, gamma); 196 s, run on 2026-12-06 at 18:15 with the key-first objectives, load average about 10):
     step 0.003, (beta, gamma) (0.1, 100.0): 0.081 (± 0.007; sets 0.097 0.063 0.077 0.087)
     step 0.003, (beta, gamma) (0.1, 1000.0): 0.096 (± 0.005; sets 0.090 0.097 0.087 0.110)
     step 0.003, (beta, gamma) (0.3, 300.0): 0.103 (± 0.014; sets 0.083 0.097 0.090 0.143)
