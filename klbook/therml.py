@@ -65,6 +65,11 @@ as no code at all (``encoder=None``: no site ``z``, no :math:`R`, and the label 
 ``classifier(theta, x)``). A plain trained weight (no ``posterior``) is a point mass: :math:`S`
 is then undefined and not a term.
 
+**Trainable pieces.** :class:`MeanField` is a mean-field Gaussian :math:`p(\theta\mid\mathcal D)`
+over a flat weight vector and :class:`WeightEncoder` an MLP encoder whose weights *are* that
+θ, so that :func:`klbook.train.fit` trains the learning algorithm's distribution (pass
+``data_size=N``: :math:`S` is then KL/N at every batch size).
+
 **Refused configurations** (``ValueError`` naming the term and why, raised while the worlds are
 traced, so eagerly and the same under ``jax.jit``): an encoder that returns a point mass
 (``dist.Delta``: :math:`R` infinite), a point-mass or absent weight posterior with
@@ -98,6 +103,9 @@ __all__ = [
     "MULTIPLIERS",
     "SPECIAL_CASES",
     "TherML",
+    "MeanField",
+    "mean_field",
+    "WeightEncoder",
     "real_world",
     "dream_world",
     "objective",
