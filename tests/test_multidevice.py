@@ -10,18 +10,22 @@ histories, the sharding of the batch *inside* the compiled step (``jax.debug.ins
 calls back at compile time with the sharding XLA's partitioner chose) and the errors.
 
 **The tolerance.** On ``K`` devices every step computes the same numbers from the same draws
-(the batch indices and the noise come from the same keys; JAX's threefry is partitionable), so
-the only difference is the order of the sums over the batch: each device sums its ``B / K``
-rows and the partial sums are added across devices. A float32 sum of ``B`` terms computed in two
-orders differs by at most about ``log2(B) * eps`` relative to the sum of the magnitudes
-(pairwise summation; ``eps = 2**-23 = 1.2e-7``), i.e. about ``6 eps = 7e-7`` for ``B = 64``
-terms of one sign; Adam's steps then carry the tiny parameter differences forward. Measured
-over ten keys (the child's ``--seeds``), 30 steps on 2 and 4 devices: the largest relative
-difference of any history entry was 4.8e-7 (about 4 eps) for the MLP and 3.6e-7 for the recipe
-and the stacked sweep. The tests allow ``rtol = 2e-6`` (about 17 eps, four times the measured
-largest, three times the summation bound): a wrong split (a device seeing other rows, a gradient
-not summed across devices, a per-device mean of means over unequal shares) moves the loss by
-percent, not by ulps.
+(the batch indices and the noise come from the same keys), so the only difference is the order
+of the sums over the batch: each device sums its ``B / K`` rows and the partial sums are added
+across devices. A float32 sum computed in two orders differs by about ``log2(B) * eps`` of the
+sum of the magnitudes (pairwise summation, ``eps = 2**-23 = 1.2e-7``), a few ulps; the optimiser
+then carries these parameter differences forward. So the histories are compared on the scale
+of each term's own trajectory (:func:`max_rel_diff`). Measured over ten keys (0-9), 30 steps on
+2 and on 4 devices (2026-12-06, jax 0.10.2, each entry relative to its own value, which bounds
+the scaled difference from above): the MLP's and the stacked sweep's histories differed by at
+most 3.6e-7 (3 eps) and ``evaluate`` by 1.0e-7; the recipe's one-parameter model by up to
+6.2e-6 (2.5e-6 on 2 devices): relative to each entry, this is inflated where a term passes near
+zero (the one-draw Monte Carlo rate), and Adam's step ``m / sqrt(v)`` near the optimum divides
+one tiny gradient by another, which magnifies their rounding. The tests allow ``RTOL = 2e-6`` (17
+eps, over five times the largest measured) for the MLP, the sweep and ``evaluate``, and
+``RTOL_RECIPE = 2e-5`` (three times the largest measured) for the recipe's run. A wrong split (a
+device seeing other rows, a gradient not summed across devices) moves the loss by percent, not
+by ulps.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import textwrap
 import numpy as np
 import pytest
 
-RTOL = 2e-6  # float32 summation order; see the module docstring for how it was chosen
+RTOL = 2e-6  # float32 summation order; see the module docstring for how both were chosen
+RTOL_RECIPE = 2e-5  # the recipe's one-parameter run: see the module docstring
 
 CHILD = textwrap.dedent(r'''
     import json, sys
@@ -184,7 +189,7 @@ def test_the_child_sees_the_forced_devices(child):
 def test_same_loss_trajectory_as_one_device(child):
     (run,) = child["runs"]
     for what in ("mlp", "recipe", "stacked"):
-        assert max_rel_diff(run["one"][what], run["all"][what]) <= RTOL, what
+        assert max_rel_diff(run["one"][what], run["all"][what]) <= (RTOL_RECIPE if what == "recipe" else RTOL), what
         # and not trivially: training moved the loss
         assert run["all"][what]["loss"][-1] < run["all"][what]["loss"][0], what
     assert set(run["all"]["recipe"]) == {"loss", "rate", "distortion"}
