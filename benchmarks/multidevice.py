@@ -74,11 +74,12 @@ def measure(count: int, repeats: int, gpu: bool) -> dict:
     if not gpu:
         env["JAX_PLATFORMS"] = "cpu"
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(count), str(repeats)], env=env, capture_output=True,
-                          text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(count), str(repeats)], env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
+    return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT") :])
 
 
 def main() -> None:
@@ -96,8 +97,10 @@ def main() -> None:
     for r in rows:
         t = statistics.median(r["per_step"])
         spread = ", ".join(f"{1e3 * v:.2f}" for v in r["per_step"])
-        print(f"| {r['count']} | {512 // r['count']} | {1e3 * t:.2f} ({spread}) | {1 / t:.0f} | {base / t:.2f}x "
-              f"| {r['first_loss']:.6f} | {r['last_loss']:.6f} |")
+        print(
+            f"| {r['count']} | {512 // r['count']} | {1e3 * t:.2f} ({spread}) | {1 / t:.0f} | {base / t:.2f}x "
+            f"| {r['first_loss']:.6f} | {r['last_loss']:.6f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import pytest
 RTOL = 2e-6  # float32 summation order; see the module docstring for how both were chosen
 RTOL_RECIPE = 2e-5  # the recipe's one-parameter run: see the module docstring
 
-CHILD = textwrap.dedent(r'''
+CHILD = textwrap.dedent(r"""
     import json, sys
     import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
     import numpyro, numpyro.distributions as dist
@@ -148,19 +148,21 @@ CHILD = textwrap.dedent(r'''
     fit(jax.random.key(0), mlp_loss, make(jax.random.key(0)), num_steps=2, data=(X, Y), batch_size=count + 1,
         progress=False, devices=1)
     print("RESULT" + json.dumps(out))
-''')
+""")
 
 
 def run_child(count: int, seeds=(0,)) -> dict:
     """Run the child in a fresh process with ``count`` forced CPU devices; its JSON report."""
     flags = os.environ.get("XLA_FLAGS", "")  # keep the unit layer's flags, add the device count
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={count}".strip())
-    proc = subprocess.run([sys.executable, "-c", CHILD, ",".join(map(str, seeds))], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, ",".join(map(str, seeds))], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def max_rel_diff(a: dict, b: dict) -> float:
@@ -193,8 +195,12 @@ def test_same_loss_trajectory_as_one_device(child):
         # and not trivially: training moved the loss
         assert run["all"][what]["loss"][-1] < run["all"][what]["loss"][0], what
     assert set(run["all"]["recipe"]) == {"loss", "rate", "distortion"}
-    assert max_rel_diff({k: [v] for k, v in run["one"]["evaluate"].items()},
-                        {k: [v] for k, v in run["all"]["evaluate"].items()}) <= RTOL
+    assert (
+        max_rel_diff(
+            {k: [v] for k, v in run["one"]["evaluate"].items()}, {k: [v] for k, v in run["all"]["evaluate"].items()}
+        )
+        <= RTOL
+    )
 
 
 def test_the_batch_is_really_split_and_the_parameters_replicated(child):
@@ -241,8 +247,17 @@ def here_mlp_history() -> np.ndarray:
         pred = jax.vmap(m)(b[0]) + 0.05 * jax.random.normal(k, b[1].shape)
         return jnp.mean((pred - b[1]) ** 2), {"max_pred": jnp.max(jnp.abs(pred))}
 
-    res = fit(jax.random.key(0), mlp_loss, eqx.nn.MLP(8, 1, 16, 1, key=jax.random.key(1000)), num_steps=30,
-              data=(X, Y), batch_size=32, optimizer=optax.adam(1e-2), chunk_size=10, progress=False)
+    res = fit(
+        jax.random.key(0),
+        mlp_loss,
+        eqx.nn.MLP(8, 1, 16, 1, key=jax.random.key(1000)),
+        num_steps=30,
+        data=(X, Y),
+        batch_size=32,
+        optimizer=optax.adam(1e-2),
+        chunk_size=10,
+        progress=False,
+    )
     return res.history["loss"]
 
 
