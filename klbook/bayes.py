@@ -23,10 +23,6 @@ is :math:`-\log q(D)/N`, the negative log evidence per example, reached at the e
 distortion, as the post writes it (``loss`` :math:`= (\beta\mathcal D + \mathcal R)/N`), moves
 the minimiser to the *tempered* posterior :math:`\propto q(\theta)\, q(D\mid\theta)^\beta`.
 
-Arguments come in the book's order: the key first where there is randomness, then inputs ``x``
-(``None`` for a model without inputs, such as :func:`coin`, passed explicitly) and responses
-``y``; a likelihood is called as ``likelihood(theta, x)``.
-
 :func:`real_world` and :func:`dream_world` are the two NumPyro models; :func:`objective` is the
 ledger (``rate`` is scaled by 1/N at every batch size, through NumPyro's subsampling idiom or
 ``data_size``); :func:`fit_posterior` trains a :func:`gaussian` family; the conjugate closed
@@ -63,9 +59,9 @@ NAMES = {"theta": "rate", "x": "inputs", "y": "distortion"}
 Likelihood = Callable[[jax.Array, jax.Array | None], dist.Distribution]
 
 
-def _arrays(x, y):
-    """``x`` and ``y`` as JAX arrays: NumPy arrays cannot be indexed by NumPyro's traced subsample."""
-    return (None if x is None else jnp.asarray(x)), jnp.asarray(y)
+def _arrays(y, x):
+    """``y`` and ``x`` as JAX arrays: NumPy arrays cannot be indexed by NumPyro's traced subsample."""
+    return jnp.asarray(y), (None if x is None else jnp.asarray(x))
 
 
 def _rows(y, subsample_size):
@@ -73,12 +69,12 @@ def _rows(y, subsample_size):
     return numpyro.plate("data", jnp.shape(y)[0], subsample_size=subsample_size)
 
 
-def real_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=None) -> None:
-    """P: the inputs ``x [N, d]`` (``None`` where there are none) and responses ``y [N]``, density unknown, and one global θ ~ ``posterior``.
+def real_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
+    """P: the data ``y [N]`` (and inputs ``x [N, d]``), density unknown, and one global θ ~ ``posterior``.
 
     ``prior`` and ``likelihood`` are unused here (both worlds take the same arguments).
     """
-    x, y = _arrays(x, y)
+    y, x = _arrays(y, x)
     numpyro.sample("theta", posterior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -87,12 +83,12 @@ def real_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=No
         data("y", y[idx])
 
 
-def dream_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=None) -> None:
+def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
     r"""Q: θ ~ ``prior``, then exchangeable responses :math:`y_i \sim q(y\mid x_i, \theta)`.
 
-    The inputs ``x`` (or ``None``) are data in both worlds; ``y`` is not read (the recipe scores the real world's).
+    The inputs are data in both worlds; ``y`` is not read (the recipe scores the real world's).
     """
-    x, y = _arrays(x, y)
+    y, x = _arrays(y, x)
     theta = numpyro.sample("theta", prior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -103,27 +99,26 @@ def dream_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=N
         numpyro.sample("y", likelihood(theta, xb))
 
 
-def joint_model(prior, likelihood: Likelihood, x, y) -> None:
-    """The dream world conditioned on the data ``x`` (or ``None``), ``y``, for MCMC (``numpyro.infer.NUTS``)."""
-    x, y = _arrays(x, y)
+def joint_model(prior, likelihood: Likelihood, y, x=None) -> None:
+    """The dream world conditioned on the data, for MCMC (``numpyro.infer.NUTS``)."""
+    y, x = _arrays(y, x)
     theta = numpyro.sample("theta", prior)
     with numpyro.plate("data", jnp.shape(y)[0]):
         numpyro.sample("y", likelihood(theta, x), obs=y)
 
 
-def objective(key, posterior, prior, likelihood: Likelihood, x, y, *, beta: float = 1.0,
+def objective(key, posterior, prior, likelihood: Likelihood, y, x=None, *, beta: float = 1.0,
               num_particles: int = 1, data_size: int | None = None,
               subsample_size: int | None = None) -> KLObjective:
     r"""The ledger, nats per example of the full data set: ``distortion`` (:math:`\mathcal D/N`), ``rate`` (KL/N), ``inputs`` (0).
 
     ``loss`` is ``beta * distortion + rate``, :math:`(\beta\mathcal D + \mathcal R)/N` with the module's totals. Pass ``data_size=N`` when ``y`` is a batch drawn outside
     the model, or ``subsample_size=B`` to let NumPyro draw the batch from the full ``y``.
-    ``x [N, d]`` (``None`` for a model without inputs, such as :func:`coin`: pass it explicitly) and
-    ``y [N]`` may be NumPy arrays (converted on entry, so a traced subsample can index them).
+    ``y`` and ``x`` may be NumPy arrays (converted on entry, so a traced subsample can index them).
     """
-    x, y = _arrays(x, y)
+    y, x = _arrays(y, x)
     names = {k: v for k, v in NAMES.items() if x is not None or k != "x"}
-    return kl_objective(key, real_world, dream_world, posterior, prior, likelihood, x, y,
+    return kl_objective(key, real_world, dream_world, posterior, prior, likelihood, y, x,
                         subsample_size, names=names, weights={"distortion": beta},
                         num_particles=num_particles, data_size=data_size)
 
@@ -163,7 +158,7 @@ def init_gaussian(dim: int, full_rank: bool, scale: float = 0.1) -> dict:
     return {"loc": jnp.zeros(dim), "raw_scale": jnp.full(dim, raw)}
 
 
-def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, x, y, *,
+def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
                   betas=(1.0,), num_steps: int = 2000, batch_size: int | None = None,
                   num_particles: int = 8, learning_rate: float = 0.01, desc: str | None = None,
                   progress: bool = True) -> FitResult:
@@ -176,13 +171,12 @@ def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, 
     rows when ``None``) and ``data_size=N`` is passed, so the rate is KL/N at every batch size.
     """
     n = int(jnp.shape(y)[0])
-    rows = (y,) if x is None else (x, y)
+    rows = (y,) if x is None else (y, x)
     betas = jnp.asarray(betas, jnp.float32)
 
     def loss(p, k, batch):
         def one(pi, beta, ki):
-            xb, yb = (None, batch[0]) if x is None else batch
-            out = objective(ki, family(pi), prior, likelihood, xb, yb,
+            out = objective(ki, family(pi), prior, likelihood, batch[0], batch[1] if x is not None else None,
                             beta=beta, num_particles=num_particles, data_size=n)
             return out.loss, out.total
         losses, totals = jax.vmap(one)(p, betas, jax.random.split(k, betas.shape[0]))
@@ -193,12 +187,12 @@ def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, 
                data=rows, batch_size=batch_size, desc=desc, progress=progress)
 
 
-def evaluate(key, family: Callable, params, prior, likelihood: Likelihood, x, y, *,
+def evaluate(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
              num_particles: int = 4096) -> KLObjective:
     """:func:`objective` (β = 1) for each parameter set along the leading axis of ``params``, compiled once."""
     @jax.jit
     def run(k, p):
-        return jax.vmap(lambda pi: objective(k, family(pi), prior, likelihood, x, y,
+        return jax.vmap(lambda pi: objective(k, family(pi), prior, likelihood, y, x,
                                              num_particles=num_particles))(p)
     return run(key, params)
 
@@ -291,10 +285,10 @@ def gaussian_kl(mean0, cov0, target: Gaussian) -> float:
     return _gaussian_kl(mean0, cov0, target.mean, precision_q=target.precision)
 
 
-def predictive_log_lik(likelihood: Likelihood, thetas, x, y) -> jax.Array:
+def predictive_log_lik(likelihood: Likelihood, thetas, y, x=None) -> jax.Array:
     r"""Held-out log predictive per example, :math:`\frac1M\sum_j \log \frac1S\sum_s q(y_j\mid x_j, \theta_s)`.
 
-    ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family); ``x [M, d]`` (or ``None``), ``y [M]``.
+    ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family).
     """
     lp = jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas)          # [S, M]
     return jnp.mean(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(lp.shape[0]))

@@ -183,7 +183,7 @@ def _check_batch(likelihood: Likelihood, x, y) -> None:
         raise ValueError(f"y must be [B] with B = {xs[0]}, the rows of x {xs}; got shape {ys}")
 
 
-def objective(key, params: dict, prior, likelihood: Likelihood, x, y, *, data_size: int,
+def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
               beta: float = 1.0, num_particles: int = 1, analytic_rate: bool = True) -> KLObjective:
     r"""Bayes by Backprop's ledger through the recipe: ``distortion`` and ``rate`` (KL/N), nats per example.
 
@@ -200,7 +200,7 @@ def objective(key, params: dict, prior, likelihood: Likelihood, x, y, *, data_si
     """
     n = _check_data_size(data_size)
     _check_batch(likelihood, x, y)
-    out = bayes.objective(key, bayes.gaussian(params), prior, likelihood, x, y, beta=beta,
+    out = bayes.objective(key, bayes.gaussian(params), prior, likelihood, y, x, beta=beta,
                           num_particles=num_particles, data_size=n)
     closed = _closed_rate(params, prior) if analytic_rate else None
     if closed is None:
@@ -263,7 +263,7 @@ def _rate(key, params, prior, analytic: bool) -> jax.Array:
     return posterior.log_prob(theta) - prior.log_prob(theta)
 
 
-def objective_lrt(key, params: dict, prior, likelihood: Likelihood, x, y, *, data_size: int,
+def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
                   beta: float = 1.0, analytic_rate: bool = True) -> KLObjective:
     r"""The same ledger with the distortion by the local reparameterisation trick (:func:`outputs_lrt`).
 
@@ -289,7 +289,7 @@ def objective_lrt(key, params: dict, prior, likelihood: Likelihood, x, y, *, dat
     return KLObjective(beta * distortion + rate, distortion + rate, terms, errors, errors, ("y",))
 
 
-def fit_posterior(key, params: dict, prior, likelihood: Likelihood, x, y, *, local_reparam: bool = False,
+def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, local_reparam: bool = False,
                   analytic_rate: bool = True, betas=(1.0,), num_steps: int = 2000,
                   batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
                   desc: str | None = None) -> FitResult:
@@ -316,20 +316,20 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, x, y, *, loc
     one = objective_lrt if local_reparam else objective
 
     def loss(p, k, batch):
-        xb, yb = batch
+        yb, xb = batch
 
         def single(pi, beta, ki):
-            out = one(ki, pi, prior, likelihood, xb, yb, data_size=n, beta=beta, analytic_rate=analytic_rate)
+            out = one(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta, analytic_rate=analytic_rate)
             return out.loss, out.total
         losses, totals = jax.vmap(single)(p, betas, jax.random.split(k, betas.shape[0]))
         return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
     return fit(key, loss, params, num_steps=num_steps, optimizer=optax.adam(schedule),
-               data=(x, y), batch_size=batch_size, desc=desc, progress=progress)
+               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
 
 
-def fit_point(key, theta, likelihood: Likelihood, x, y, *, prior=None, num_steps: int = 2000,
+def fit_point(key, theta, likelihood: Likelihood, y, x, *, prior=None, num_steps: int = 2000,
               batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
               desc: str | None = None) -> FitResult:
     r"""A deterministic network of the same size: maximum likelihood, or MAP with ``prior``.
@@ -348,14 +348,14 @@ def fit_point(key, theta, likelihood: Likelihood, x, y, *, prior=None, num_steps
     n = int(y.shape[0])
 
     def loss(t, k, batch):
-        xb, yb = batch
+        yb, xb = batch
         nll = -jnp.mean(likelihood(t, xb).log_prob(yb))
         penalty = 0.0 if prior is None else -prior.log_prob(t) / n
         return nll + penalty, {"distortion": nll}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
     return fit(key, loss, theta, num_steps=num_steps, optimizer=optax.adam(schedule),
-               data=(x, y), batch_size=batch_size, desc=desc, progress=progress)
+               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
 
 
 def predictive_probs(key, params: dict, net: Network, x, num_samples: int = 64) -> jax.Array:
@@ -400,7 +400,7 @@ def rotate_digits(x, quarter_turns: int = 1) -> jax.Array:
     return jnp.rot90(x.reshape(-1, 8, 8), k=quarter_turns, axes=(1, 2)).reshape(-1, 64)
 
 
-def gradient_draws(key, params: dict, prior, likelihood: Likelihood, x, y, *, batch_size: int,
+def gradient_draws(key, params: dict, prior, likelihood: Likelihood, y, x, *, batch_size: int,
                    num_draws: int, local_reparam: bool) -> jax.Array:
     r"""``num_draws`` independent draws ``[R, 2 * num_weights]`` of the distortion's gradient.
 
@@ -418,6 +418,6 @@ def gradient_draws(key, params: dict, prior, likelihood: Likelihood, x, y, *, ba
     def draw(k):
         k_batch, k_noise = jax.random.split(k)
         idx = jax.random.randint(k_batch, (batch_size,), 0, n)
-        g = jax.grad(lambda p: one(k_noise, p, prior, likelihood, x[idx], y[idx], data_size=n).terms["distortion"])(params)
+        g = jax.grad(lambda p: one(k_noise, p, prior, likelihood, y[idx], x[idx], data_size=n).terms["distortion"])(params)
         return jnp.concatenate([g["loc"], g["raw_scale"]])
     return jax.lax.map(draw, jax.random.split(key, num_draws))
