@@ -54,7 +54,7 @@ from numpyro.distributions import constraints
 from klbook._checks import check_finite
 from klbook.divergence import check_key
 from klbook.nn import mlp
-from klbook.recipe import data, kl_objective
+from klbook.recipe import KLObjective, data, kl_objective
 
 __all__ = ["LinearSchedule", "CosineSchedule", "MonotoneSchedule", "DiscretisedNormal", "Diffusion",
            "Terms", "diffusion_model", "alpha_sigma", "snr", "gamma_prime", "check_schedule", "posterior",
@@ -405,18 +405,24 @@ def dream_world(model: Diffusion, x, num_steps: int) -> None:
         numpyro.sample("x", model.decoder(z))
 
 
-def objective(model: Diffusion, key, x, num_steps: int) -> tuple[jax.Array, dict]:
-    r"""The recipe's loss for the ``T``-step worlds, nats per example, and its named terms (chapter 9).
+def objective(key, model: Diffusion, x, num_steps: int) -> KLObjective:
+    r"""The recipe's objective for the ``T``-step worlds, nats per example, with its named terms (chapter 9).
 
     ``kl_objective(key, real_world, dream_world, model, x, T, names=names(T))``: one draw of the whole
     chain per example, every site's log-ratio sampled, so its expectation is the ledger
     :math:`\text{prior} + \mathcal{L}_T + \text{reconstruction}`, an upper bound on the dream
     world's code length :math:`\langle-\log q(x)\rangle` (the dropped term is the data's own
-    :math:`\langle\log p(x)\rangle`). Returns ``(loss, terms)`` as
-    :func:`klbook.train.fit` wants them.
+    :math:`\langle\log p(x)\rangle`). Key first, as every klbook function that draws randomness;
+    returns the recipe's :class:`~klbook.recipe.KLObjective` (``loss``, ``terms`` named ``prior``,
+    ``diffusion``, ``reconstruction``, their standard errors), which :func:`klbook.train.fit` accepts:
+    ``fit(key, lambda m, k, b: objective(k, m, b, T), model, ...)``.
+
+    Raises:
+        ValueError: as :func:`real_world` (``x`` off the grid or of the wrong shape, ``num_steps`` not a
+            positive integer, a schedule that is not increasing), eagerly and under ``jax.jit``.
     """
-    obj = kl_objective(key, real_world, dream_world, model, x, num_steps, names=names(num_steps))
-    return obj.loss, obj.terms
+    check_key(key)
+    return kl_objective(key, real_world, dream_world, model, x, num_steps, names=names(num_steps))
 
 
 # ---- estimators with analytic KLs: one random time or step per example, or every step ----------------
@@ -532,7 +538,7 @@ def discrete_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise: 
     The same expectation as the recipe's diffusion term for :func:`real_world`, for one network
     call instead of ``T``; but *not* lower variance: sampling which step to charge, and multiplying
     by ``T``, usually adds more variance than the closed-form KL removes (chapter 9 measures it).
-    :func:`all_steps_terms` is the low-variance estimator. ``denoise``, ``schedule`` and ``model=None``
+    :func:`all_steps_terms` charges every step instead (``T`` calls, no sampled step). ``denoise``, ``schedule`` and ``model=None``
     as in :func:`continuous_terms`.
     """
     num_steps = _check_steps(num_steps)
@@ -552,10 +558,12 @@ def all_steps_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise:
        \|x - \hat x(z_{t_i}; t_i)\|^2, \\
        z_{t_i} &= \alpha_{t_i} x + \sigma_{t_i}\epsilon_i,\ \epsilon_i\ \text{independent}.
 
-    The same expectation as :func:`discrete_terms` and the recipe, ``T`` network calls (vmapped),
-    and the lowest variance of the three: every step is charged, none is sampled, and the only
-    randomness left is the noise :math:`\epsilon_i` (chapter 9 measures it). Arguments as
-    :func:`discrete_terms`.
+    The same expectation as :func:`discrete_terms` and the recipe, ``T`` network calls (vmapped).
+    No step is sampled, so it avoids the large variance :func:`discrete_terms` pays for choosing one
+    step and multiplying by ``T``; the noise :math:`\epsilon_i` is still sampled. Whether it is also
+    quieter than the recipe's sampled chain (:func:`objective`) depends on the model and the data: on
+    chapter 9's 2-d model the two are close, and the chapter measures their ordering over seeds rather
+    than assuming it. Arguments as :func:`discrete_terms`.
     """
     num_steps = _check_steps(num_steps)
     x, schedule, denoise, noise = _setup(key, model, x, denoise, schedule)

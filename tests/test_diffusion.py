@@ -187,7 +187,8 @@ def test_decreasing_schedule_is_refused_eagerly_and_under_jit(small_model):
     with pytest.raises(ValueError, match="model's schedule must be increasing"):
         dm.diffusion_model(jax.random.key(1), 2, _decreasing, 1 / 16)
     swapped = eqx.tree_at(lambda m: m.schedule, model, _decreasing)  # tree_at skips __check_init__
-    for g in (lambda m: dm.objective(m, jax.random.key(0), x, 4)[0], eqx.filter_jit(lambda m: dm.objective(m, jax.random.key(0), x, 4)[0])):
+    for g in (lambda m: dm.objective(jax.random.key(0), m, x, 4).loss,
+              eqx.filter_jit(lambda m: dm.objective(jax.random.key(0), m, x, 4).loss)):
         with pytest.raises(ValueError, match="model's schedule must be increasing"):
             g(swapped)
     with pytest.raises(ValueError, match="model's schedule must be increasing"):
@@ -235,3 +236,55 @@ def test_all_steps_estimator_matches_its_closed_form_with_lower_variance():
     one = np.asarray(dm.discrete_terms(jax.random.key(6), None, x, T, **kw).diffusion, np.float64)
     assert abs(a.mean() - exact) < 4 * a.std(ddof=1) / math.sqrt(a.size)
     assert a.var() < one.var() / 10  # every step charged beats one sampled step by far
+
+
+# ---- issue 22: one API (key first, a KLObjective), and the objective against NumPyro's own estimator --------
+
+
+def test_objective_is_key_first_and_returns_the_recipes_klobjective(small_model):
+    from klbook.recipe import KLObjective
+
+    model, x = small_model
+    obj = dm.objective(jax.random.key(0), model, x, 4)
+    assert isinstance(obj, KLObjective) and set(obj.terms) == {"prior", "diffusion", "reconstruction"}
+    np.testing.assert_allclose(float(obj.total), sum(float(v) for v in obj.terms.values()), rtol=1e-5)
+    jitted = eqx.filter_jit(lambda k, m: dm.objective(k, m, x, 4))(jax.random.key(0), model)
+    np.testing.assert_allclose(float(jitted.loss), float(obj.loss), rtol=1e-4, atol=1e-4)
+    with pytest.raises((TypeError, ValueError), match="key"):  # the old order (model, key, ...) is refused
+        dm.objective(model, jax.random.key(0), x, 4)
+
+
+def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient():
+    """dm.objective(...).loss = Trace_ELBO().loss / N with the dream world as the model (x observed) and the
+    real world's noising chain as the guide: value and gradient (every network weight), within 5 Monte
+    Carlo standard errors over independent draws of each."""
+    import numpyro
+    from numpyro import handlers
+    from numpyro.infer import Trace_ELBO
+
+    T, n = 3, 16
+    x = dm.discretise(data.mixture_2d(jax.random.key(30), n, "ring").x, 1 / 8)
+    model = dm.diffusion_model(jax.random.key(31), 2, dm.LinearSchedule(-5.0, 4.0), 1 / 8, width=8)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def guide(p, xx):  # p(z | x): the real world without its data site (x is the model's observation)
+        handlers.block(dm.real_world, hide=["x"])(eqx.combine(p, static), xx, T)
+
+    def dream(p, xx):
+        handlers.condition(dm.dream_world, data={"x": xx})(eqx.combine(p, static), xx, T)
+
+    recipe = lambda p, k: dm.objective(k, eqx.combine(p, static), x, T).loss
+    elbo = lambda p, k: Trace_ELBO().loss(k, {}, dream, guide, p, x) / n
+
+    def draws(fn, seed, m=400):
+        vg = eqx.filter_jit(jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0)))
+        v, g = vg(params, jax.random.split(jax.random.key(seed), m))
+        flat = jnp.concatenate([jnp.reshape(a, (m, -1)) for a in jax.tree.leaves(g)], axis=1)
+        return np.asarray(v, np.float64), np.asarray(flat, np.float64)
+
+    (rv, rg), (ev, eg) = draws(recipe, 32), draws(elbo, 33)
+    for a, b, what in ((rv[:, None], ev[:, None], "value"), (rg, eg, "gradient")):
+        se = np.sqrt(a.var(0, ddof=1) / a.shape[0] + b.var(0, ddof=1) / b.shape[0])
+        gap = np.abs(a.mean(0) - b.mean(0))
+        assert np.all(gap < 5 * se + 1e-5), (what, gap.max(), se[np.argmax(gap)])
+    assert rg.std(0).max() > 0 and np.abs(rg.mean(0)).max() > 5 * rg.std(0).max() / math.sqrt(rg.shape[0])
