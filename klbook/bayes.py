@@ -7,8 +7,10 @@ distribution we choose and train (the post's notation: this :math:`p(\theta\mid 
 a prior and an i.i.d. likelihood, :math:`q(\theta)\prod_i p(x_i)\, q(y_i\mid x_i, \theta)`.
 With :math:`\mathcal D`, :math:`\mathcal R` and :math:`H` the *totals* over the whole data set (nats),
 
-.. math:: I[P;Q] ={}& \underbrace{\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}_{\text{distortion } \mathcal D}
-   + \underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate } \mathcal R}
+.. math:: I[P;Q] = \underbrace{\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}
+      _{\text{distortion } \mathcal D}
+   + \underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}
+      _{\text{rate } \mathcal R}
    + \underbrace{\langle\log p(D)\rangle}_{-H} ,
 
 so :math:`I = \mathcal D + \mathcal R - H`: the negative ELBO, :math:`\mathcal D + \mathcal R`,
@@ -23,6 +25,10 @@ is :math:`-\log q(D)/N`, the negative log evidence per example, reached at the e
 distortion, as the post writes it (``loss`` :math:`= (\beta\mathcal D + \mathcal R)/N`), moves
 the minimiser to the *tempered* posterior :math:`\propto q(\theta)\, q(D\mid\theta)^\beta`.
 
+Arguments come in the book's order: the key first where there is randomness, then inputs ``x``
+(``None`` for a model without inputs, such as :func:`coin`, passed explicitly) and responses
+``y``; a likelihood is called as ``likelihood(theta, x)``.
+
 :func:`real_world` and :func:`dream_world` are the two NumPyro models; :func:`objective` is the
 ledger (``rate`` is scaled by 1/N at every batch size, through NumPyro's subsampling idiom or
 ``data_size``); :func:`fit_posterior` trains a :func:`gaussian` family; the conjugate closed
@@ -33,7 +39,8 @@ linear regression with known noise (:func:`regression_posterior`,
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +55,28 @@ from klbook.divergence import gaussian_kl as _gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
-__all__ = ["NAMES", "real_world", "dream_world", "joint_model", "objective", "gaussian",
-           "init_gaussian", "fit_posterior", "evaluate", "coin", "linear", "logistic", "Gaussian",
-           "coin_posterior", "coin_log_evidence", "regression_posterior", "regression_log_evidence",
-           "mean_field_gap", "gaussian_kl", "predictive_log_lik"]
+__all__ = [
+    "NAMES",
+    "real_world",
+    "dream_world",
+    "joint_model",
+    "objective",
+    "gaussian",
+    "init_gaussian",
+    "fit_posterior",
+    "evaluate",
+    "coin",
+    "linear",
+    "logistic",
+    "Gaussian",
+    "coin_posterior",
+    "coin_log_evidence",
+    "regression_posterior",
+    "regression_log_evidence",
+    "mean_field_gap",
+    "gaussian_kl",
+    "predictive_log_lik",
+]
 
 #: The recipe's names: the parameters' term is the rate, the responses' term the distortion.
 NAMES = {"theta": "rate", "x": "inputs", "y": "distortion"}
@@ -59,9 +84,9 @@ NAMES = {"theta": "rate", "x": "inputs", "y": "distortion"}
 Likelihood = Callable[[jax.Array, jax.Array | None], dist.Distribution]
 
 
-def _arrays(y, x):
-    """``y`` and ``x`` as JAX arrays: NumPy arrays cannot be indexed by NumPyro's traced subsample."""
-    return jnp.asarray(y), (None if x is None else jnp.asarray(x))
+def _arrays(x, y):
+    """``x`` and ``y`` as JAX arrays: NumPy arrays cannot be indexed by NumPyro's traced subsample."""
+    return (None if x is None else jnp.asarray(x)), jnp.asarray(y)
 
 
 def _rows(y, subsample_size):
@@ -69,12 +94,13 @@ def _rows(y, subsample_size):
     return numpyro.plate("data", jnp.shape(y)[0], subsample_size=subsample_size)
 
 
-def real_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
-    """P: the data ``y [N]`` (and inputs ``x [N, d]``), density unknown, and one global θ ~ ``posterior``.
+def real_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=None) -> None:
+    """P: the inputs ``x [N, d]`` (``None`` where there are none) and responses ``y [N]``, density
+    unknown, and one global θ ~ ``posterior``.
 
     ``prior`` and ``likelihood`` are unused here (both worlds take the same arguments).
     """
-    y, x = _arrays(y, x)
+    x, y = _arrays(x, y)
     numpyro.sample("theta", posterior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -83,12 +109,12 @@ def real_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_si
         data("y", y[idx])
 
 
-def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_size=None) -> None:
+def dream_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=None) -> None:
     r"""Q: θ ~ ``prior``, then exchangeable responses :math:`y_i \sim q(y\mid x_i, \theta)`.
 
-    The inputs are data in both worlds; ``y`` is not read (the recipe scores the real world's).
+    The inputs ``x`` (or ``None``) are data in both worlds; ``y`` is not read (the recipe scores the real world's).
     """
-    y, x = _arrays(y, x)
+    x, y = _arrays(x, y)
     theta = numpyro.sample("theta", prior)
     plate = _rows(y, subsample_size)
     with plate as idx:
@@ -99,28 +125,53 @@ def dream_world(posterior, prior, likelihood: Likelihood, y, x=None, subsample_s
         numpyro.sample("y", likelihood(theta, xb))
 
 
-def joint_model(prior, likelihood: Likelihood, y, x=None) -> None:
-    """The dream world conditioned on the data, for MCMC (``numpyro.infer.NUTS``)."""
-    y, x = _arrays(y, x)
+def joint_model(prior, likelihood: Likelihood, x, y) -> None:
+    """The dream world conditioned on the data ``x`` (or ``None``), ``y``, for MCMC (``numpyro.infer.NUTS``)."""
+    x, y = _arrays(x, y)
     theta = numpyro.sample("theta", prior)
     with numpyro.plate("data", jnp.shape(y)[0]):
         numpyro.sample("y", likelihood(theta, x), obs=y)
 
 
-def objective(key, posterior, prior, likelihood: Likelihood, y, x=None, *, beta: float = 1.0,
-              num_particles: int = 1, data_size: int | None = None,
-              subsample_size: int | None = None) -> KLObjective:
-    r"""The ledger, nats per example of the full data set: ``distortion`` (:math:`\mathcal D/N`), ``rate`` (KL/N), ``inputs`` (0).
+def objective(
+    key,
+    posterior,
+    prior,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    beta: float = 1.0,
+    num_particles: int = 1,
+    data_size: int | None = None,
+    subsample_size: int | None = None,
+) -> KLObjective:
+    r"""The ledger, nats per example of the full data set: ``distortion`` (:math:`\mathcal D/N`),
+    ``rate`` (KL/N), ``inputs`` (0).
 
-    ``loss`` is ``beta * distortion + rate``, :math:`(\beta\mathcal D + \mathcal R)/N` with the module's totals. Pass ``data_size=N`` when ``y`` is a batch drawn outside
+    ``loss`` is ``beta * distortion + rate``, :math:`(\beta\mathcal D + \mathcal R)/N` with the module's totals.
+    Pass ``data_size=N`` when ``y`` is a batch drawn outside
     the model, or ``subsample_size=B`` to let NumPyro draw the batch from the full ``y``.
-    ``y`` and ``x`` may be NumPy arrays (converted on entry, so a traced subsample can index them).
+    ``x [N, d]`` (``None`` for a model without inputs, such as :func:`coin`: pass it explicitly) and
+    ``y [N]`` may be NumPy arrays (converted on entry, so a traced subsample can index them).
     """
-    y, x = _arrays(y, x)
+    x, y = _arrays(x, y)
     names = {k: v for k, v in NAMES.items() if x is not None or k != "x"}
-    return kl_objective(key, real_world, dream_world, posterior, prior, likelihood, y, x,
-                        subsample_size, names=names, weights={"distortion": beta},
-                        num_particles=num_particles, data_size=data_size)
+    return kl_objective(
+        key,
+        real_world,
+        dream_world,
+        posterior,
+        prior,
+        likelihood,
+        x,
+        y,
+        subsample_size,
+        names=names,
+        weights={"distortion": beta},
+        num_particles=num_particles,
+        data_size=data_size,
+    )
 
 
 def coin(theta, x=None) -> dist.Distribution:
@@ -158,10 +209,23 @@ def init_gaussian(dim: int, full_rank: bool, scale: float = 0.1) -> dict:
     return {"loc": jnp.zeros(dim), "raw_scale": jnp.full(dim, raw)}
 
 
-def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
-                  betas=(1.0,), num_steps: int = 2000, batch_size: int | None = None,
-                  num_particles: int = 8, learning_rate: float = 0.01, desc: str | None = None,
-                  progress: bool = True) -> FitResult:
+def fit_posterior(
+    key,
+    family: Callable,
+    params,
+    prior,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    betas=(1.0,),
+    num_steps: int = 2000,
+    batch_size: int | None = None,
+    num_particles: int = 8,
+    learning_rate: float = 0.01,
+    desc: str | None = None,
+    progress: bool = True,
+) -> FitResult:
     """Minimise :func:`objective` over ``params`` of ``family(params)``, one fit per β in ``betas``.
 
     ``params`` has a leading axis of ``len(betas)`` (one parameter set per β); the fits are
@@ -171,33 +235,48 @@ def fit_posterior(key, family: Callable, params, prior, likelihood: Likelihood, 
     rows when ``None``) and ``data_size=N`` is passed, so the rate is KL/N at every batch size.
     """
     n = int(jnp.shape(y)[0])
-    rows = (y,) if x is None else (y, x)
+    rows = (y,) if x is None else (x, y)
     betas = jnp.asarray(betas, jnp.float32)
 
     def loss(p, k, batch):
         def one(pi, beta, ki):
-            out = objective(ki, family(pi), prior, likelihood, batch[0], batch[1] if x is not None else None,
-                            beta=beta, num_particles=num_particles, data_size=n)
+            xb, yb = (None, batch[0]) if x is None else batch
+            out = objective(
+                ki, family(pi), prior, likelihood, xb, yb, beta=beta, num_particles=num_particles, data_size=n
+            )
             return out.loss, out.total
+
         losses, totals = jax.vmap(one)(p, betas, jax.random.split(k, betas.shape[0]))
-        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
+        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals, strict=True)}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
-    return fit(key, loss, params, num_steps=num_steps, optimizer=optax.adam(schedule),
-               data=rows, batch_size=batch_size, desc=desc, progress=progress)
+    return fit(
+        key,
+        loss,
+        params,
+        num_steps=num_steps,
+        optimizer=optax.adam(schedule),
+        data=rows,
+        batch_size=batch_size,
+        desc=desc,
+        progress=progress,
+    )
 
 
-def evaluate(key, family: Callable, params, prior, likelihood: Likelihood, y, x=None, *,
-             num_particles: int = 4096) -> KLObjective:
+def evaluate(
+    key, family: Callable, params, prior, likelihood: Likelihood, x, y, *, num_particles: int = 4096
+) -> KLObjective:
     """:func:`objective` (β = 1) for each parameter set along the leading axis of ``params``, compiled once."""
+
     @jax.jit
     def run(k, p):
-        return jax.vmap(lambda pi: objective(k, family(pi), prior, likelihood, y, x,
-                                             num_particles=num_particles))(p)
+        return jax.vmap(lambda pi: objective(k, family(pi), prior, likelihood, x, y, num_particles=num_particles))(p)
+
     return run(key, params)
 
 
 # ----------------------------------------------------------------- closed forms (float64, numpy)
+
 
 def coin_posterior(heads: int, tails: int, a: float = 1.0, b: float = 1.0, beta: float = 1.0) -> tuple[float, float]:
     r"""Beta(a, b) prior, Bernoulli flips: the (tempered) posterior :math:`\mathrm{Beta}(a + \beta h, b + \beta t)`."""
@@ -240,7 +319,8 @@ def regression_log_evidence(x, y, noise: float, prior_scale: float) -> float:
 
 
 def mean_field_gap(*, precision) -> float:
-    r"""KL from the best mean-field Gaussian to :math:`\mathcal N(\mu, S^{-1})`: :math:`\tfrac12\sum_i\log S_{ii} - \tfrac12\log\det S`.
+    r"""KL from the best mean-field Gaussian to :math:`\mathcal N(\mu, S^{-1})`:
+    :math:`\tfrac12\sum_i\log S_{ii} - \tfrac12\log\det S`.
 
     The best member (KL with the expectation under the mean-field member, the direction the
     recipe minimises) has mean :math:`\mu` and variances :math:`1/S_{ii}` (Bishop 2006, 10.1.2).
@@ -257,22 +337,27 @@ def mean_field_gap(*, precision) -> float:
         ValueError: not square, not finite, not symmetric or not positive definite.
     """
     if not is_concrete(precision):
-        raise TypeError("mean_field_gap is a float64 NumPy closed form and needs a concrete precision matrix; "
-                        "it was given a traced value (inside jax.jit, vmap or grad): call it outside the transform")
+        raise TypeError(
+            "mean_field_gap is a float64 NumPy closed form and needs a concrete precision matrix; "
+            "it was given a traced value (inside jax.jit, vmap or grad): call it outside the transform"
+        )
     s = np.asarray(precision, np.float64)
     if s.ndim != 2 or s.shape[0] != s.shape[1] or s.shape[0] == 0:
         raise ValueError(f"mean_field_gap: precision must be a square [d, d] matrix; got shape {s.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError("mean_field_gap: precision has non-finite entries")
     if not np.allclose(s, s.T, rtol=1e-6, atol=1e-12 * np.max(np.abs(s))):
-        raise ValueError("mean_field_gap: precision must be symmetric; got a matrix with "
-                         f"max |S - S^T| = {np.max(np.abs(s - s.T)):.3g}")
+        raise ValueError(
+            "mean_field_gap: precision must be symmetric; got a matrix with "
+            f"max |S - S^T| = {np.max(np.abs(s - s.T)):.3g}"
+        )
     try:
         chol = np.linalg.cholesky(s)
     except np.linalg.LinAlgError:
         eig = np.linalg.eigvalsh(0.5 * (s + s.T))
-        raise ValueError("mean_field_gap: precision must be positive definite; its smallest eigenvalue is "
-                         f"{eig.min():.3g}") from None
+        raise ValueError(
+            f"mean_field_gap: precision must be positive definite; its smallest eigenvalue is {eig.min():.3g}"
+        ) from None
     return float(0.5 * np.sum(np.log(np.diag(s))) - np.sum(np.log(np.diag(chol))))
 
 
@@ -285,10 +370,10 @@ def gaussian_kl(mean0, cov0, target: Gaussian) -> float:
     return _gaussian_kl(mean0, cov0, target.mean, precision_q=target.precision)
 
 
-def predictive_log_lik(likelihood: Likelihood, thetas, y, x=None) -> jax.Array:
+def predictive_log_lik(likelihood: Likelihood, thetas, x, y) -> jax.Array:
     r"""Held-out log predictive per example, :math:`\frac1M\sum_j \log \frac1S\sum_s q(y_j\mid x_j, \theta_s)`.
 
-    ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family).
+    ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family); ``x [M, d]`` (or ``None``), ``y [M]``.
     """
-    lp = jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas)          # [S, M]
+    lp = jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas)  # [S, M]
     return jnp.mean(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(lp.shape[0]))

@@ -6,8 +6,10 @@ with a network's weights as the global code :math:`\theta` and a conditional lik
 data with one draw :math:`\theta\sim p(\theta\mid D)`, a mean-field Gaussian; the dream world is a
 prior :math:`q(\theta)` times :math:`\prod_i q(y_i\mid x_i,\theta)`. Per example of the data set,
 
-.. math:: \frac1N I[P;Q] ={}& \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}_{\text{distortion}} \\
-   &+ \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}_{\text{rate}}
+.. math:: \frac1N I[P;Q] ={}& \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}
+      _{\text{distortion}} \\
+   &+ \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}
+      _{\text{rate}}
    + \text{const},
 
 minimised on minibatches with the rate divided by the *full* N (Blundell et al. 2015, "Bayes
@@ -34,7 +36,8 @@ features; ``y`` must be ``[B]``. Both are checked on shapes, so eagerly and unde
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -51,10 +54,28 @@ from klbook.nn import mlp
 from klbook.recipe import KLObjective
 from klbook.train import FitResult, fit
 
-__all__ = ["Network", "network", "Likelihood", "regression", "classifier", "init_posterior",
-           "gaussian_prior", "scale_mixture_prior", "objective", "objective_lrt", "fit_posterior",
-           "fit_point", "outputs", "outputs_lrt", "predictive_probs", "Reliability", "reliability",
-           "entropy", "rotate_digits", "gradient_draws"]
+__all__ = [
+    "Network",
+    "network",
+    "Likelihood",
+    "regression",
+    "classifier",
+    "init_posterior",
+    "gaussian_prior",
+    "scale_mixture_prior",
+    "objective",
+    "objective_lrt",
+    "fit_posterior",
+    "fit_point",
+    "outputs",
+    "outputs_lrt",
+    "predictive_probs",
+    "Reliability",
+    "reliability",
+    "entropy",
+    "rotate_digits",
+    "gradient_draws",
+]
 
 
 class Network(eqx.Module):
@@ -82,8 +103,9 @@ class Network(eqx.Module):
         return jax.vmap(self.unravel(theta))(x)
 
 
-def network(key: jax.Array, in_size: int, out_size: int, *, width: int = 16, depth: int = 1,
-            activation: Callable = jnp.tanh) -> Network:
+def network(
+    key: jax.Array, in_size: int, out_size: int, *, width: int = 16, depth: int = 1, activation: Callable = jnp.tanh
+) -> Network:
     """A :class:`Network` over :func:`klbook.nn.mlp` ``(key, in_size, out_size, width, depth)``.
 
     ``activation`` must act elementwise (``jnp.tanh``, ``jax.nn.relu``): :func:`outputs_lrt`
@@ -132,9 +154,11 @@ def gaussian_prior(num_weights: int, scale: float = 1.0) -> dist.Distribution:
     return dist.Normal(jnp.zeros(num_weights), scale).to_event(1)
 
 
-def scale_mixture_prior(num_weights: int, pi: float = 0.5, scale1: float = 1.0,
-                        scale2: float = float(np.exp(-6.0))) -> dist.Distribution:
-    r"""Blundell et al. (2015, eq. 7): each weight :math:`\sim \pi\,\mathcal N(0, s_1^2) + (1-\pi)\,\mathcal N(0, s_2^2)`.
+def scale_mixture_prior(
+    num_weights: int, pi: float = 0.5, scale1: float = 1.0, scale2: float = float(np.exp(-6.0))
+) -> dist.Distribution:
+    r"""Blundell et al. (2015, eq. 7): each weight
+    :math:`\sim \pi\,\mathcal N(0, s_1^2) + (1-\pi)\,\mathcal N(0, s_2^2)`.
 
     With :math:`s_2 \ll s_1` most weights are pulled hard towards 0 while a few may be large.
     Event shape ``[num_weights]``; the rate has no closed form against it (the recipe samples it).
@@ -163,11 +187,15 @@ def _check_xy(likelihood: Likelihood, x, y):
 def _check_data_size(data_size) -> int:
     """``data_size`` as a Python int, or an error naming it (a BNN's weights are a global latent)."""
     if isinstance(data_size, bool) or not isinstance(data_size, (int, np.integer)):
-        raise TypeError("data_size must be a positive integer, the number of examples N in the whole "
-                        "data set (the weights are a global latent, so the rate is KL/N at every batch "
-                        f"size; dividing by the batch size is the mistake data_size prevents); got {data_size!r}")
+        raise TypeError(
+            "data_size must be a positive integer, the number of examples N in the whole "
+            "data set (the weights are a global latent, so the rate is KL/N at every batch "
+            f"size; dividing by the batch size is the mistake data_size prevents); got {data_size!r}"
+        )
     if data_size <= 0:
-        raise ValueError(f"data_size must be a positive integer (the number of examples N in the whole data set); got {data_size!r}")
+        raise ValueError(
+            f"data_size must be a positive integer (the number of examples N in the whole data set); got {data_size!r}"
+        )
     return int(data_size)
 
 
@@ -183,8 +211,19 @@ def _check_batch(likelihood: Likelihood, x, y) -> None:
         raise ValueError(f"y must be [B] with B = {xs[0]}, the rows of x {xs}; got shape {ys}")
 
 
-def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
-              beta: float = 1.0, num_particles: int = 1, analytic_rate: bool = True) -> KLObjective:
+def objective(
+    key,
+    params: dict,
+    prior,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    data_size: int,
+    beta: float = 1.0,
+    num_particles: int = 1,
+    analytic_rate: bool = True,
+) -> KLObjective:
     r"""Bayes by Backprop's ledger through the recipe: ``distortion`` and ``rate`` (KL/N), nats per example.
 
     One weight draw :math:`\theta\sim p(\theta\mid D)` = ``bayes.gaussian(params)`` per particle,
@@ -200,8 +239,9 @@ def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_si
     """
     n = _check_data_size(data_size)
     _check_batch(likelihood, x, y)
-    out = bayes.objective(key, bayes.gaussian(params), prior, likelihood, y, x, beta=beta,
-                          num_particles=num_particles, data_size=n)
+    out = bayes.objective(
+        key, bayes.gaussian(params), prior, likelihood, x, y, beta=beta, num_particles=num_particles, data_size=n
+    )
     closed = _closed_rate(params, prior) if analytic_rate else None
     if closed is None:
         return out
@@ -211,8 +251,7 @@ def objective(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_si
     zero = jnp.zeros(())
     stderr = {**out.stderr, "rate": zero, "total": out.stderr["distortion"]}
     mc_stderr = {**out.mc_stderr, "rate": zero, "total": out.mc_stderr["distortion"]}
-    return KLObjective(out.loss - out.terms["rate"] + rate, sum(others) + rate, terms, stderr,
-                       mc_stderr, out.dropped)
+    return KLObjective(out.loss - out.terms["rate"] + rate, sum(others) + rate, terms, stderr, mc_stderr, out.dropped)
 
 
 def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
@@ -229,9 +268,9 @@ def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
     sds = net.unravel(jax.nn.softplus(params["raw_scale"]))
     a = x
     last = len(means.layers) - 1
-    for i, (m, s) in enumerate(zip(means.layers, sds.layers)):
-        mu = a @ m.weight.T                                                # [B, out_i]
-        var = (a * a) @ (s.weight * s.weight).T                            # [B, out_i]
+    for i, (m, s) in enumerate(zip(means.layers, sds.layers, strict=True)):
+        mu = a @ m.weight.T  # [B, out_i]
+        var = (a * a) @ (s.weight * s.weight).T  # [B, out_i]
         if m.bias is not None:
             mu, var = mu + m.bias[None, :], var + (s.bias * s.bias)[None, :]
         h = mu + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
@@ -263,8 +302,18 @@ def _rate(key, params, prior, analytic: bool) -> jax.Array:
     return posterior.log_prob(theta) - prior.log_prob(theta)
 
 
-def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, data_size: int,
-                  beta: float = 1.0, analytic_rate: bool = True) -> KLObjective:
+def objective_lrt(
+    key,
+    params: dict,
+    prior,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    data_size: int,
+    beta: float = 1.0,
+    analytic_rate: bool = True,
+) -> KLObjective:
     r"""The same ledger with the distortion by the local reparameterisation trick (:func:`outputs_lrt`).
 
     ``distortion`` = :math:`\frac1B\sum_i -\log q(y_i\mid f_i)` with per-example pre-activation
@@ -281,7 +330,7 @@ def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, dat
     _check_batch(likelihood, x, y)
     k_out, k_rate = jax.random.split(key)
     out = outputs_lrt(k_out, params, likelihood.network, x)
-    nll = -likelihood.head(out).log_prob(y)                              # [B]
+    nll = -likelihood.head(out).log_prob(y)  # [B]
     distortion, rate = jnp.mean(nll), _rate(k_rate, params, prior, analytic_rate) / n
     se = jnp.std(nll, ddof=1) / jnp.sqrt(nll.shape[0])
     terms = {"distortion": distortion, "rate": rate}
@@ -289,10 +338,23 @@ def objective_lrt(key, params: dict, prior, likelihood: Likelihood, y, x, *, dat
     return KLObjective(beta * distortion + rate, distortion + rate, terms, errors, errors, ("y",))
 
 
-def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, local_reparam: bool = False,
-                  analytic_rate: bool = True, betas=(1.0,), num_steps: int = 2000,
-                  batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
-                  desc: str | None = None) -> FitResult:
+def fit_posterior(
+    key,
+    params: dict,
+    prior,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    local_reparam: bool = False,
+    analytic_rate: bool = True,
+    betas=(1.0,),
+    num_steps: int = 2000,
+    batch_size: int | None = 128,
+    learning_rate: float = 1e-2,
+    progress: bool = True,
+    desc: str | None = None,
+) -> FitResult:
     """Train mean-field posteriors, one per β in ``betas``, on minibatches (compiled once).
 
     ``params`` carries a leading ``[len(betas)]`` axis (as :func:`klbook.bayes.fit_posterior`,
@@ -316,22 +378,43 @@ def fit_posterior(key, params: dict, prior, likelihood: Likelihood, y, x, *, loc
     one = objective_lrt if local_reparam else objective
 
     def loss(p, k, batch):
-        yb, xb = batch
+        xb, yb = batch
 
         def single(pi, beta, ki):
-            out = one(ki, pi, prior, likelihood, yb, xb, data_size=n, beta=beta, analytic_rate=analytic_rate)
+            out = one(ki, pi, prior, likelihood, xb, yb, data_size=n, beta=beta, analytic_rate=analytic_rate)
             return out.loss, out.total
+
         losses, totals = jax.vmap(single)(p, betas, jax.random.split(k, betas.shape[0]))
-        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals)}
+        return jnp.sum(losses), {f"total, beta={float(b):g}": t for b, t in zip(np.asarray(betas), totals, strict=True)}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
-    return fit(key, loss, params, num_steps=num_steps, optimizer=optax.adam(schedule),
-               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
+    return fit(
+        key,
+        loss,
+        params,
+        num_steps=num_steps,
+        optimizer=optax.adam(schedule),
+        data=(x, y),
+        batch_size=batch_size,
+        desc=desc,
+        progress=progress,
+    )
 
 
-def fit_point(key, theta, likelihood: Likelihood, y, x, *, prior=None, num_steps: int = 2000,
-              batch_size: int | None = 128, learning_rate: float = 1e-2, progress: bool = True,
-              desc: str | None = None) -> FitResult:
+def fit_point(
+    key,
+    theta,
+    likelihood: Likelihood,
+    x,
+    y,
+    *,
+    prior=None,
+    num_steps: int = 2000,
+    batch_size: int | None = 128,
+    learning_rate: float = 1e-2,
+    progress: bool = True,
+    desc: str | None = None,
+) -> FitResult:
     r"""A deterministic network of the same size: maximum likelihood, or MAP with ``prior``.
 
     Minimises :math:`-\frac1B\sum_{i\in\text{batch}}\log q(y_i\mid x_i,\theta)`, plus
@@ -348,18 +431,28 @@ def fit_point(key, theta, likelihood: Likelihood, y, x, *, prior=None, num_steps
     n = int(y.shape[0])
 
     def loss(t, k, batch):
-        yb, xb = batch
+        xb, yb = batch
         nll = -jnp.mean(likelihood(t, xb).log_prob(yb))
         penalty = 0.0 if prior is None else -prior.log_prob(t) / n
         return nll + penalty, {"distortion": nll}
 
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
-    return fit(key, loss, theta, num_steps=num_steps, optimizer=optax.adam(schedule),
-               data=(y, x), batch_size=batch_size, desc=desc, progress=progress)
+    return fit(
+        key,
+        loss,
+        theta,
+        num_steps=num_steps,
+        optimizer=optax.adam(schedule),
+        data=(x, y),
+        batch_size=batch_size,
+        desc=desc,
+        progress=progress,
+    )
 
 
 def predictive_probs(key, params: dict, net: Network, x, num_samples: int = 64) -> jax.Array:
-    r"""Posterior predictive class probabilities :math:`\frac1S\sum_s \mathrm{softmax}\, f_{\theta_s}(x)`, ``[B, C]``."""
+    r"""Posterior predictive class probabilities, ``[B, C]``:
+    :math:`\frac1S\sum_s \mathrm{softmax}\, f_{\theta_s}(x)`."""
     return jnp.mean(jax.nn.softmax(outputs(key, params, net, x, num_samples), axis=-1), axis=0)
 
 
@@ -400,8 +493,9 @@ def rotate_digits(x, quarter_turns: int = 1) -> jax.Array:
     return jnp.rot90(x.reshape(-1, 8, 8), k=quarter_turns, axes=(1, 2)).reshape(-1, 64)
 
 
-def gradient_draws(key, params: dict, prior, likelihood: Likelihood, y, x, *, batch_size: int,
-                   num_draws: int, local_reparam: bool) -> jax.Array:
+def gradient_draws(
+    key, params: dict, prior, likelihood: Likelihood, x, y, *, batch_size: int, num_draws: int, local_reparam: bool
+) -> jax.Array:
     r"""``num_draws`` independent draws ``[R, 2 * num_weights]`` of the distortion's gradient.
 
     Each draw takes a fresh minibatch of ``batch_size`` rows (with replacement) and fresh noise,
@@ -418,6 +512,9 @@ def gradient_draws(key, params: dict, prior, likelihood: Likelihood, y, x, *, ba
     def draw(k):
         k_batch, k_noise = jax.random.split(k)
         idx = jax.random.randint(k_batch, (batch_size,), 0, n)
-        g = jax.grad(lambda p: one(k_noise, p, prior, likelihood, y[idx], x[idx], data_size=n).terms["distortion"])(params)
+        g = jax.grad(lambda p: one(k_noise, p, prior, likelihood, x[idx], y[idx], data_size=n).terms["distortion"])(
+            params
+        )
         return jnp.concatenate([g["loc"], g["raw_scale"]])
+
     return jax.lax.map(draw, jax.random.split(key, num_draws))

@@ -44,7 +44,8 @@ vmapped over a leading axis.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -61,11 +62,36 @@ from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit, init_stacked
 
-__all__ = ["POST_NAMES", "M2_NAMES", "CodeModel", "MixtureCodeModel", "TiedCodeModel", "M2", "Classifier",
-           "code_model", "mixture_code_model", "tied_code_model", "m2", "classifier", "holdout", "mistakes", "per_model_adam",
-           "post_real_world", "post_dream_world", "m2_real_world", "m2_dream_world", "post_objective",
-           "m2_objective", "supervised_objective", "split_labelled", "Split", "fit_models", "model_at",
-           "error_rate", "image_terms"]
+__all__ = [
+    "POST_NAMES",
+    "M2_NAMES",
+    "CodeModel",
+    "MixtureCodeModel",
+    "TiedCodeModel",
+    "M2",
+    "Classifier",
+    "code_model",
+    "mixture_code_model",
+    "tied_code_model",
+    "m2",
+    "classifier",
+    "holdout",
+    "mistakes",
+    "per_model_adam",
+    "post_real_world",
+    "post_dream_world",
+    "m2_real_world",
+    "m2_dream_world",
+    "post_objective",
+    "m2_objective",
+    "supervised_objective",
+    "split_labelled",
+    "Split",
+    "fit_models",
+    "model_at",
+    "error_rate",
+    "image_terms",
+]
 
 #: Recipe names for the post's model: the image's distortion D, the label's distortion C, the rate R.
 POST_NAMES = {"x": "distortion", "y": "classification", "z": "rate"}
@@ -143,12 +169,15 @@ class CodeModel(_Code):
 
 
 class _Mixture(eqx.Module):
-    """A prior that is a mixture of one diagonal Gaussian per class, :math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, ``q(y)`` uniform."""
+    """A prior that is a mixture of one diagonal Gaussian per class,
+    :math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, ``q(y)`` uniform."""
 
     def components(self, n: int = 1) -> dist.Distribution:
         """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
         shape = (n, self.num_classes, self.latent_dim)
-        return dist.Normal(jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)).to_event(1)
+        return dist.Normal(
+            jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)
+        ).to_event(1)
 
     def prior(self, n: int) -> dist.Distribution:
         """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
@@ -180,7 +209,8 @@ class MixtureCodeModel(_Code, _Mixture):
 
 
 class TiedCodeModel(_Code, _Mixture):
-    r"""The post's worlds with the label head tied to the prior: one joint :math:`q(y)\,q(z\mid y)` for the code and label.
+    r"""The post's worlds with the label head tied to the prior: one joint :math:`q(y)\,q(z\mid y)`
+    for the code and label.
 
     The dream world's :math:`q(z)\,q(y\mid z)` is written as :math:`q(y)\,q(z\mid y)`, with
     :math:`q(y)` uniform over the classes and :math:`q(z\mid y) = \mathcal{N}(\mu_y,
@@ -255,8 +285,9 @@ class M2(eqx.Module):
         if y.shape != z.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
             raise ValueError(f"y must be integer labels of shape ({z.shape[0]},); got {y.shape}, {y.dtype}")
         if is_concrete(y):
-            _check(jnp.zeros((y.shape[0], self.data_dim), jnp.int32), y, self.data_dim, self.num_classes,
-                   self.total_count)
+            _check(
+                jnp.zeros((y.shape[0], self.data_dim), jnp.int32), y, self.data_dim, self.num_classes, self.total_count
+            )
         inputs = jnp.concatenate([z, self._one_hot(y)], axis=-1)
         return binomial_head(jax.vmap(self.decoder)(inputs), self.total_count)
 
@@ -301,19 +332,40 @@ class Classifier(eqx.Module):
         return self.classify(x).probs
 
 
-def code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
-               head_depth: int = 1, total_count: int = 16) -> CodeModel:
+def code_model(
+    key,
+    data_dim: int,
+    latent_dim: int,
+    num_classes: int,
+    *,
+    width: int = 64,
+    head_depth: int = 1,
+    total_count: int = 16,
+) -> CodeModel:
     """The post's model with one-hidden-layer MLPs of ``width``; the label head has ``head_depth`` hidden layers."""
     check_key(key)
     k1, k2, k3 = jax.random.split(key, 3)
-    return CodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
-                     mlp(k2, latent_dim, data_dim, width=width, depth=1),
-                     mlp(k3, latent_dim, num_classes, width=width, depth=head_depth), data_dim, latent_dim,
-                     num_classes, total_count)
+    return CodeModel(
+        mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+        mlp(k2, latent_dim, data_dim, width=width, depth=1),
+        mlp(k3, latent_dim, num_classes, width=width, depth=head_depth),
+        data_dim,
+        latent_dim,
+        num_classes,
+        total_count,
+    )
 
 
-def tied_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
-                    spread: float = 1.0, total_count: int = 16) -> TiedCodeModel:
+def tied_code_model(
+    key,
+    data_dim: int,
+    latent_dim: int,
+    num_classes: int,
+    *,
+    width: int = 64,
+    spread: float = 1.0,
+    total_count: int = 16,
+) -> TiedCodeModel:
     """The post's model with its head tied to the prior (:class:`TiedCodeModel`): one-hidden-layer MLPs of ``width``.
 
     The classes' means start as independent draws from :math:`\\mathcal{N}(0, \\text{spread}^2 I)`,
@@ -323,34 +375,61 @@ def tied_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, wi
     if not spread > 0:
         raise ValueError(f"spread must be positive; got {spread!r}")
     k1, k2, k3 = jax.random.split(key, 3)
-    return TiedCodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
-                         mlp(k2, latent_dim, data_dim, width=width, depth=1),
-                         spread * jax.random.normal(k3, (num_classes, latent_dim)),
-                         jnp.zeros((num_classes, latent_dim)), data_dim, latent_dim, num_classes, total_count)
+    return TiedCodeModel(
+        mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+        mlp(k2, latent_dim, data_dim, width=width, depth=1),
+        spread * jax.random.normal(k3, (num_classes, latent_dim)),
+        jnp.zeros((num_classes, latent_dim)),
+        data_dim,
+        latent_dim,
+        num_classes,
+        total_count,
+    )
 
 
-def mixture_code_model(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64,
-                       head_depth: int = 1, spread: float = 1.0, total_count: int = 16) -> MixtureCodeModel:
-    """:class:`MixtureCodeModel`: the tied model's prior (initialised as :func:`tied_code_model`'s) with :func:`code_model`'s separate head."""
+def mixture_code_model(
+    key,
+    data_dim: int,
+    latent_dim: int,
+    num_classes: int,
+    *,
+    width: int = 64,
+    head_depth: int = 1,
+    spread: float = 1.0,
+    total_count: int = 16,
+) -> MixtureCodeModel:
+    """:class:`MixtureCodeModel`: the tied model's prior (initialised as :func:`tied_code_model`'s)
+    with :func:`code_model`'s separate head."""
     check_key(key)
     if not spread > 0:
         raise ValueError(f"spread must be positive; got {spread!r}")
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    return MixtureCodeModel(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
-                            mlp(k2, latent_dim, data_dim, width=width, depth=1),
-                            mlp(k4, latent_dim, num_classes, width=width, depth=head_depth),
-                            spread * jax.random.normal(k3, (num_classes, latent_dim)),
-                            jnp.zeros((num_classes, latent_dim)), data_dim, latent_dim, num_classes, total_count)
+    return MixtureCodeModel(
+        mlp(k1, data_dim, 2 * latent_dim, width=width, depth=1),
+        mlp(k2, latent_dim, data_dim, width=width, depth=1),
+        mlp(k4, latent_dim, num_classes, width=width, depth=head_depth),
+        spread * jax.random.normal(k3, (num_classes, latent_dim)),
+        jnp.zeros((num_classes, latent_dim)),
+        data_dim,
+        latent_dim,
+        num_classes,
+        total_count,
+    )
 
 
 def m2(key, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> M2:
     """M2 with one-hidden-layer MLPs of ``width`` for the classifier, encoder and decoder."""
     check_key(key)
     k1, k2, k3 = jax.random.split(key, 3)
-    return M2(mlp(k1, data_dim, num_classes, width=width, depth=1),
-              mlp(k2, data_dim + num_classes, 2 * latent_dim, width=width, depth=1),
-              mlp(k3, latent_dim + num_classes, data_dim, width=width, depth=1),
-              data_dim, latent_dim, num_classes, total_count)
+    return M2(
+        mlp(k1, data_dim, num_classes, width=width, depth=1),
+        mlp(k2, data_dim + num_classes, 2 * latent_dim, width=width, depth=1),
+        mlp(k3, latent_dim + num_classes, data_dim, width=width, depth=1),
+        data_dim,
+        latent_dim,
+        num_classes,
+        total_count,
+    )
 
 
 def classifier(key, data_dim: int, num_classes: int, *, width: int = 64, total_count: int = 16) -> Classifier:
@@ -370,7 +449,8 @@ def post_real_world(model: CodeModel | MixtureCodeModel | TiedCodeModel, x, y=No
 
 
 def post_dream_world(model: CodeModel | MixtureCodeModel | TiedCodeModel, x, y=None) -> None:
-    """Q of the post's model: :math:`q(z)\\,q(x\\mid z)\\,q(y\\mid z)`; without labels, :math:`q(y\\mid z)` is summed out (dropped)."""
+    """Q of the post's model: :math:`q(z)\\,q(x\\mid z)\\,q(y\\mid z)`; without labels,
+    :math:`q(y\\mid z)` is summed out (dropped)."""
     x, y = model.check(x, y)
     with numpyro.plate("data", x.shape[0]):
         z = numpyro.sample("z", model.prior(x.shape[0]))
@@ -403,13 +483,16 @@ def m2_dream_world(model: M2, x, y=None) -> None:
 
 def _fractions(n_labelled: int, n_unlabelled) -> tuple[float, float]:
     if isinstance(n_unlabelled, bool) or not isinstance(n_unlabelled, (int, np.integer)) or n_unlabelled < 1:
-        raise ValueError(f"n_unlabelled (the size of the whole unlabelled set) must be a positive integer; got {n_unlabelled!r}")
+        raise ValueError(
+            f"n_unlabelled (the size of the whole unlabelled set) must be a positive integer; got {n_unlabelled!r}"
+        )
     n = n_labelled + int(n_unlabelled)
     return n_labelled / n, int(n_unlabelled) / n
 
 
 def _mix(f_l: float, lab: KLObjective, f_u: float, unl: KLObjective, loss, extra: dict | None = None) -> KLObjective:
-    """One :class:`~klbook.recipe.KLObjective` per example of the whole set from the labelled and the unlabelled ledgers.
+    """One :class:`~klbook.recipe.KLObjective` per example of the whole set from the labelled and
+    the unlabelled ledgers.
 
     Each term is ``f_l`` times its labelled estimate plus ``f_u`` times its unlabelled one (a term
     of one ledger only counts zero in the other); ``extra`` adds terms computed on the labelled
@@ -447,8 +530,9 @@ def _cross_entropy(model, x_l, y_l) -> tuple[jax.Array, jax.Array]:
     return jnp.mean(per), se
 
 
-def post_objective(key, model: CodeModel | MixtureCodeModel | TiedCodeModel, x_l, y_l, x_u, n_unlabelled: int, *,
-                   beta=1.0, gamma=1.0) -> KLObjective:
+def post_objective(
+    key, model: CodeModel | MixtureCodeModel | TiedCodeModel, x_l, y_l, x_u, n_unlabelled: int, *, beta=1.0, gamma=1.0
+) -> KLObjective:
     r"""The post's semi-supervised objective per example of the whole set, as a :class:`~klbook.recipe.KLObjective`.
 
     .. math:: \frac{N_l}{N}\big(\beta D_l + \gamma C_l + R_l\big) + \frac{N_u}{N}\big(\beta D_u + R_u\big)
@@ -462,15 +546,31 @@ def post_objective(key, model: CodeModel | MixtureCodeModel | TiedCodeModel, x_l
     check_key(key)
     f_l, f_u = _fractions(jnp.shape(x_l)[0], n_unlabelled)
     k_l, k_u = jax.random.split(key)
-    lab = kl_objective(k_l, post_real_world, post_dream_world, model, x_l, y_l, names=POST_NAMES,
-                       weights={"distortion": beta, "classification": gamma})
-    unl = kl_objective(k_u, post_real_world, post_dream_world, model, x_u,
-                       names={n: t for n, t in POST_NAMES.items() if n != "y"}, weights={"distortion": beta})
+    lab = kl_objective(
+        k_l,
+        post_real_world,
+        post_dream_world,
+        model,
+        x_l,
+        y_l,
+        names=POST_NAMES,
+        weights={"distortion": beta, "classification": gamma},
+    )
+    unl = kl_objective(
+        k_u,
+        post_real_world,
+        post_dream_world,
+        model,
+        x_u,
+        names={n: t for n, t in POST_NAMES.items() if n != "y"},
+        weights={"distortion": beta},
+    )
     return _mix(f_l, lab, f_u, unl, f_l * lab.loss + f_u * unl.loss)
 
 
 def m2_objective(key, model: M2, x_l, y_l, x_u, n_unlabelled: int, *, alpha=1.0) -> KLObjective:
-    r"""M2's objective per example of the whole set (Kingma et al., 2014, eq. 9), as a :class:`~klbook.recipe.KLObjective`.
+    r"""M2's objective per example of the whole set (Kingma et al., 2014, eq. 9), as a
+    :class:`~klbook.recipe.KLObjective`.
 
     .. math:: \frac{N_l}{N}\big(L(x, y) + \alpha\langle -\log p(y\mid x)\rangle\big) + \frac{N_u}{N}\,U(x)
 
@@ -490,9 +590,11 @@ def m2_objective(key, model: M2, x_l, y_l, x_u, n_unlabelled: int, *, alpha=1.0)
     return _mix(f_l, lab, f_u, unl, f_l * (lab.loss + alpha * ce) + f_u * unl.loss, {"classification": (ce, se)})
 
 
-def supervised_objective(key, model: Classifier, x_l, y_l, x_u=None, n_unlabelled: int = 1, *,
-                         weight=1.0) -> KLObjective:
-    """Cross-entropy of the labelled images alone, :math:`\\langle -\\log q(y\\mid x)\\rangle` (the baseline), as a KLObjective.
+def supervised_objective(
+    key, model: Classifier, x_l, y_l, x_u=None, n_unlabelled: int = 1, *, weight=1.0
+) -> KLObjective:
+    """Cross-entropy of the labelled images alone, :math:`\\langle -\\log q(y\\mid x)\\rangle` (the
+    baseline), as a KLObjective.
 
     Same signature as the other objectives; ``key``, ``x_u`` and ``n_unlabelled`` are ignored (no
     draws; the unlabelled images play no part). ``terms``: ``classification`` per labelled image;
@@ -501,8 +603,14 @@ def supervised_objective(key, model: Classifier, x_l, y_l, x_u=None, n_unlabelle
     check_key(key)
     ce, se = _cross_entropy(model, x_l, y_l)
     zero = jnp.zeros(())
-    return KLObjective(weight * ce, ce, {"classification": ce}, {"classification": se, "total": se},
-                       {"classification": zero, "total": zero}, ("y",))
+    return KLObjective(
+        weight * ce,
+        ce,
+        {"classification": ce},
+        {"classification": se, "total": se},
+        {"classification": zero, "total": zero},
+        ("y",),
+    )
 
 
 class Split(NamedTuple):
@@ -513,7 +621,8 @@ class Split(NamedTuple):
 
 
 def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
-    """``num_splits`` random splits of the labels ``y [N]``: ``per_class`` labelled images of each class, the rest unlabelled.
+    """``num_splits`` random splits of the labels ``y [N]``: ``per_class`` labelled images of each
+    class, the rest unlabelled.
 
     Raises ValueError if a class has fewer than ``per_class`` images.
     """
@@ -525,7 +634,9 @@ def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
         raise ValueError(f"per_class must be a positive integer; got {per_class!r}")
     classes, counts = np.unique(y, return_counts=True)
     if counts.min() < per_class:
-        raise ValueError(f"class {classes[counts.argmin()]} has {counts.min()} images, fewer than per_class={per_class}")
+        raise ValueError(
+            f"class {classes[counts.argmin()]} has {counts.min()} images, fewer than per_class={per_class}"
+        )
     labelled, unlabelled = [], []
     for r in range(num_splits):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, r), y.shape[0]))
@@ -554,8 +665,10 @@ def per_model_adam(learning_rates, weight_decay=0.0) -> optax.GradientTransforma
         if v.ndim == 0:
             return jnp.asarray(v)
         if leaf.ndim == 0 or leaf.shape[0] != v.shape[0]:
-            raise ValueError(f"per-model values ({v.shape[0]}) need parameters stacked on a leading axis of that "
-                             f"size; got a leaf of shape {leaf.shape}")
+            raise ValueError(
+                f"per-model values ({v.shape[0]}) need parameters stacked on a leading axis of that "
+                f"size; got a leaf of shape {leaf.shape}"
+            )
         return jnp.asarray(v).reshape((-1,) + (1,) * (leaf.ndim - 1))
 
     def update(updates, state, params=None):
@@ -568,9 +681,21 @@ def per_model_adam(learning_rates, weight_decay=0.0) -> optax.GradientTransforma
     return optax.chain(optax.scale_by_adam(), optax.GradientTransformation(lambda params: optax.EmptyState(), update))
 
 
-def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, weights, *, num_steps: int,
-               batch_size: int = 100, optimizer: optax.GradientTransformation | None = None,
-               progress: bool = True, desc: str = "models") -> tuple[eqx.Module, dict[str, np.ndarray]]:
+def fit_models(
+    key,
+    make: Callable,
+    objective: Callable,
+    x,
+    y,
+    split: Split,
+    weights,
+    *,
+    num_steps: int,
+    batch_size: int = 100,
+    optimizer: optax.GradientTransformation | None = None,
+    progress: bool = True,
+    desc: str = "models",
+) -> tuple[eqx.Module, dict[str, np.ndarray]]:
     r"""Train one model per entry of ``weights`` at once: parameters stacked, one vmapped, compiled loop.
 
     Model :math:`m` sees the labelled images of ``split`` row :math:`m` (all of them every step)
@@ -590,8 +715,10 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
     x, y = jnp.asarray(x), jnp.asarray(y)
     check_finite(weights, "weights")
     if weights.ndim not in (1, 2) or split.labelled.shape[0] != weights.shape[0]:
-        raise ValueError(f"weights must have one entry (or one row) per row of split ({split.labelled.shape[0]}); "
-                         f"got shape {weights.shape}")
+        raise ValueError(
+            f"weights must have one entry (or one row) per row of split ({split.labelled.shape[0]}); "
+            f"got shape {weights.shape}"
+        )
     m = weights.shape[0]
     x_l, y_l = x[split.labelled], y[split.labelled]  # [M, L, D], [M, L]
     x_u = x[split.unlabelled]  # [M, U, D]
@@ -605,13 +732,23 @@ def fit_models(key, make: Callable, objective: Callable, x, y, split: Split, wei
 
         out = eqx.filter_vmap(one)(stacked, jax.random.split(k, m), x_l, y_l, x_u, weights)
         if not isinstance(out, KLObjective):
-            raise TypeError(f"objective must return a KLObjective (as post_objective, m2_objective and "
-                            f"supervised_objective do); got {type(out).__name__}")
+            raise TypeError(
+                f"objective must return a KLObjective (as post_objective, m2_objective and "
+                f"supervised_objective do); got {type(out).__name__}"
+            )
         return jnp.sum(out.loss), {n: jnp.sum(t) for n, t in out.terms.items()}
 
-    res = fit(k_fit, loss_fn, models, num_steps=num_steps, data=jnp.arange(n_u), batch_size=batch_size,
-              optimizer=optax.adam(1e-3) if optimizer is None else optimizer, progress=progress,
-              desc=f"{m} {desc}")
+    res = fit(
+        k_fit,
+        loss_fn,
+        models,
+        num_steps=num_steps,
+        data=jnp.arange(n_u),
+        batch_size=batch_size,
+        optimizer=optax.adam(1e-3) if optimizer is None else optimizer,
+        progress=progress,
+        desc=f"{m} {desc}",
+    )
     return res.params, res.history
 
 
@@ -638,7 +775,8 @@ def error_rate(models, x, y) -> np.ndarray:
 
 
 def mistakes(models, x, y) -> np.ndarray:
-    """Which images each of the stacked ``models`` gets wrong, ``[M, N]`` booleans (for paired, per-image statistics)."""
+    """Which images each of the stacked ``models`` gets wrong, ``[M, N]`` booleans (for paired,
+    per-image statistics)."""
     x, y = _stacked(models).check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
     return np.asarray(_mistakes(models, x, y))
 
@@ -657,14 +795,18 @@ def _mistakes(models, x, y):
 
 
 def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]:
-    """The unlabelled ledger of each stacked post's model on images ``x [N, D]``: ``distortion`` and ``rate`` ``[M]`` (nats per image).
+    """The unlabelled ledger of each stacked post's model on images ``x [N, D]``: ``distortion`` and
+    ``rate`` ``[M]`` (nats per image).
 
     The recipe's terms of :func:`post_real_world` / :func:`post_dream_world` without labels,
     ``num_particles`` draws of the code per image.
     """
     check_key(key)
     if not isinstance(models, (CodeModel, MixtureCodeModel, TiedCodeModel)):
-        raise TypeError(f"image_terms scores the post's models (CodeModel, MixtureCodeModel or TiedCodeModel); got {type(models).__name__}")
+        raise TypeError(
+            "image_terms scores the post's models (CodeModel, MixtureCodeModel or TiedCodeModel); "
+            f"got {type(models).__name__}"
+        )
     x, _ = models.check(x)
     names = {n: t for n, t in POST_NAMES.items() if n != "y"}
 

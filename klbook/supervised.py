@@ -36,9 +36,23 @@ from klbook.nn import categorical_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
-__all__ = ["NAMES", "real_world", "dream_world", "objective", "logits", "features",
-           "accuracy", "train", "ensemble", "member", "train_ensemble", "Probe", "linear_probe",
-           "probe_accuracy", "fit_temperature"]
+__all__ = [
+    "NAMES",
+    "real_world",
+    "dream_world",
+    "objective",
+    "logits",
+    "features",
+    "accuracy",
+    "train",
+    "ensemble",
+    "member",
+    "train_ensemble",
+    "Probe",
+    "linear_probe",
+    "probe_accuracy",
+    "fit_temperature",
+]
 
 #: The recipe's names for the two sites: the inputs' term (zero: both worlds read x from the
 #: data) and the labels' term, the cross-entropy ``-<log q(y|x)>`` (named ``classification``, as
@@ -50,6 +64,9 @@ def _check(net: eqx.nn.MLP, x, y) -> tuple[jax.Array, jax.Array]:
     x, y = jnp.asarray(x), jnp.asarray(y)
     if not isinstance(net, eqx.nn.MLP):
         raise TypeError(f"net must be an eqx.nn.MLP (e.g. klbook.nn.mlp); got {type(net).__name__}")
+    num_classes = net.out_size
+    if not isinstance(num_classes, int):
+        raise ValueError(f"net must output one logit per class (integer out_size); got out_size={num_classes!r}")
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != net.in_size:
         raise ValueError(f"x must have shape [N, {net.in_size}] with N >= 1; got {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -59,8 +76,8 @@ def _check(net: eqx.nn.MLP, x, y) -> tuple[jax.Array, jax.Array]:
     check_finite(x, "x")
     if is_concrete(y):  # numpy, not jnp: under a trace even a concrete array's min is staged
         low, high = int(np.min(np.asarray(y))), int(np.max(np.asarray(y)))
-        if low < 0 or high >= net.out_size:
-            raise ValueError(f"labels must lie in 0..{net.out_size - 1}; got {low}..{high}")
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in 0..{num_classes - 1}; got {low}..{high}")
     return x, y
 
 
@@ -144,12 +161,22 @@ def train(
         :class:`klbook.train.FitResult`; ``history`` has ``loss``, ``inputs`` and ``classification``.
     """
     x, y = _check(net, x, y)
-    return fit(key, _loss, net, num_steps=num_steps, optimizer=optax.adam(learning_rate),
-               data=(x, y), batch_size=batch_size, progress=progress, desc="classifier")
+    return fit(
+        key,
+        _loss,
+        net,
+        num_steps=num_steps,
+        optimizer=optax.adam(learning_rate),
+        data=(x, y),
+        batch_size=batch_size,
+        progress=progress,
+        desc="classifier",
+    )
 
 
-def ensemble(key: jax.Array, num_members: int, in_size: int, num_classes: int, *, width: int = 64,
-             depth: int = 2) -> eqx.nn.MLP:
+def ensemble(
+    key: jax.Array, num_members: int, in_size: int, num_classes: int, *, width: int = 64, depth: int = 2
+) -> eqx.nn.MLP:
     """``num_members`` independently initialised :func:`klbook.nn.mlp` classifiers, stacked.
 
     One ``eqx.nn.MLP`` whose arrays carry a leading ``[num_members]`` axis (``eqx.filter_vmap``
@@ -190,8 +217,17 @@ def train_ensemble(
         per_member = eqx.filter_vmap(lambda net: _loss(net, k, batch).loss)(stack)  # [M]
         return jnp.sum(per_member), {"classification": jnp.mean(per_member)}
 
-    return fit(key, loss, nets, num_steps=num_steps, optimizer=optax.adam(learning_rate),
-               data=(x, y), batch_size=batch_size, progress=progress, desc="ensemble")
+    return fit(
+        key,
+        loss,
+        nets,
+        num_steps=num_steps,
+        optimizer=optax.adam(learning_rate),
+        data=(x, y),
+        batch_size=batch_size,
+        progress=progress,
+        desc="ensemble",
+    )
 
 
 class Probe(NamedTuple):
@@ -254,9 +290,9 @@ def _probe_one(f: jax.Array, onehot: jax.Array, perm: jax.Array, half: int, num_
         return 0.5 * jnp.sum(penalty[:, None] * theta**2) + jnp.sum(ce)
 
     def newton(theta, _):
-        p = jax.nn.softmax(a @ theta, axis=1)                                   # [n, K]
-        grad = a.T @ (p - fit_y) + penalty[:, None] * theta                     # [F + 1, K]
-        curv = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)             # [n, K, K]
+        p = jax.nn.softmax(a @ theta, axis=1)  # [n, K]
+        grad = a.T @ (p - fit_y) + penalty[:, None] * theta  # [F + 1, K]
+        curv = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)  # [n, K, K]
         hess = jnp.einsum("if,ikl,ig->fkgl", a, curv, a).reshape(num_in * num_classes, -1)
         # The intercepts' common shift is a flat direction; a small ridge keeps the solve regular.
         ridge = jnp.repeat(penalty, num_classes) + 1e-4
@@ -297,8 +333,9 @@ def probe_accuracy(features, labels, splits, *, num_steps: int = 30) -> np.ndarr
     f, y, s = np.asarray(features, np.float32), np.asarray(labels), np.asarray(splits)
     batched = f.ndim == 3
     if f.ndim not in (2, 3) or y.ndim != 1 or y.shape[0] != f.shape[-2]:
-        raise ValueError(f"features must be [N, F] or [M, N, F] with one label per row; "
-                         f"got {f.shape} and labels {y.shape}")
+        raise ValueError(
+            f"features must be [N, F] or [M, N, F] with one label per row; got {f.shape} and labels {y.shape}"
+        )
     if y.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers; got {y.dtype}")
     n = f.shape[-2]
@@ -376,7 +413,9 @@ def fit_temperature(logits, labels, *, low: float = 1e-2, high: float = 1e2, num
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"logits must be floating point; got {logits.dtype}")
     if labels.shape != logits.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integer labels of shape ({logits.shape[0]},); got {labels.shape}, {labels.dtype}")
+        raise ValueError(
+            f"labels must be integer labels of shape ({logits.shape[0]},); got {labels.shape}, {labels.dtype}"
+        )
     if not (0 < float(low) < float(high) and np.isfinite(high)):
         raise ValueError(f"need 0 < low < high < inf for the temperature bracket; got {low}, {high}")
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:

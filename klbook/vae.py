@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -40,10 +41,31 @@ from klbook.nn import bernoulli_head, binomial_head, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
-__all__ = ["VAE", "VAETerms", "Chain", "NAMES", "binomial_vae", "bernoulli_vae", "linear_gaussian_vae",
-           "real_world", "dream_world", "terms", "rate", "iwae", "measure", "objective", "fit_betas",
-           "model_at", "reconstruct", "generate", "linear_gaussian_marginal", "linear_gaussian_optimum",
-           "linear_gaussian_fit", "linear_gaussian_terms", "linear_gaussian_population"]
+__all__ = [
+    "VAE",
+    "VAETerms",
+    "Chain",
+    "NAMES",
+    "binomial_vae",
+    "bernoulli_vae",
+    "linear_gaussian_vae",
+    "real_world",
+    "dream_world",
+    "terms",
+    "rate",
+    "iwae",
+    "measure",
+    "objective",
+    "fit_betas",
+    "model_at",
+    "reconstruct",
+    "generate",
+    "linear_gaussian_marginal",
+    "linear_gaussian_optimum",
+    "linear_gaussian_fit",
+    "linear_gaussian_terms",
+    "linear_gaussian_population",
+]
 
 #: The recipe's names for the two sites: the latent's term is the rate, the data's the distortion.
 NAMES = {"z": "rate", "x": "distortion"}
@@ -100,8 +122,14 @@ class _BinomialHead:  # equal by value, so models made separately share one stat
 
 def _mlp_vae(key, data_dim, latent_dim, head, input_scale, width, depth) -> VAE:
     k1, k2 = jax.random.split(key)
-    return VAE(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=depth),
-               mlp(k2, latent_dim, data_dim, width=width, depth=depth), head, data_dim, latent_dim, input_scale)
+    return VAE(
+        mlp(k1, data_dim, 2 * latent_dim, width=width, depth=depth),
+        mlp(k2, latent_dim, data_dim, width=width, depth=depth),
+        head,
+        data_dim,
+        latent_dim,
+        input_scale,
+    )
 
 
 def binomial_vae(key, data_dim: int, latent_dim: int, total_count: int, *, width: int = 64, depth: int = 2) -> VAE:
@@ -124,8 +152,9 @@ class _LinearGaussianDecoder(eqx.Module):
         return jnp.concatenate([self.linear(z), raw])
 
 
-def linear_gaussian_vae(key, data_dim: int, latent_dim: int, *, weight=None, bias=None, noise=None,
-                        learn_noise: bool = True) -> VAE:
+def linear_gaussian_vae(
+    key, data_dim: int, latent_dim: int, *, weight=None, bias=None, noise=None, learn_noise: bool = True
+) -> VAE:
     r"""Linear encoder and :math:`q(x\mid z) = \mathcal{N}(Wz + b, \mathrm{diag}\,\sigma^2)`.
 
     Its marginal :math:`q(x)` is Gaussian (:func:`linear_gaussian_marginal`), so :math:`L` and, as
@@ -155,12 +184,21 @@ def linear_gaussian_vae(key, data_dim: int, latent_dim: int, *, weight=None, bia
     return VAE(eqx.nn.Linear(data_dim, 2 * latent_dim, key=k1), decoder, gaussian_head, data_dim, latent_dim)
 
 
+def _diagonal_normal(d: dist.Distribution) -> dist.Normal:
+    """The ``Normal`` inside :func:`klbook.nn.gaussian_head`'s ``Independent`` (the encoder's and the
+    linear decoder's distribution), or a ``TypeError``."""
+    base = d.base_dist if isinstance(d, dist.Independent) else None
+    if not isinstance(base, dist.Normal):
+        raise TypeError(f"expected a diagonal Gaussian (Independent Normal, gaussian_head); got {d}")
+    return base
+
+
 def linear_gaussian_marginal(vae: VAE) -> dist.MultivariateNormal:
     r"""Exact :math:`q(x) = \mathcal{N}(b, WW^\top + \mathrm{diag}\,\sigma^2)` of a :func:`linear_gaussian_vae`."""
     if not isinstance(vae.decoder, _LinearGaussianDecoder):
         raise TypeError("linear_gaussian_marginal needs a VAE made by linear_gaussian_vae")
     w, b = vae.decoder.linear.weight, vae.decoder.linear.bias
-    sigma = vae.decode(jnp.zeros((1, vae.latent_dim))).base_dist.scale[0]  # [data_dim]
+    sigma = jnp.asarray(_diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [data_dim]
     return dist.MultivariateNormal(b, covariance_matrix=w @ w.T + jnp.diag(sigma**2))
 
 
@@ -208,8 +246,11 @@ def terms(key, vae: VAE, x, *, z=None, closed_form_rate: bool = False) -> VAETer
     x = vae.check(x)
     enc = vae.encode(x)
     z = enc.rsample(key) if z is None else z
-    r = kl(enc, vae.prior(x.shape[0])) if closed_form_rate else enc.log_prob(z) - vae.prior(x.shape[0]).log_prob(z)
-    return VAETerms(-vae.decode(z).log_prob(x), r)
+    if closed_form_rate:
+        r = kl(enc, vae.prior(x.shape[0]))
+    else:
+        r = jnp.asarray(enc.log_prob(z)) - jnp.asarray(vae.prior(x.shape[0]).log_prob(z))
+    return VAETerms(-jnp.asarray(vae.decode(z).log_prob(x)), r)
 
 
 def iwae(key, vae: VAE, x, num_samples: int, *, chunk: int = 64) -> jax.Array:
@@ -232,7 +273,7 @@ def iwae(key, vae: VAE, x, num_samples: int, *, chunk: int = 64) -> jax.Array:
 
     def one(k):  # log q(z) q(x|z) / p(z|x) at one draw z ~ p(z|x) per example, [N]
         z = enc.rsample(k)
-        return prior.log_prob(z) + vae.decode(z).log_prob(x) - enc.log_prob(z)
+        return jnp.asarray(prior.log_prob(z)) + jnp.asarray(vae.decode(z).log_prob(x)) - jnp.asarray(enc.log_prob(z))
 
     def body(acc, i):
         log_w = jax.vmap(one)(jax.random.split(jax.random.fold_in(key, i), chunk))  # [chunk, N]
@@ -248,12 +289,13 @@ class Chain(NamedTuple):
 
     ``rate`` is the closed form, ``rate_sampled`` its one-draw estimate at the same ``z`` as
     ``distortion``; ``neg_log_marginal`` is :math:`-\\log \\hat q_K(x)` (so its mean estimates ``L``).
+    JAX arrays from :func:`measure`; NumPy arrays in a :class:`klbook.vae_explorer.BetaSweep`.
     """
 
-    distortion: jax.Array
-    rate: jax.Array
-    rate_sampled: jax.Array
-    neg_log_marginal: jax.Array
+    distortion: jax.Array | np.ndarray
+    rate: jax.Array | np.ndarray
+    rate_sampled: jax.Array | np.ndarray
+    neg_log_marginal: jax.Array | np.ndarray
 
     def mean(self) -> Chain:
         """Means over examples (the last axis)."""
@@ -264,7 +306,7 @@ class Chain(NamedTuple):
         return Chain(*(jnp.std(v, axis=-1, ddof=1) / math.sqrt(v.shape[-1]) for v in self))
 
     @property
-    def gap(self) -> jax.Array:
+    def gap(self) -> jax.Array | np.ndarray:
         """:math:`D + R - L` per example: the ELBO's slack, non-negative on average."""
         return self.distortion + self.rate - self.neg_log_marginal
 
@@ -286,9 +328,17 @@ def objective(key, vae: VAE, x, *, beta=1.0) -> KLObjective:
     return kl_objective(key, real_world, dream_world, vae, x, names=NAMES, weights={"rate": beta})
 
 
-def fit_betas(key, make: Callable[[jax.Array], VAE], betas: Sequence[float], x, *, num_steps: int,
-              batch_size: int = 128, optimizer: optax.GradientTransformation | None = None,
-              progress: bool = True) -> tuple[VAE, dict[str, np.ndarray]]:
+def fit_betas(
+    key,
+    make: Callable[[jax.Array], VAE],
+    betas: Sequence[float] | np.ndarray | jax.Array,
+    x,
+    *,
+    num_steps: int,
+    batch_size: int = 128,
+    optimizer: optax.GradientTransformation | None = None,
+    progress: bool = True,
+) -> tuple[VAE, dict[str, np.ndarray]]:
     r"""Train one β-VAE per β, all at once: parameters stacked, one vmapped, compiled loop.
 
     Model :math:`m` minimises :math:`D + \beta_m R` (:func:`objective`) on the same batches;
@@ -298,12 +348,21 @@ def fit_betas(key, make: Callable[[jax.Array], VAE], betas: Sequence[float], x, 
     and ``distortion/i`` per model.
     """
     check_key(key)
-    betas = jnp.asarray(betas, jnp.float32)
-    if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas > 0)):
-        raise ValueError(f"betas must be a non-empty list of positive numbers; got {betas}")
-    return fit_stacked(key, make, lambda m, k, batch, b: objective(k, m, batch, beta=b), betas, jnp.asarray(x),
-                       num_steps=num_steps, batch_size=batch_size, optimizer=optimizer, progress=progress,
-                       desc=f"{betas.size} beta-VAEs")
+    grid = jnp.asarray(betas, jnp.float32)
+    if grid.ndim != 1 or grid.size == 0 or not bool(jnp.all(grid > 0)):
+        raise ValueError(f"betas must be a non-empty list of positive numbers; got {grid}")
+    return fit_stacked(
+        key,
+        make,
+        lambda m, k, batch, b: objective(k, m, batch, beta=b),
+        grid,
+        jnp.asarray(x),
+        num_steps=num_steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        progress=progress,
+        desc=f"{grid.size} beta-VAEs",
+    )
 
 
 def model_at(models: VAE, i: int) -> VAE:
@@ -336,9 +395,12 @@ def linear_gaussian_terms(vae: VAE, x) -> VAETerms:
         raise TypeError("linear_gaussian_terms needs a VAE made by linear_gaussian_vae")
     x = vae.check(x)
     enc = vae.encode(x)
-    mu, s = enc.base_dist.loc, enc.base_dist.scale  # [N, k]
+    normal = _diagonal_normal(enc)
+    mu, s = jnp.asarray(normal.loc), jnp.asarray(normal.scale)  # [N, k]
     w, b = vae.decoder.linear.weight, vae.decoder.linear.bias  # [d, k], [d]
-    sigma = vae.decode(jnp.zeros((1, vae.latent_dim))).base_dist.scale[0]  # [d]
+    if b is None:  # linear_gaussian_vae always builds the decoder with a bias
+        raise TypeError("linear_gaussian_terms needs the decoder's bias (linear_gaussian_vae makes one)")
+    sigma = jnp.asarray(_diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [d]
     sq = (x - mu @ w.T - b[None, :]) ** 2 + (s**2) @ (w**2).T  # [N, d]: E (x - V z - b)^2
     distortion = jnp.sum(0.5 * jnp.log(2 * jnp.pi * sigma**2)[None, :] + sq / (2 * sigma**2)[None, :], axis=-1)
     return VAETerms(distortion, kl(enc, vae.prior(x.shape[0])))
@@ -346,9 +408,11 @@ def linear_gaussian_terms(vae: VAE, x) -> VAETerms:
 
 def _float64(value, name: str, fn: str) -> np.ndarray:
     """``value`` as a float64 NumPy array, or a clear error (these closed forms run outside ``jax.jit``)."""
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value)):
-        raise TypeError(f"{fn} is a float64 NumPy closed form: call it with concrete numbers, outside "
-                        f"jax.jit/grad/vmap ({name} is a tracer)")
+    if not all(is_concrete(leaf) for leaf in jax.tree.leaves(value)):
+        raise TypeError(
+            f"{fn} is a float64 NumPy closed form: call it with concrete numbers, outside "
+            f"jax.jit/grad/vmap ({name} is a tracer)"
+        )
     out = np.asarray(value, np.float64)
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} must be finite; got {value}")

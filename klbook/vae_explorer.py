@@ -14,7 +14,8 @@ standard errors of the :class:`klbook.vae.Chain`, reconstructions, samples),
 from __future__ import annotations
 
 import io
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -33,9 +34,23 @@ except ModuleNotFoundError as err:
 from klbook import vae as V
 from klbook.divergence import check_key
 from klbook.plot import COLORS, DREAM, REAL, style
+from klbook.train import stack_size
 
-__all__ = ["BetaSweep", "summarise", "empirical_entropy", "binomial_floor", "identified", "identification_bound",
-           "SweepChecks", "check_sweep", "draw_plane", "draw_beta", "draw_sweep", "beta_explorer", "BetaExplorer"]
+__all__ = [
+    "BetaSweep",
+    "summarise",
+    "empirical_entropy",
+    "binomial_floor",
+    "identified",
+    "identification_bound",
+    "SweepChecks",
+    "check_sweep",
+    "draw_plane",
+    "draw_beta",
+    "draw_sweep",
+    "beta_explorer",
+    "BetaExplorer",
+]
 
 
 class BetaSweep(NamedTuple):
@@ -115,9 +130,19 @@ def identification_bound(rate, n: int):
     return np.clip(1.0 - (np.log(n) - rate - np.log(2.0)) / np.log(n - 1.0), 0.0, 1.0)
 
 
-def summarise(key, models: V.VAE, betas: Sequence[float], x, *, num_samples: int = 1000, entropy=None,
-              floor=None, image_shape: tuple[int, int] | None = None, num_show: int = 8,
-              log_marginal=None) -> BetaSweep:
+def summarise(
+    key,
+    models: V.VAE,
+    betas: Sequence[float] | np.ndarray,
+    x,
+    *,
+    num_samples: int = 1000,
+    entropy=None,
+    floor=None,
+    image_shape: tuple[int, int] | None = None,
+    num_show: int = 8,
+    log_marginal=None,
+) -> BetaSweep:
     r"""Measure stacked models (from :func:`klbook.vae.fit_betas`) on ``x [N, d]``, one compiled pass.
 
     With ``image_shape``, also the first ``num_show`` originals, their reconstructions, ``num_show``
@@ -125,7 +150,12 @@ def summarise(key, models: V.VAE, betas: Sequence[float], x, *, num_samples: int
     ``log_marginal(model, x) -> [N]``, the exact :math:`\log q(x)`, also the IWAE's remaining gap.
     """
     check_key(key)
-    betas = np.asarray(betas, float)
+    grid = np.asarray(betas, float)
+    if grid.ndim != 1:
+        raise ValueError(f"betas must be one-dimensional, one per stacked model; got shape {grid.shape}")
+    count = stack_size(models, "models")
+    if count != grid.size:
+        raise ValueError(f"models holds {count} stacked models but betas has {grid.size} values; they must match")
     x = jnp.asarray(x)
     show = image_shape is not None
 
@@ -142,16 +172,27 @@ def summarise(key, models: V.VAE, betas: Sequence[float], x, *, num_samples: int
                 out += (identified(rec, x), rec[:num_show], V.generate(k3, m, num_show))
             return out
 
-        return eqx.filter_vmap(one)(models, jax.random.split(key, betas.size))
+        return eqx.filter_vmap(one)(models, jax.random.split(key, grid.size))
 
     out = jax.tree.map(np.asarray, run(models, key))
     images = (None,) * 4
-    if show:
+    if image_shape is not None:
         shape = lambda a: a.reshape(*a.shape[:-1], *image_shape)  # noqa: E731
         images = (out[6], shape(np.asarray(x[:num_show])), shape(out[7]), shape(out[8]))
-    return BetaSweep(betas, V.Chain(*out[0]), V.Chain(*out[1]), out[2], out[3],
-                     None if entropy is None else float(entropy), None if floor is None else float(floor),
-                     images[0], out[4], out[5], *images[1:], max_value=float(jnp.max(x)) if show else 1.0)
+    return BetaSweep(
+        grid,
+        V.Chain(*out[0]),
+        V.Chain(*out[1]),
+        out[2],
+        out[3],
+        None if entropy is None else float(entropy),
+        None if floor is None else float(floor),
+        images[0],
+        out[4],
+        out[5],
+        *images[1:],
+        max_value=float(jnp.max(x)) if show else 1.0,
+    )
 
 
 def draw_plane(ax, sweep: BetaSweep, highlight: int | None = None, annotate: bool = True):
@@ -198,43 +239,51 @@ def _show(ax, images, vmax, title):
     ax.axis("off")
 
 
-def _check_images(sweep: BetaSweep) -> None:
-    if sweep.reconstructions is None:
+def _check_images(sweep: BetaSweep) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The sweep's ``(originals, reconstructions, samples, identified)``, which summarise fills together."""
+    images = (sweep.originals, sweep.reconstructions, sweep.samples, sweep.identified)
+    if images[0] is None or images[1] is None or images[2] is None or images[3] is None:
         raise ValueError("this sweep has no images; summarise it with image_shape=(h, w)")
+    return images[0], images[1], images[2], images[3]
 
 
 def draw_beta(sweep: BetaSweep, i: int, fig=None):
     """One β of the sweep: originals, reconstructions, samples and its place on the plane."""
-    _check_images(sweep)
+    originals, reconstructions, samples, _ = _check_images(sweep)
     if not 0 <= i < sweep.betas.size:
         raise ValueError(f"i must be in 0..{sweep.betas.size - 1}; got {i}")
     style()
     fig = fig or matplotlib.figure.Figure(figsize=(9.0, 3.4), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[1.3, 1])
+    # matplotlib's stubs type subfigures(1, 2) as one SubFigure; at runtime it is an array of two
+    left, right = fig.subfigures(1, 2, width_ratios=[1.3, 1])  # pyright: ignore[reportGeneralTypeIssues]
     axes = left.subplots(3, 1)
     m, s = sweep.mean, sweep.stderr
-    _show(axes[0], sweep.originals, sweep.max_value, "data x")
-    _show(axes[1], sweep.reconstructions[i], sweep.max_value, "reconstructions (decoder mean at z ~ encoder)")
-    _show(axes[2], sweep.samples[i], sweep.max_value, "samples (decoder mean at z ~ prior)")
-    left.suptitle(f"β = {sweep.betas[i]:g}:  D = {m.distortion[i]:.3g},  R = {m.rate[i]:.3g} ± {s.rate[i]:.2g},  "
-                  f"L ≤ {m.neg_log_marginal[i]:.3g} nats", fontsize=9)
+    _show(axes[0], originals, sweep.max_value, "data x")
+    _show(axes[1], reconstructions[i], sweep.max_value, "reconstructions (decoder mean at z ~ encoder)")
+    _show(axes[2], samples[i], sweep.max_value, "samples (decoder mean at z ~ prior)")
+    left.suptitle(
+        f"β = {sweep.betas[i]:g}:  D = {m.distortion[i]:.3g},  R = {m.rate[i]:.3g} ± {s.rate[i]:.2g},  "
+        f"L ≤ {m.neg_log_marginal[i]:.3g} nats",
+        fontsize=9,
+    )
     draw_plane(right.subplots(), sweep, highlight=i, annotate=False)
     return fig
 
 
 def draw_sweep(sweep: BetaSweep):
     """Every β at once (the book's static explorer): images per β beside the plane."""
-    _check_images(sweep)
+    originals, reconstructions, samples, _ = _check_images(sweep)
     style()
     m = sweep.betas.size
     fig = matplotlib.figure.Figure(figsize=(9.5, 0.75 * (m + 1) + 0.6), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[1.5, 1])
+    # matplotlib's stubs type subfigures(1, 2) as one SubFigure; at runtime it is an array of two
+    left, right = fig.subfigures(1, 2, width_ratios=[1.5, 1])  # pyright: ignore[reportGeneralTypeIssues]
     axes = left.subplots(m + 1, 2)
-    _show(axes[0, 0], sweep.originals, sweep.max_value, "data x")
+    _show(axes[0, 0], originals, sweep.max_value, "data x")
     axes[0, 1].axis("off")
     for i, b in enumerate(sweep.betas):
-        _show(axes[i + 1, 0], sweep.reconstructions[i], sweep.max_value, f"β={b:g}: reconstructions")
-        _show(axes[i + 1, 1], sweep.samples[i], sweep.max_value, "samples")
+        _show(axes[i + 1, 0], reconstructions[i], sweep.max_value, f"β={b:g}: reconstructions")
+        _show(axes[i + 1, 1], samples[i], sweep.max_value, "samples")
     draw_plane(right.subplots(), sweep)
     return fig
 
@@ -245,9 +294,12 @@ class BetaExplorer(w.VBox):
     def __init__(self, sweep: BetaSweep, dpi: int = 80):
         _check_images(sweep)
         self.sweep, self.dpi = sweep, dpi
-        self.slider = w.SelectionSlider(options=[(f"{b:g}", i) for i, b in enumerate(sweep.betas)],
-                                        value=int(np.argmin(np.abs(np.log(sweep.betas)))), description="β",
-                                        continuous_update=False)
+        self.slider = w.SelectionSlider(
+            options=[(f"{b:g}", i) for i, b in enumerate(sweep.betas)],
+            value=int(np.argmin(np.abs(np.log(sweep.betas)))),
+            description="β",
+            continuous_update=False,
+        )
         self.image = w.Image(format="png")
         self.slider.observe(lambda change: self.show(change["new"]), names="value")
         super().__init__([self.slider, self.image])
@@ -306,6 +358,10 @@ def check_sweep(sweep: BetaSweep, x_train, total_count: int, num_images: int) ->
     ``x_train [N, d]``: the training counts (for the average image); ``num_images``: the ``M``
     images the sweep was measured on. Chapter 6.
     """
+    originals, reconstructions, samples, identified = _check_images(sweep)
+    if sweep.floor is None:
+        raise ValueError("check_sweep needs the sweep's floor: summarise(..., floor=binomial_floor(x, n))")
+    floor = sweep.floor
     m, s = sweep.mean, sweep.stderr
     m = V.Chain(*(np.asarray(v, float) for v in m))
     s = V.Chain(*(np.asarray(v, float) for v in s))
@@ -313,27 +369,33 @@ def check_sweep(sweep: BetaSweep, x_train, total_count: int, num_images: int) ->
     x_train = np.asarray(x_train, float)
     eps = float(np.finfo(np.float32).eps)
     log_n_factorial = float(jax.scipy.special.gammaln(total_count + 1.0))
-    rounding = 8 * eps * (x_train.shape[1] * log_n_factorial + m.distortion + sweep.floor)
-    _claim(m.distortion >= sweep.floor - rounding, f"D below the binomial floor {sweep.floor}: {m.distortion}")
+    rounding = 8 * eps * (x_train.shape[1] * log_n_factorial + m.distortion + floor)
+    _claim(m.distortion >= floor - rounding, f"D below the binomial floor {floor}: {m.distortion}")
     collapsed = m.rate < 4 * s.rate_sampled
-    _claim(collapsed[-1] and np.all(np.diff(collapsed.astype(int)) >= 0),
-           f"collapse must start at some β and hold above it: {collapsed}")
+    _claim(
+        collapsed[-1] and np.all(np.diff(collapsed.astype(int)) >= 0),
+        f"collapse must start at some β and hold above it: {collapsed}",
+    )
     falls = np.diff(m.rate) < -4 * np.hypot(s.rate[1:], s.rate[:-1])
     _claim(falls | collapsed[1:], f"rate must fall with β until collapse: {m.rate}")
-    _claim(sweep.identified[0] >= 0.95, f"lowest β identifies only {sweep.identified[0]}")
+    _claim(identified[0] >= 0.95, f"lowest β identifies only {identified[0]}")
     fano = identification_bound(np.maximum(m.rate, 0.0), num_images)
-    id_se = np.sqrt(np.maximum(sweep.identified * (1 - sweep.identified), 1.0 / num_images) / num_images)
-    _claim(sweep.identified <= fano + 4 * id_se, f"identified {sweep.identified} above Fano's ceiling {fano}")
+    id_se = np.sqrt(np.maximum(identified * (1 - identified), 1.0 / num_images) / num_images)
+    _claim(identified <= fano + 4 * id_se, f"identified {identified} above Fano's ceiling {fano}")
     best = int(np.argmin(m.neg_log_marginal))
     for end in (0, len(sweep.betas) - 1):
         margin = 4 * np.hypot(s.neg_log_marginal[best], s.neg_log_marginal[end])
-        _claim(m.neg_log_marginal[best] + margin < m.neg_log_marginal[end],
-               f"the best L̂_K (β = {sweep.betas[best]:g}) does not beat β = {sweep.betas[end]:g}")
-    average = x_train.mean(0).reshape(sweep.originals.shape[1:])
-    shown = [np.concatenate([sweep.reconstructions[i], sweep.samples[i]]) for i in range(len(sweep.betas))]
+        _claim(
+            m.neg_log_marginal[best] + margin < m.neg_log_marginal[end],
+            f"the best L̂_K (β = {sweep.betas[best]:g}) does not beat β = {sweep.betas[end]:g}",
+        )
+    average = x_train.mean(0).reshape(originals.shape[1:])
+    shown = [np.concatenate([reconstructions[i], samples[i]]) for i in range(len(sweep.betas))]
     spread = np.array([im.std(0).max() for im in shown])
     from_average = np.array([np.abs(im - average).max() for im in shown])
-    orig_spread = float(sweep.originals.std(0).max())
-    _claim(np.all(spread[collapsed] < orig_spread / 20) and np.all(from_average[collapsed] < total_count / 10),
-           f"collapsed models should show the average image: spread {spread}, distance {from_average}")
-    return SweepChecks(collapsed, best, spread, from_average, orig_spread, fano)
+    orig_spread = float(originals.std(0).max())
+    _claim(
+        np.all(spread[collapsed] < orig_spread / 20) and np.all(from_average[collapsed] < total_count / 10),
+        f"collapsed models should show the average image: spread {spread}, distance {from_average}",
+    )
+    return SweepChecks(np.asarray(collapsed), best, spread, from_average, orig_spread, fano)

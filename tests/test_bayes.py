@@ -73,7 +73,7 @@ def test_objective_at_the_exact_posterior_is_minus_log_evidence_with_no_spread(r
     x, y, prior = regression
     post = bayes.regression_posterior(x, y, NOISE, TAU)
     q = dist.MultivariateNormal(jnp.asarray(post.mean, jnp.float32), jnp.asarray(post.cov, jnp.float32))
-    out = bayes.objective(jax.random.key(1), q, prior, bayes.linear(NOISE), y, x, num_particles=64)
+    out = bayes.objective(jax.random.key(1), q, prior, bayes.linear(NOISE), x, y, num_particles=64)
     target = -bayes.regression_log_evidence(x, y, NOISE, TAU) / N
     assert abs(float(out.total) - target) <= 256 * EPS * target
     assert float(out.mc_stderr["total"]) <= 256 * EPS * target
@@ -85,7 +85,7 @@ def test_coin_recipe_recovers_tempered_posteriors():
     family = lambda p: dist.Beta(jnp.exp(p[0]), jnp.exp(p[1]))
     betas = (0.5, 1.0, 2.0)
     res = bayes.fit_posterior(jax.random.key(2), family, jnp.zeros((3, 2)), dist.Beta(1.0, 1.0), bayes.coin,
-                              flips, betas=betas, num_steps=600, learning_rate=0.2, progress=False)
+                              None, flips, betas=betas, num_steps=600, learning_rate=0.2, progress=False)
     for i, b in enumerate(betas):
         exact = dist.Beta(*bayes.coin_posterior(7, 13, beta=b))
         others = [dist.Beta(*bayes.coin_posterior(7, 13, beta=o)) for o in betas if o != b]
@@ -97,10 +97,10 @@ def test_coin_recipe_recovers_tempered_posteriors():
 def fits(regression):
     x, y, prior = regression
     full = bayes.fit_posterior(jax.random.key(3), bayes.gaussian, stack(bayes.init_gaussian(DIM, True), 3), prior,
-                               bayes.linear(NOISE), y, x, betas=(1.0, 0.5, 2.0), num_steps=1500,
+                               bayes.linear(NOISE), x, y, betas=(1.0, 0.5, 2.0), num_steps=1500,
                                learning_rate=0.05, progress=False)
     mf = bayes.fit_posterior(jax.random.key(4), bayes.gaussian, stack(bayes.init_gaussian(DIM, False), 1), prior,
-                             bayes.linear(NOISE), y, x, num_steps=1500, learning_rate=0.05, progress=False)
+                             bayes.linear(NOISE), x, y, num_steps=1500, learning_rate=0.05, progress=False)
     return full, mf
 
 
@@ -114,7 +114,7 @@ def test_full_rank_optimum_is_the_exact_and_tempered_posterior(regression, fits)
     q = bayes.gaussian(one(full.params, 0))
     k = bayes.gaussian_kl(q.mean, q.covariance_matrix, bayes.regression_posterior(x, y, NOISE, TAU))
     ev = bayes.evaluate(jax.random.key(5), bayes.gaussian, jax.tree.map(lambda a: a[:1], full.params), prior,
-                        bayes.linear(NOISE), y, x, num_particles=4096)
+                        bayes.linear(NOISE), x, y, num_particles=4096)
     excess = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)   # = KL(q || posterior)
     assert abs(excess - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
 
@@ -128,7 +128,7 @@ def test_mean_field_gap_measured_by_the_recipe(regression, fits):
     q = bayes.gaussian(one(mf.params, 0))
     k = bayes.gaussian_kl(q.mean, jnp.diag(q.variance), post)
     assert 0 <= k - gap < 0.02
-    ev = bayes.evaluate(jax.random.key(6), bayes.gaussian, mf.params, prior, bayes.linear(NOISE), y, x,
+    ev = bayes.evaluate(jax.random.key(6), bayes.gaussian, mf.params, prior, bayes.linear(NOISE), x, y,
                         num_particles=16384)
     measured = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)
     assert abs(measured - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
@@ -145,7 +145,7 @@ def test_minibatch_objective_has_the_full_data_expectation(batch):
     keys = jax.random.split(jax.random.fold_in(key, 2), 4000)
 
     def values(b):
-        run = jax.vmap(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), y, x, subsample_size=b))
+        run = jax.vmap(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), x, y, subsample_size=b))
         return np.asarray(jax.jit(run)(keys).total, np.float64)
 
     sub, full = values(batch), values(None)
@@ -153,7 +153,7 @@ def test_minibatch_objective_has_the_full_data_expectation(batch):
     assert abs(sub.mean() - full.mean()) <= 4 * se
     # fit's way: the batch drawn outside, N stated; the rate is KL/N, not KL/B
     idx = jnp.arange(batch)
-    out = bayes.objective(key, q, prior, bayes.linear(NOISE), y[idx], x[idx], data_size=n, num_particles=2)
+    out = bayes.objective(key, q, prior, bayes.linear(NOISE), x[idx], y[idx], data_size=n, num_particles=2)
     assert abs(float(out.terms["rate"]) - float(kl(q, prior)) / n) < 1e-5 + 4 * float(out.mc_stderr["rate"])
 
 
@@ -162,7 +162,7 @@ def test_predictive_log_lik_of_a_point_mass_is_the_log_likelihood():
     y = jnp.array([1.0, 0.0])
     theta = jnp.array([0.3, -0.2])
     expected = dist.Bernoulli(logits=x @ theta).log_prob(y).mean()
-    got = bayes.predictive_log_lik(bayes.logistic, jnp.stack([theta] * 5), y, x)
+    got = bayes.predictive_log_lik(bayes.logistic, jnp.stack([theta] * 5), x, y)
     assert abs(float(got - expected)) < 8 * EPS
 
 
@@ -195,11 +195,11 @@ def test_objective_takes_numpy_arrays_with_subsampling():
     def run(a, b, **kw):
         return bayes.objective(key, q, prior, bayes.linear(NOISE), a, b, subsample_size=4, **kw).total
 
-    many = run(y, x, num_particles=3)       # particles are vmapped: the subsample's indices are traced
-    jitted = jax.jit(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), y, x, subsample_size=4).total)(key)
+    many = run(x, y, num_particles=3)       # particles are vmapped: the subsample's indices are traced
+    jitted = jax.jit(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), x, y, subsample_size=4).total)(key)
     assert np.isfinite(float(many)) and np.isfinite(float(jitted))
-    assert float(many) == pytest.approx(float(run(jnp.asarray(y), jnp.asarray(x), num_particles=3)), rel=1e-6)
-    assert float(jitted) == pytest.approx(float(run(jnp.asarray(y), jnp.asarray(x))), rel=1e-5)
+    assert float(many) == pytest.approx(float(run(jnp.asarray(x), jnp.asarray(y), num_particles=3)), rel=1e-6)
+    assert float(jitted) == pytest.approx(float(run(jnp.asarray(x), jnp.asarray(y))), rel=1e-5)
 
 
 # ------------------------------------------------- against NumPyro's own estimator (issue 22)
@@ -237,9 +237,9 @@ def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient(regr
         numpyro.sample("theta", bayes.gaussian(p))
 
     def model(p, prior_, likelihood, xx, yy):
-        bayes.joint_model(prior_, likelihood, yy, xx)
+        bayes.joint_model(prior_, likelihood, xx, yy)
 
-    recipe = lambda p, k: bayes.objective(k, bayes.gaussian(p), prior, lik, y, x).loss
+    recipe = lambda p, k: bayes.objective(k, bayes.gaussian(p), prior, lik, x, y).loss
     elbo = lambda p, k: Trace_ELBO().loss(k, {}, model, guide, p, prior, lik, x, y) / N
     r_values, r_grads = _value_and_grad_draws(recipe, params, 20)
     e_values, e_grads = _value_and_grad_draws(elbo, params, 21)
@@ -249,7 +249,7 @@ def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient(regr
 
 
 def test_coin_objective_is_numpyros_negative_elbo_with_no_inputs():
-    """The coin (no inputs) against Trace_ELBO on a Beta guide, value and gradient."""
+    """The coin (x = None, passed explicitly) against Trace_ELBO on a Beta guide, value and gradient."""
     import numpyro
     from numpyro.infer import Trace_ELBO
 
@@ -262,9 +262,9 @@ def test_coin_objective_is_numpyros_negative_elbo_with_no_inputs():
         numpyro.sample("theta", family(p))
 
     def model(p, yy):
-        bayes.joint_model(prior, bayes.coin, yy)
+        bayes.joint_model(prior, bayes.coin, None, yy)
 
-    recipe = lambda p, k: bayes.objective(k, family(p), prior, bayes.coin, flips).loss
+    recipe = lambda p, k: bayes.objective(k, family(p), prior, bayes.coin, None, flips).loss
     elbo = lambda p, k: Trace_ELBO().loss(k, {}, model, guide, p, flips) / flips.shape[0]
     r_values, r_grads = _value_and_grad_draws(recipe, params, 22)
     e_values, e_grads = _value_and_grad_draws(elbo, params, 23)

@@ -38,13 +38,13 @@ def test_rate_is_kl_over_the_full_n_at_every_batch_size(regression):
     x, y, _, lik, prior, params = regression
     exact = float(kl(bayes.gaussian(params), prior))                         # closed form, nats
     # a batch of 4 with data_size=N: the rate is KL/N, not KL/4 (the full batch is in the next test)
-    out = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y[:4], x[:4], data_size=N, num_particles=500,
+    out = jax.jit(lambda k: bnn.objective(k, params, prior, lik, x[:4], y[:4], data_size=N, num_particles=500,
                                           analytic_rate=False))(jax.random.key(1))
     assert abs(float(out.terms["rate"]) - exact / N) < 5 * float(out.mc_stderr["rate"]), out.terms
     assert exact / 4 - exact / N > 50 * float(out.mc_stderr["rate"])   # KL/4 would be far outside
-    lrt = bnn.objective_lrt(jax.random.key(1), params, prior, lik, y[:4], x[:4], data_size=N)
+    lrt = bnn.objective_lrt(jax.random.key(1), params, prior, lik, x[:4], y[:4], data_size=N)
     assert abs(float(lrt.terms["rate"]) - exact / N) <= 1e-6 * exact   # closed form against a Gaussian prior
-    plain = bnn.objective(jax.random.key(1), params, prior, lik, y[:4], x[:4], data_size=N)
+    plain = bnn.objective(jax.random.key(1), params, prior, lik, x[:4], y[:4], data_size=N)
     assert abs(float(plain.terms["rate"]) - exact / N) <= 1e-6 * exact  # the same estimator by default
 
 
@@ -54,14 +54,14 @@ def test_both_objectives_use_the_same_rate_estimator(regression):
     exact = float(kl(bayes.gaussian(params), prior)) / N
     keys = jax.random.split(jax.random.key(11), 2000)
     for one in (bnn.objective, bnn.objective_lrt):
-        closed = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, y[:8], x[:8], data_size=N).terms["rate"]))(keys)
-        sampled = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, y[:8], x[:8], data_size=N,
+        closed = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, x[:8], y[:8], data_size=N).terms["rate"]))(keys)
+        sampled = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, x[:8], y[:8], data_size=N,
                                                  analytic_rate=False).terms["rate"]))(keys)
         np.testing.assert_allclose(np.asarray(closed), exact, rtol=1e-6)
         se = float(jnp.std(sampled)) / math.sqrt(len(keys))
         assert se > 0 and abs(float(jnp.mean(sampled)) - exact) < 5 * se, (one.__name__, float(jnp.mean(sampled)), exact, se)
     # with the closed-form rate the total's standard error is the distortion's
-    out = bnn.objective(jax.random.key(12), params, prior, lik, y, x, data_size=N, num_particles=16)
+    out = bnn.objective(jax.random.key(12), params, prior, lik, x, y, data_size=N, num_particles=16)
     assert float(out.mc_stderr["rate"]) == 0.0 and float(out.mc_stderr["total"]) == float(out.mc_stderr["distortion"])
     assert abs(float(out.total) - float(out.terms["distortion"] + out.terms["rate"])) < 1e-6
     assert abs(float(out.loss) - float(out.total)) < 1e-6 * abs(float(out.total)) + 1e-6   # beta = 1
@@ -74,11 +74,11 @@ def test_data_size_must_be_a_positive_integer(regression, bad, error):
     x, y, _, lik, prior, params = regression
     for one in (bnn.objective, bnn.objective_lrt):
         with pytest.raises(error, match="data_size must be a positive integer"):
-            one(jax.random.key(0), params, prior, lik, y[:4], x[:4], data_size=bad)
+            one(jax.random.key(0), params, prior, lik, x[:4], y[:4], data_size=bad)
         with pytest.raises(error, match="data_size must be a positive integer"):
-            jax.jit(lambda k: one(k, params, prior, lik, y[:4], x[:4], data_size=bad))(jax.random.key(0))
+            jax.jit(lambda k: one(k, params, prior, lik, x[:4], y[:4], data_size=bad))(jax.random.key(0))
         with pytest.raises(TypeError):      # required: no default
-            one(jax.random.key(0), params, prior, lik, y[:4], x[:4])
+            one(jax.random.key(0), params, prior, lik, x[:4], y[:4])
 
 
 def test_wrong_feature_count_and_column_y_are_named_before_xla(regression):
@@ -88,19 +88,19 @@ def test_wrong_feature_count_and_column_y_are_named_before_xla(regression):
     for one in (bnn.objective, bnn.objective_lrt):
         for run in (lambda f: f(jax.random.key(0)), lambda f: jax.jit(f)(jax.random.key(0))):
             with pytest.raises(ValueError, match=r"x has 3 features \(shape \(40, 3\)\) but the network's input size is 1"):
-                run(lambda k: one(k, params, prior, lik, y, wide, data_size=N))
+                run(lambda k: one(k, params, prior, lik, wide, y, data_size=N))
             with pytest.raises(ValueError, match=r"x must be \[B, in_size\] = \[B, 1\]"):
-                run(lambda k: one(k, params, prior, lik, y, x[:, 0], data_size=N))
+                run(lambda k: one(k, params, prior, lik, x[:, 0], y, data_size=N))
             with pytest.raises(ValueError, match=r"y must be \[B\] with B = 40.*got shape \(40, 1\)"):
-                run(lambda k: one(k, params, prior, lik, y[:, None], x, data_size=N))
+                run(lambda k: one(k, params, prior, lik, x, y[:, None], data_size=N))
 
 
 def test_map_adds_the_prior_per_example_and_lrt_applies_the_final_activation(regression):
     x, y, net, lik, _, params = regression
     prior = bnn.gaussian_prior(net.num_weights, 0.5)
     theta = net.init_weights()
-    ml = bnn.fit_point(jax.random.key(3), theta, lik, y, x, num_steps=1, batch_size=8, progress=False)
-    mp = bnn.fit_point(jax.random.key(3), theta, lik, y, x, prior=prior, num_steps=1, batch_size=8, progress=False)
+    ml = bnn.fit_point(jax.random.key(3), theta, lik, x, y, num_steps=1, batch_size=8, progress=False)
+    mp = bnn.fit_point(jax.random.key(3), theta, lik, x, y, prior=prior, num_steps=1, batch_size=8, progress=False)
     # the same key draws the same batch: the first losses differ by exactly -log q(theta) / N
     gap = float(mp.history["loss"][0] - ml.history["loss"][0])
     assert abs(gap - float(-prior.log_prob(theta)) / N) < 1e-5 * abs(gap)
@@ -118,12 +118,12 @@ def test_map_adds_the_prior_per_example_and_lrt_applies_the_final_activation(reg
 
 def test_minibatch_objective_has_the_full_data_expectation(regression):
     x, y, _, lik, prior, params = regression
-    full = jax.jit(lambda k: bnn.objective(k, params, prior, lik, y, x, data_size=N, num_particles=1000))(jax.random.key(2))
+    full = jax.jit(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N, num_particles=1000))(jax.random.key(2))
 
     def batch_value(k):
         kb, ko = jax.random.split(k)
         idx = jax.random.randint(kb, (8,), 0, N)
-        return bnn.objective(ko, params, prior, lik, y[idx], x[idx], data_size=N).total
+        return bnn.objective(ko, params, prior, lik, x[idx], y[idx], data_size=N).total
 
     v = jax.jit(jax.vmap(batch_value))(jax.random.split(jax.random.key(3), 1000))
     se = math.hypot(float(jnp.std(v)) / math.sqrt(1000), float(full.mc_stderr["total"]))
@@ -147,8 +147,8 @@ def test_lrt_outputs_have_each_examples_weight_draw_distribution(regression):
 def test_lrt_distortion_is_unbiased(regression):
     x, y, _, lik, prior, params = regression
     keys = jax.random.split(jax.random.key(6), 2000)
-    plain = jax.jit(jax.vmap(lambda k: bnn.objective(k, params, prior, lik, y, x, data_size=N).terms["distortion"]))(keys)
-    local = jax.jit(jax.vmap(lambda k: bnn.objective_lrt(k, params, prior, lik, y, x, data_size=N).terms["distortion"]))(keys)
+    plain = jax.jit(jax.vmap(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N).terms["distortion"]))(keys)
+    local = jax.jit(jax.vmap(lambda k: bnn.objective_lrt(k, params, prior, lik, x, y, data_size=N).terms["distortion"]))(keys)
     se = math.hypot(float(jnp.std(plain)), float(jnp.std(local))) / math.sqrt(len(keys))
     assert abs(float(jnp.mean(plain) - jnp.mean(local))) < 5 * se
     assert float(jnp.std(local)) < float(jnp.std(plain))
@@ -163,7 +163,7 @@ def test_lrt_reduces_the_gradient_variance():
     draws = 80
     sq = {}
     for lrt in (False, True):
-        g = np.asarray(bnn.gradient_draws(jax.random.key(8), params, prior, lik, y, x, batch_size=64,
+        g = np.asarray(bnn.gradient_draws(jax.random.key(8), params, prior, lik, x, y, batch_size=64,
                                           num_draws=draws, local_reparam=lrt), np.float64)
         assert g.shape == (draws, 2 * net.num_weights)
         sq[lrt] = np.sum((g - g.mean(0)) ** 2, axis=1)
@@ -194,7 +194,7 @@ def test_scale_mixture_prior_density_and_sampled_rate():
     params = bnn.init_posterior(net)
     x, y = jnp.ones((5, 3)), jnp.zeros(5, jnp.int32)
     out = jax.jit(lambda k: bnn.objective_lrt(k, params, bnn.scale_mixture_prior(net.num_weights),
-                                              bnn.classifier(net), y, x, data_size=5))(jax.random.key(1))
+                                              bnn.classifier(net), x, y, data_size=5))(jax.random.key(1))
     # no closed form against the mixture: a sampled rate
     assert np.isfinite(float(out.total))
 
@@ -202,11 +202,11 @@ def test_scale_mixture_prior_density_and_sampled_rate():
 def test_bad_inputs_name_the_problem(regression):
     x, y, net, lik, prior, params = regression
     with pytest.raises(ValueError, match=r"x must be \[N, in_size\] and y \[N\]"):
-        bnn.fit_posterior(jax.random.key(0), params, prior, lik, y[:5], x, num_steps=1)
+        bnn.fit_posterior(jax.random.key(0), params, prior, lik, x, y[:5], num_steps=1)
     with pytest.raises(ValueError, match="features but the network takes 1"):
-        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, y, jnp.ones((N, 2)), num_steps=1)
+        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, jnp.ones((N, 2)), y, num_steps=1)
     with pytest.raises(ValueError, match="x must be finite|non-finite|NaN"):
-        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, y, x.at[0, 0].set(jnp.nan), num_steps=1)
+        bnn.fit_point(jax.random.key(0), net.init_weights(), lik, x.at[0, 0].set(jnp.nan), y, num_steps=1)
     with pytest.raises(ValueError, match=r"flattened 8x8 digits"):
         bnn.rotate_digits(jnp.ones((3, 63)))
     with pytest.raises(ValueError, match=r"pi must be in \(0, 1\)"):
@@ -218,7 +218,6 @@ def test_bad_inputs_name_the_problem(regression):
     assert np.array_equal(bnn.rotate_digits(bnn.rotate_digits(jnp.arange(128.0).reshape(2, 64), 2), 2),
                           jnp.arange(128.0).reshape(2, 64))
     assert isinstance(lik(net.init_weights(), x), dist.Normal)
-
 
 
 def test_objective_is_numpyros_mean_field_elbo_per_example_value_and_gradient(regression):
@@ -234,7 +233,7 @@ def test_objective_is_numpyros_mean_field_elbo_per_example_value_and_gradient(re
         numpyro.sample("theta", bayes.gaussian(p))
 
     def model(p, xx, yy):
-        bayes.joint_model(prior, lik, yy, xx)
+        bayes.joint_model(prior, lik, xx, yy)
 
     def draws(fn, seed):
         keys = jax.random.split(jax.random.key(seed), reps)
@@ -248,7 +247,7 @@ def test_objective_is_numpyros_mean_field_elbo_per_example_value_and_gradient(re
         assert np.all(gap < 5 * se + 1e-6), (what, a.mean(0), b.mean(0), se)
 
     for analytic, elbo_cls, seed in ((True, TraceMeanField_ELBO, 30), (False, Trace_ELBO, 40)):
-        recipe = lambda p, k: bnn.objective(k, p, prior, lik, y, x, data_size=N, analytic_rate=analytic).loss
+        recipe = lambda p, k: bnn.objective(k, p, prior, lik, x, y, data_size=N, analytic_rate=analytic).loss
         elbo = lambda p, k: elbo_cls().loss(k, {}, model, guide, p, x, y) / N
         rv, rg = draws(recipe, seed)
         ev, eg = draws(elbo, seed + 1)

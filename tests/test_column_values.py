@@ -107,12 +107,12 @@ def test_bayes_objective_refuses_a_column_of_responses():
     flips = (jax.random.uniform(jax.random.key(2), (50,)) < 0.3).astype(jnp.float32)
     posterior = dist.Beta(2.0, 3.0)
     prior = dist.Beta(1.0, 1.0)
-    ok = bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, flips)
+    ok = bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, None, flips)
     assert jnp.isfinite(ok.total)
     with pytest.raises(ValueError, match=r"site 'y'.*\(50, 1\)"):
-        bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, flips[:, None])
+        bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, None, flips[:, None])
     with pytest.raises(ValueError, match=r"site 'y'.*\(50, 1\)"):
-        jax.jit(lambda y: bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, y).total)(
+        jax.jit(lambda y: bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, None, y).total)(
             flips[:, None])
 
 
@@ -125,12 +125,12 @@ def test_bnn_objectives_refuse_a_column_of_responses(which):
     x = jax.random.normal(jax.random.key(1), (16, 3))
     y = jnp.sum(x, axis=1)
     fn = getattr(bnn, which)
-    ok = fn(jax.random.key(2), params, prior, likelihood, y, x, data_size=64)
+    ok = fn(jax.random.key(2), params, prior, likelihood, x, y, data_size=64)
     assert jnp.isfinite(ok.total)
     with pytest.raises(ValueError, match=r"y"):
-        fn(jax.random.key(2), params, prior, likelihood, y[:, None], x, data_size=64)
+        fn(jax.random.key(2), params, prior, likelihood, x, y[:, None], data_size=64)
     with pytest.raises(ValueError, match=r"y"):
-        jax.jit(lambda yy: fn(jax.random.key(2), params, prior, likelihood, yy, x, data_size=64).total)(
+        jax.jit(lambda yy: fn(jax.random.key(2), params, prior, likelihood, x, yy, data_size=64).total)(
             y[:, None])
 
 
