@@ -125,3 +125,17 @@ def test_check_sweep_passes_a_consistent_sweep_and_names_a_broken_claim():
         vx.check_sweep(_fake_sweep([20.0, 5.0, 0.0], [1.0, 0.99, 0.0]), x_train, 16, 400)
     with pytest.raises(AssertionError, match="lowest β"):
         vx.check_sweep(_fake_sweep([20.0, 5.0, 0.0], [0.5, 0.1, 0.0]), x_train, 16, 400)
+
+
+def test_summarise_refuses_betas_that_do_not_match_the_stack():
+    from klbook import train
+
+    make = lambda k: vae.binomial_vae(k, 4, 2, 16, width=8)  # noqa: E731
+    models = train.init_stacked(make, jax.random.split(KEY, 2))
+    x = jax.random.randint(KEY, (10, 4), 0, 17)
+    with pytest.raises(ValueError, match=r"betas must be one-dimensional.*\(1, 2\)"):
+        vx.summarise(KEY, models, [[0.5, 4.0]], x, num_samples=2)
+    with pytest.raises(ValueError, match="models holds 2 stacked models but betas has 3 values"):
+        vx.summarise(KEY, models, [0.5, 1.0, 4.0], x, num_samples=2)
+    with pytest.raises(ValueError, match="models must be models stacked on a leading axis"):
+        vx.summarise(KEY, make(KEY), [0.5], x, num_samples=2)
