@@ -78,7 +78,7 @@ def hand_loss(model: dm.Diffusion, key, x, num_steps: int):
 
 
 def recipe_loss(model, key, x, num_steps):
-    return dm.objective(model, key, x, num_steps)[0]
+    return dm.objective(key, model, x, num_steps).loss
 
 
 def make_step(loss_fn, opt, num_steps):
