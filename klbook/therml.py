@@ -8,8 +8,8 @@ draws the weights from :math:`q(\theta)` and the code from :math:`q(z)`, then th
 :math:`q(x\mid z)` and the label :math:`q(y\mid z)` from the code alone:
 
 .. math::
-   P &= p(\mathcal D)\; p(\theta\mid\mathcal D) \prod_i p(z_i\mid x_i, \theta), \qquad
-   Q = q(\theta) \prod_i q(z_i)\, q(x_i\mid z_i)\, q(y_i\mid z_i), \\
+   P &= p(\mathcal D)\; p(\theta\mid\mathcal D) \prod_i p(z_i\mid x_i, \theta), \\
+   Q &= q(\theta) \prod_i q(z_i)\, q(x_i\mid z_i)\, q(y_i\mid z_i), \\
    I[P;Q] &= S + R + D + C - H \quad\text{(per example of the data set)},
 
 with four terms, each a site of the recipe (:mod:`klbook.recipe`), in nats per example:
