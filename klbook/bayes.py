@@ -122,7 +122,7 @@ def dream_world(posterior, prior, likelihood: Likelihood, x, y, subsample_size=N
         if x is not None:
             xb = x[idx]
             data("x", xb, event_dim=1)
-        numpyro.sample("y", likelihood(theta, xb))
+        numpyro.sample("y", likelihood(jnp.asarray(theta), xb))
 
 
 def joint_model(prior, likelihood: Likelihood, x, y) -> None:
@@ -130,7 +130,7 @@ def joint_model(prior, likelihood: Likelihood, x, y) -> None:
     x, y = _arrays(x, y)
     theta = numpyro.sample("theta", prior)
     with numpyro.plate("data", jnp.shape(y)[0]):
-        numpyro.sample("y", likelihood(theta, x), obs=y)
+        numpyro.sample("y", likelihood(jnp.asarray(theta), x), obs=y)
 
 
 def objective(
@@ -181,7 +181,13 @@ def coin(theta, x=None) -> dist.Distribution:
 
 def linear(noise: float) -> Likelihood:
     """Linear regression with known noise: :math:`y \\sim \\mathcal N(x^\\top\\theta, \\sigma^2)`."""
-    return lambda theta, x: dist.Normal(x @ theta, noise)
+
+    def likelihood(theta, x) -> dist.Distribution:
+        if x is None:
+            raise ValueError("linear regression needs inputs x [N, d]; got None")
+        return dist.Normal(x @ theta, noise)
+
+    return likelihood
 
 
 def logistic(theta, x) -> dist.Distribution:
@@ -375,5 +381,5 @@ def predictive_log_lik(likelihood: Likelihood, thetas, x, y) -> jax.Array:
 
     ``thetas [S, ...]`` are posterior draws (from MCMC or a fitted family); ``x [M, d]`` (or ``None``), ``y [M]``.
     """
-    lp = jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas)  # [S, M]
+    lp = jnp.asarray(jax.vmap(lambda t: likelihood(t, x).log_prob(y))(thetas))  # [S, M]
     return jnp.mean(jax.scipy.special.logsumexp(lp, axis=0) - jnp.log(lp.shape[0]))

@@ -272,6 +272,7 @@ def outputs_lrt(key, params: dict, net: Network, x) -> jax.Array:
         mu = a @ m.weight.T  # [B, out_i]
         var = (a * a) @ (s.weight * s.weight).T  # [B, out_i]
         if m.bias is not None:
+            assert s.bias is not None  # the scales share the means' structure (one unravel)
             mu, var = mu + m.bias[None, :], var + (s.bias * s.bias)[None, :]
         h = mu + jnp.sqrt(var) * jax.random.normal(jax.random.fold_in(key, i), mu.shape)
         a = means.final_activation(h) if i == last else means.activation(h)
@@ -330,7 +331,7 @@ def objective_lrt(
     _check_batch(likelihood, x, y)
     k_out, k_rate = jax.random.split(key)
     out = outputs_lrt(k_out, params, likelihood.network, x)
-    nll = -likelihood.head(out).log_prob(y)  # [B]
+    nll = -jnp.asarray(likelihood.head(out).log_prob(y))  # [B]
     distortion, rate = jnp.mean(nll), _rate(k_rate, params, prior, analytic_rate) / n
     se = jnp.std(nll, ddof=1) / jnp.sqrt(nll.shape[0])
     terms = {"distortion": distortion, "rate": rate}

@@ -45,7 +45,7 @@ vmapped over a leading axis.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import equinox as eqx
 import jax
@@ -60,7 +60,7 @@ from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
 from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import fit, init_stacked
+from klbook.train import fit, init_stacked, member, stack_size
 
 __all__ = [
     "POST_NAMES",
@@ -122,25 +122,48 @@ def _check(x, y, data_dim: int, num_classes: int, total_count: int, y_name: str 
     return x, y
 
 
+def _probs(d: dist.Distribution) -> jax.Array:
+    """Class probabilities of :func:`klbook.nn.categorical_head`'s distribution (a ``CategoricalLogits``)."""
+    if not isinstance(d, dist.CategoricalLogits):
+        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
+    return jnp.asarray(d.probs)
+
+
+def _code_mean(d: dist.Distribution) -> jax.Array:
+    """The mean of :func:`klbook.nn.gaussian_head`'s diagonal Gaussian (an ``Independent`` ``Normal``)."""
+    base = d.base_dist if isinstance(d, dist.Independent) else None
+    if not isinstance(base, dist.Normal):
+        raise TypeError(f"expected a diagonal Gaussian code (gaussian_head); got {d}")
+    return jnp.asarray(base.loc)
+
+
 class _Code(eqx.Module):
     """What the post's two parametrisations share: the encoder, the decoder and reading the head at the code's mean."""
 
+    def _model(self) -> CodeModel | MixtureCodeModel | TiedCodeModel:
+        # _Code is private and mixed only into these three, which declare its fields (as dataclass
+        # fields in their own order, so they cannot be declared here without reordering them)
+        return cast("CodeModel | MixtureCodeModel | TiedCodeModel", self)
+
     def check(self, x, y=None):
         """Checked ``x [N, D]`` (integer counts) and ``y [N]`` (integer labels, or None)."""
-        return _check(x, y, self.data_dim, self.num_classes, self.total_count)
+        m = self._model()
+        return _check(x, y, m.data_dim, m.num_classes, m.total_count)
 
     def encode(self, x) -> dist.Distribution:
         """:math:`p(z\\mid x)`: batch ``(N,)``, event ``(K,)``."""
+        m = self._model()
         x, _ = self.check(x)
-        return gaussian_head(jax.vmap(self.encoder)(x / self.total_count))
+        return gaussian_head(jax.vmap(m.encoder)(x / m.total_count))
 
     def decode(self, z) -> dist.Distribution:
         """:math:`q(x\\mid z)`, binomial pixels out of ``total_count``: batch ``(N,)``, event ``(D,)``."""
-        return binomial_head(jax.vmap(self.decoder)(z), self.total_count)
+        m = self._model()
+        return binomial_head(jax.vmap(m.decoder)(z), m.total_count)
 
     def predict(self, x) -> jax.Array:
         """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
-        return self.classify(self.encode(x).base_dist.loc).probs
+        return _probs(self._model().classify(_code_mean(self.encode(x))))
 
 
 class CodeModel(_Code):
@@ -172,16 +195,20 @@ class _Mixture(eqx.Module):
     """A prior that is a mixture of one diagonal Gaussian per class,
     :math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, ``q(y)`` uniform."""
 
+    def _mixture(self) -> MixtureCodeModel | TiedCodeModel:
+        # _Mixture is private and mixed only into these two, which declare its fields
+        return cast("MixtureCodeModel | TiedCodeModel", self)
+
     def components(self, n: int = 1) -> dist.Distribution:
         """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
-        shape = (n, self.num_classes, self.latent_dim)
-        return dist.Normal(
-            jnp.broadcast_to(self.locs, shape), jnp.broadcast_to(jnp.exp(self.log_scales), shape)
-        ).to_event(1)
+        m = self._mixture()
+        shape = (n, m.num_classes, m.latent_dim)
+        return dist.Normal(jnp.broadcast_to(m.locs, shape), jnp.broadcast_to(jnp.exp(m.log_scales), shape)).to_event(1)
 
     def prior(self, n: int) -> dist.Distribution:
         """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
-        return dist.MixtureSameFamily(dist.Categorical(logits=jnp.zeros((n, self.num_classes))), self.components(n))
+        logits = jnp.zeros((n, self._mixture().num_classes))
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), self.components(n))
 
 
 class MixtureCodeModel(_Code, _Mixture):
@@ -236,7 +263,9 @@ class TiedCodeModel(_Code, _Mixture):
         z = jnp.asarray(z)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
-        return categorical_head(self.components(z.shape[0]).log_prob(z[:, None, :]))  # q(y) uniform: a constant
+        return categorical_head(
+            jnp.asarray(self.components(z.shape[0]).log_prob(z[:, None, :]))
+        )  # q(y) uniform: a constant
 
 
 class M2(eqx.Module):
@@ -299,7 +328,7 @@ class M2(eqx.Module):
 
     def label_prior(self, n: int) -> dist.Distribution:
         """:math:`q(y)`, uniform over the classes: batch ``(n,)``."""
-        return dist.Categorical(logits=jnp.zeros((n, self.num_classes)))
+        return dist.CategoricalLogits(logits=jnp.zeros((n, self.num_classes)))  # what Categorical(logits=) makes
 
     def prior(self, n: int) -> dist.Distribution:
         """:math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
@@ -307,7 +336,7 @@ class M2(eqx.Module):
 
     def predict(self, x) -> jax.Array:
         """Class probabilities of the classifier :math:`p(y\\mid x)`, ``[N, C]``."""
-        return self.classify(x).probs
+        return _probs(self.classify(x))
 
 
 class Classifier(eqx.Module):
@@ -329,7 +358,7 @@ class Classifier(eqx.Module):
 
     def predict(self, x) -> jax.Array:
         """Class probabilities, ``[N, C]``."""
-        return self.classify(x).probs
+        return _probs(self.classify(x))
 
 
 def code_model(
@@ -765,8 +794,9 @@ def holdout(key, num: int, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def model_at(models, i: int):
-    """Model ``i`` of models stacked by :func:`fit_models`."""
-    return jax.tree.map(lambda a: a[i] if eqx.is_array(a) else a, models)
+    """Model ``i`` of models stacked by :func:`fit_models` (:func:`klbook.train.member`: an unstacked
+    model or an index out of range is refused)."""
+    return member(models, i)
 
 
 def error_rate(models, x, y) -> np.ndarray:
@@ -777,7 +807,8 @@ def error_rate(models, x, y) -> np.ndarray:
 def mistakes(models, x, y) -> np.ndarray:
     """Which images each of the stacked ``models`` gets wrong, ``[M, N]`` booleans (for paired,
     per-image statistics)."""
-    x, y = _stacked(models).check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
+    stack_size(_stacked(models), "models")
+    x, y = models.check(x, y)  # eagerly: shapes, dtypes and values (the compiled program sees shapes only)
     return np.asarray(_mistakes(models, x, y))
 
 
@@ -807,6 +838,7 @@ def image_terms(key, models, x, num_particles: int = 4) -> dict[str, np.ndarray]
             "image_terms scores the post's models (CodeModel, MixtureCodeModel or TiedCodeModel); "
             f"got {type(models).__name__}"
         )
+    stack_size(models, "models")
     x, _ = models.check(x)
     names = {n: t for n, t in POST_NAMES.items() if n != "y"}
 

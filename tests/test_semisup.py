@@ -120,6 +120,16 @@ def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
         ss.error_rate([models], x, y)
     with pytest.raises(TypeError, match="the post's models .* got Classifier"):
         ss.image_terms(jax.random.key(0), models, x)
+    # model_at is klbook.train.member: an index out of range or an unstacked model is refused by name
+    single = ss.model_at(models, -1)
+    with pytest.raises(IndexError, match="model index 2 is out of range for 2 stacked models"):
+        ss.model_at(models, 2)
+    with pytest.raises(ValueError, match="stacked on a leading axis"):
+        ss.model_at(single, 0)
+    with pytest.raises(ValueError, match="models must be models stacked on a leading axis"):
+        ss.error_rate(single, x, y)
+    with pytest.raises(ValueError, match="models must be models stacked on a leading axis"):
+        ss.mistakes(single, x, y)
 
 
 def test_bad_inputs_are_named(batch):
@@ -213,6 +223,8 @@ def test_image_terms_are_each_models_own_unlabelled_ledger(batch):
             np.testing.assert_allclose(terms[name][i], own.terms[name], rtol=1e-5)
     with pytest.raises(ValueError, match=r"shape \[N, 6\]"):
         ss.image_terms(jax.random.key(12), models, x[:, :3])
+    with pytest.raises(ValueError, match="models must be models stacked on a leading axis"):
+        ss.image_terms(jax.random.key(12), ss.model_at(models, 0), x)
 
 
 def test_m2_refuses_labels_out_of_range_eagerly_and_under_jit(batch):
