@@ -40,7 +40,8 @@ whose google-research/vdm code this module follows in its numerically careful fo
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -51,17 +52,39 @@ import numpyro.distributions as dist
 from jax.scipy.special import log_ndtr
 from numpyro.distributions import constraints
 
-from klbook._checks import check_finite
+from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key
 from klbook.nn import mlp
 from klbook.recipe import KLObjective, data, kl_objective
 
-__all__ = ["LinearSchedule", "CosineSchedule", "MonotoneSchedule", "DiscretisedNormal", "Diffusion",
-           "Terms", "diffusion_model", "alpha_sigma", "snr", "gamma_prime", "check_schedule", "posterior",
-           "discretise", "names", "real_world", "dream_world", "objective", "continuous_terms",
-           "discrete_terms", "all_steps_terms",
-           "ancestral_path", "sample", "gaussian_denoiser", "gaussian_continuous_term",
-           "gaussian_discrete_term", "mixture_bin_log_prob"]
+__all__ = [
+    "LinearSchedule",
+    "CosineSchedule",
+    "MonotoneSchedule",
+    "DiscretisedNormal",
+    "Diffusion",
+    "Terms",
+    "diffusion_model",
+    "alpha_sigma",
+    "snr",
+    "gamma_prime",
+    "check_schedule",
+    "posterior",
+    "discretise",
+    "names",
+    "real_world",
+    "dream_world",
+    "objective",
+    "continuous_terms",
+    "discrete_terms",
+    "all_steps_terms",
+    "ancestral_path",
+    "sample",
+    "gaussian_denoiser",
+    "gaussian_continuous_term",
+    "gaussian_discrete_term",
+    "mixture_bin_log_prob",
+]
 
 
 # ---- schedules: gamma(t) = -log SNR(t), increasing, fixed endpoints --------------------------------
@@ -153,7 +176,7 @@ def _concrete(fn: Callable, t: np.ndarray) -> np.ndarray | None:
     """``fn(t)`` (``t`` float32) as float64 NumPy where its value is known at trace time (not traced), else ``None``."""
     with jax.ensure_compile_time_eval():
         out = fn(jnp.asarray(t, jnp.float32))  # the array made inside the context, or jit would trace it
-    return None if isinstance(out, jax.core.Tracer) else np.asarray(out, np.float64)
+    return None if not is_concrete(out) else np.asarray(out, np.float64)
 
 
 def check_schedule(schedule: Callable, what: str = "schedule") -> Callable:
@@ -178,10 +201,12 @@ def check_schedule(schedule: Callable, what: str = "schedule") -> Callable:
     if not np.all(np.isfinite(g)):
         raise ValueError(f"{what} must be finite on [0, 1]; got gamma(0) = {g[0]:.4g}, gamma(1) = {g[-1]:.4g}")
     if not np.all(np.diff(g) > 0):
-        hint = (" It decreases: was log SNR passed where gamma = -log SNR is meant?" if g[-1] < g[0] else "")
-        raise ValueError(f"{what} must be increasing: gamma(t) = -log SNR(t) rises from gamma(0) to gamma(1), "
-                         f"so that the SNR falls and every step's KL is >= 0; got gamma(0) = {g[0]:.4g}, "
-                         f"gamma(1) = {g[-1]:.4g}.{hint}")
+        hint = " It decreases: was log SNR passed where gamma = -log SNR is meant?" if g[-1] < g[0] else ""
+        raise ValueError(
+            f"{what} must be increasing: gamma(t) = -log SNR(t) rises from gamma(0) to gamma(1), "
+            f"so that the SNR falls and every step's KL is >= 0; got gamma(0) = {g[0]:.4g}, "
+            f"gamma(1) = {g[-1]:.4g}.{hint}"
+        )
     return schedule
 
 
@@ -202,7 +227,8 @@ def _check_same_endpoints(model, schedule: Callable) -> None:
             f"model's ({mine[0]:.4g}, {mine[1]:.4g}): the prior and reconstruction terms belong to the model's "
             "endpoints, so the total would bound nothing. A schedule passed here may change only the interior "
             f"(e.g. MonotoneSchedule(key, {mine[0]:.4g}, {mine[1]:.4g})); to change the endpoints, change the "
-            "model's schedule (eqx.tree_at)")
+            "model's schedule (eqx.tree_at)"
+        )
 
 
 def gamma_prime(schedule: Callable, t) -> tuple[jax.Array, jax.Array]:
@@ -212,7 +238,8 @@ def gamma_prime(schedule: Callable, t) -> tuple[jax.Array, jax.Array]:
 
 
 def alpha_sigma(gamma) -> tuple[jax.Array, jax.Array]:
-    r""":math:`(\alpha, \sigma) = (\sqrt{\mathrm{sigmoid}(-\gamma)}, \sqrt{\mathrm{sigmoid}(\gamma)})`: variance preserving, :math:`\alpha^2 + \sigma^2 = 1`."""
+    r""":math:`(\alpha, \sigma) = (\sqrt{\mathrm{sigmoid}(-\gamma)}, \sqrt{\mathrm{sigmoid}(\gamma)})`: variance
+    preserving, :math:`\alpha^2 + \sigma^2 = 1`."""
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
 
 
@@ -260,23 +287,27 @@ class DiscretisedNormal(dist.Distribution):
     """
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real
+    support = constraints.real  # pyright: ignore[reportAssignmentType]  # as NumPyro's own classes do
     reparametrized_params = []
 
-    def __init__(self, loc, scale, bin_width: float, low: float = -math.inf, high: float = math.inf,
-                 *, validate_args=None):
+    def __init__(
+        self, loc, scale, bin_width: float, low: float = -math.inf, high: float = math.inf, *, validate_args=None
+    ):
         self.loc, self.scale = jnp.broadcast_arrays(jnp.asarray(loc), jnp.asarray(scale))
         self.bin_width, self.low, self.high = float(bin_width), float(low), float(high)
         super().__init__(batch_shape=jnp.shape(self.loc), validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
         """Draws on the grid: a Normal draw rounded to the nearest bin centre, clipped to ``[low, high]``."""
+        if key is None:
+            raise ValueError("sample needs a PRNG key (jax.random.key); got None")
         shape = sample_shape + self.batch_shape
         x = self.loc + self.scale * jax.random.normal(key, shape)
         return jnp.clip(jnp.round(x / self.bin_width) * self.bin_width, self.low, self.high)
 
     def log_prob(self, value):
-        """Log probability of the bin centred on ``value`` (a grid point), computed in the tail that keeps it accurate."""
+        """Log probability of the bin centred on ``value`` (a grid point), computed in the tail that keeps it
+        accurate."""
         half = 0.5 * self.bin_width
         at_low, at_high = value <= self.low + half / 2, value >= self.high - half / 2
         a = (value - half - self.loc) / self.scale
@@ -320,11 +351,13 @@ class Diffusion(eqx.Module):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(f"x must be floating point (see klbook.diffusion.discretise); got {x.dtype}")
         check_finite(x, "x")
-        if not isinstance(x, jax.core.Tracer):
+        if is_concrete(x):
             off = np.abs(np.asarray(x) / self.bin_width - np.round(np.asarray(x) / self.bin_width))
             if off.max() > 1e-3 or np.asarray(x).min() < self.low - 1e-6 or np.asarray(x).max() > self.high + 1e-6:
-                raise ValueError(f"x must lie on the grid k * {self.bin_width} within [{self.low}, {self.high}] "
-                                 "(use klbook.diffusion.discretise): the decoder scores bins")
+                raise ValueError(
+                    f"x must lie on the grid k * {self.bin_width} within [{self.low}, {self.high}] "
+                    "(use klbook.diffusion.discretise): the decoder scores bins"
+                )
         return x
 
     def noise(self, z, gamma) -> jax.Array:
@@ -334,21 +367,33 @@ class Diffusion(eqx.Module):
         return jax.vmap(self.net)(inp)
 
     def denoise(self, z, gamma) -> jax.Array:
-        r""":math:`\hat x(z_t; t) = (z_t - \sigma_t\hat\epsilon)/\alpha_t` for ``z [N, D]`` and ``gamma`` (scalar or ``[N]``): ``[N, D]``."""
+        r""":math:`\hat x(z_t; t) = (z_t - \sigma_t\hat\epsilon)/\alpha_t` for ``z [N, D]`` and ``gamma``
+        (scalar or ``[N]``): ``[N, D]``."""
         gamma = jnp.broadcast_to(jnp.asarray(gamma, z.dtype), z.shape[:1])
         alpha, sigma = alpha_sigma(gamma[:, None])
         return (z - sigma * self.noise(z, gamma)) / alpha
 
     def decoder(self, z0, gamma0=None) -> dist.Distribution:
-        r""":math:`q(x\mid z_0)`: batch ``(N,)``, event ``(data_dim,)``; ``gamma0`` defaults to the schedule's :math:`\gamma(0)`."""
+        r""":math:`q(x\mid z_0)`: batch ``(N,)``, event ``(data_dim,)``; ``gamma0`` defaults to the schedule's
+        :math:`\gamma(0)`."""
         g0 = self.schedule(0.0) if gamma0 is None else gamma0
         alpha, sigma = alpha_sigma(g0)
-        return DiscretisedNormal(z0 / alpha, sigma / alpha * jnp.ones_like(z0), self.bin_width,
-                                 self.low, self.high).to_event(1)
+        return DiscretisedNormal(
+            z0 / alpha, sigma / alpha * jnp.ones_like(z0), self.bin_width, self.low, self.high
+        ).to_event(1)
 
 
-def diffusion_model(key, data_dim: int, schedule: Callable, bin_width: float, low: float = -math.inf,
-                    high: float = math.inf, *, width: int = 128, depth: int = 2) -> Diffusion:
+def diffusion_model(
+    key,
+    data_dim: int,
+    schedule: Callable,
+    bin_width: float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    width: int = 128,
+    depth: int = 2,
+) -> Diffusion:
     """A :class:`Diffusion` with an MLP noise predictor (``depth`` layers of ``width``, SiLU)."""
     check_key(key)
     net = mlp(key, data_dim + 1, data_dim, width=width, depth=depth, activation=jax.nn.silu)
@@ -393,7 +438,8 @@ def real_world(model: Diffusion, x, num_steps: int) -> None:
 
 
 def dream_world(model: Diffusion, x, num_steps: int) -> None:
-    r"""Q: :math:`z_1\sim q(z_1) = \mathcal{N}(0, I)`, the reverse steps :math:`q(z_s\mid z_t) = p(z_s\mid z_t, \hat x(z_t; t))`
+    r"""Q: :math:`z_1\sim q(z_1) = \mathcal{N}(0, I)`, the reverse steps
+    :math:`q(z_s\mid z_t) = p(z_s\mid z_t, \hat x(z_t; t))`
     and the decoder :math:`q(x\mid z_0)`. ``x`` only sets the shape. Raises as :func:`real_world`."""
     x = model.check(x)
     gam = _grid(model, num_steps)
@@ -447,7 +493,7 @@ def _prior_and_reconstruction(key, model: Diffusion, x, schedule: Callable) -> t
     prior = 0.5 * jnp.sum(a1**2 * x**2 + s1**2 - 1.0 - jnp.log(s1**2), axis=-1)  # KL(N(a x, s^2) || N(0, 1))
     a0, s0 = alpha_sigma(g0)
     z0 = a0 * x + s0 * jax.random.normal(key, x.shape)
-    return prior, -model.decoder(z0, g0).log_prob(x)
+    return prior, -jnp.asarray(model.decoder(z0, g0).log_prob(x))
 
 
 def _setup(key, model, x, denoise, schedule):
@@ -483,8 +529,9 @@ def _finish(k_0, model, x, schedule, diffusion) -> Terms:
     return Terms(prior, diffusion, recon)
 
 
-def continuous_terms(key, model: Diffusion | None, x, *, times=None, denoise: Callable | None = None,
-                     schedule: Callable | None = None) -> Terms:
+def continuous_terms(
+    key, model: Diffusion | None, x, *, times=None, denoise: Callable | None = None, schedule: Callable | None = None
+) -> Terms:
     r"""The continuous-time ledger, one draw of :math:`t \sim U(0, 1)` and of the noise per example.
 
     .. math:: \mathcal{L}_\infty &\approx -\tfrac12\,\mathrm{SNR}'(t)\,\|x - \hat x(z_t; t)\|^2
@@ -523,23 +570,31 @@ def _check_steps(num_steps):
 
 def _step_kl(x, eps, g_s, g_t, denoise, noise):
     r"""Closed-form KL of step :math:`t \to s` at :math:`z_t = \alpha_t x + \sigma_t\epsilon`, ``[N]``:
-    :math:`\tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2 = \tfrac12\,\mathrm{expm1}(\gamma_t - \gamma_s)\,\|\epsilon - \hat\epsilon\|^2`."""
+    :math:`\tfrac12(\mathrm{SNR}(s) - \mathrm{SNR}(t))\|x - \hat x\|^2
+    = \tfrac12\,\mathrm{expm1}(\gamma_t - \gamma_s)\,\|\epsilon - \hat\epsilon\|^2`."""
     alpha, sigma = alpha_sigma(g_t[:, None])
     err, eps_form = _step_error(x, eps, alpha * x + sigma * eps, g_t, denoise, noise)
     return 0.5 * (jnp.expm1(g_t - g_s) if eps_form else snr(g_s) - snr(g_t)) * err
 
 
-def discrete_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise: Callable | None = None,
-                   schedule: Callable | None = None) -> Terms:
+def discrete_terms(
+    key,
+    model: Diffusion | None,
+    x,
+    num_steps: int,
+    *,
+    denoise: Callable | None = None,
+    schedule: Callable | None = None,
+) -> Terms:
     r"""The ``T``-step ledger, one random step :math:`i \sim U\{1..T\}` per example (its KL in closed form):
 
-    .. math:: \mathcal{L}_T \approx \tfrac{T}{2}\,(\mathrm{SNR}(s_i) - \mathrm{SNR}(t_i))\,\|x - \hat x(z_{t_i}; t_i)\|^2 .
+    .. math:: \mathcal{L}_T \approx \tfrac{T}{2}(\mathrm{SNR}(s_i) - \mathrm{SNR}(t_i))\|x - \hat x(z_{t_i}; t_i)\|^2 .
 
     The same expectation as the recipe's diffusion term for :func:`real_world`, for one network
     call instead of ``T``; but *not* lower variance: sampling which step to charge, and multiplying
     by ``T``, usually adds more variance than the closed-form KL removes (chapter 9 measures it).
-    :func:`all_steps_terms` charges every step instead (``T`` calls, no sampled step). ``denoise``, ``schedule`` and ``model=None``
-    as in :func:`continuous_terms`.
+    :func:`all_steps_terms` charges every step instead (``T`` calls, no sampled step). ``denoise``,
+    ``schedule`` and ``model=None`` as in :func:`continuous_terms`.
     """
     num_steps = _check_steps(num_steps)
     x, schedule, denoise, noise = _setup(key, model, x, denoise, schedule)
@@ -550,8 +605,15 @@ def discrete_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise: 
     return _finish(k_0, model, x, schedule, diffusion)
 
 
-def all_steps_terms(key, model: Diffusion | None, x, num_steps: int, *, denoise: Callable | None = None,
-                    schedule: Callable | None = None) -> Terms:
+def all_steps_terms(
+    key,
+    model: Diffusion | None,
+    x,
+    num_steps: int,
+    *,
+    denoise: Callable | None = None,
+    schedule: Callable | None = None,
+) -> Terms:
     r"""The ``T``-step ledger with every step's KL in closed form, each at its own draw of :math:`z_{t_i}`:
 
     .. math:: \mathcal{L}_T &\approx \sum_{i=1}^T \tfrac12\,(\mathrm{SNR}(s_i) - \mathrm{SNR}(t_i))\,
@@ -618,7 +680,7 @@ def sample(key, model: Diffusion, n: int, num_steps) -> jax.Array:
         return posterior(z, model.denoise(z, g_t), g_s, g_t).sample(jax.random.fold_in(k2, j))
 
     z0 = jax.lax.fori_loop(0, num_steps, step, z1)
-    return model.decoder(z0).sample(k3)
+    return jnp.asarray(model.decoder(z0).sample(k3))
 
 
 # ---- exact results for Gaussian data ---------------------------------------------------------------------
@@ -662,12 +724,18 @@ def gaussian_discrete_term(variances, gammas) -> float:
 def mixture_bin_log_prob(mixture: dist.MixtureSameFamily, x, bin_width: float) -> jax.Array:
     r"""Exact :math:`\log P(\text{bin of } x)` under a mixture of diagonal Gaussians (``klbook.data``'s 2-D
     mixtures), bins of width :math:`\Delta` centred on ``x [N, d]``: the data's own discrete law."""
-    base = mixture.component_distribution.base_dist  # loc, scale [C, d]
+    components = mixture.component_distribution
+    base = components.base_dist if isinstance(components, dist.Independent) else None
+    if not isinstance(base, dist.Normal):
+        raise TypeError(
+            f"the mixture's components must be diagonal Gaussians, Normal(...).to_event(1); got {components}"
+        )
+    # loc, scale [C, d]
     x = jnp.asarray(x)[:, None, :]  # [N, 1, d]
-    loc, scale = base.loc[None], base.scale[None]  # [1, C, d]
+    loc, scale = jnp.asarray(base.loc)[None], jnp.asarray(base.scale)[None]  # [1, C, d]
     a, b = (x - bin_width / 2 - loc) / scale, (x + bin_width / 2 - loc) / scale
     flip = a > 0  # upper tail: P = Phi(-a) - Phi(-b), accurate where Phi(b) - Phi(a) would round to 0
     hi, lo = log_ndtr(jnp.where(flip, -a, b)), log_ndtr(jnp.where(flip, -b, a))
     log_cell = jnp.sum(hi + jnp.log(-jnp.expm1(jnp.minimum(lo - hi, -1e-30))), axis=-1)  # [N, C]
-    log_w = jax.nn.log_softmax(mixture.mixing_distribution.logits)[None, :]  # [1, C]
+    log_w = jax.nn.log_softmax(jnp.asarray(mixture.mixing_distribution.logits))[None, :]  # [1, C]
     return jax.nn.logsumexp(log_w + log_cell, axis=-1)

@@ -80,7 +80,7 @@ def random_distributions(
     k_dir, k_zero, k_keep = jax.random.split(key, 3)
     p = dirichlet.sample(k_dir)
     rate = jnp.broadcast_to(jnp.asarray(zero_prob, dtype=jnp.float32), tuple(shape))[..., None]
-    zero = jax.random.uniform(k_zero, p.shape) < rate                                  # [*shape, K]
+    zero = jax.random.uniform(k_zero, p.shape) < rate  # [*shape, K]
     keep = jax.nn.one_hot(jax.random.randint(k_keep, tuple(shape), 0, num_outcomes), num_outcomes) > 0
     p = jnp.where(zero & ~keep, 0.0, p)
     # The kept outcome can itself have underflowed to 0: fall back to it alone.
@@ -187,19 +187,20 @@ def chain_rule(p_joint: jnp.ndarray, q_joint: jnp.ndarray) -> ChainRule:
     for table, name in ((p, "p_joint"), (q, "q_joint")):
         check_finite(table, name)
         check_simplex(table.reshape(table.shape[:-2] + (-1,)), name)
-    flat = lambda t: dist.Categorical(probs=t.reshape(t.shape[:-2] + (-1,)))  # noqa: E731
+    # CategoricalProbs: what dist.Categorical(probs=...) returns (typed as a Distribution, not Optional)
+    flat = lambda t: dist.CategoricalProbs(probs=t.reshape(t.shape[:-2] + (-1,)))  # noqa: E731
     joint = kl(flat(p), flat(q))
     px, qx = jnp.sum(p, -1), jnp.sum(q, -1)
-    marginal = kl(dist.Categorical(probs=px), dist.Categorical(probs=qx))
-    per_x = kl(dist.Categorical(probs=_conditional(p, px)), dist.Categorical(probs=_conditional(q, qx)))
+    marginal = kl(dist.CategoricalProbs(probs=px), dist.CategoricalProbs(probs=qx))
+    per_x = kl(dist.CategoricalProbs(probs=_conditional(p, px)), dist.CategoricalProbs(probs=_conditional(q, qx)))
     weighted = jnp.where(px > 0, px * jnp.where(px > 0, per_x, 0.0), 0.0)
     return ChainRule(joint, marginal, jnp.sum(weighted, -1))
 
 
-def _mvn_loc_cov(d: dist.MultivariateNormal, name: str):
+def _mvn_loc_cov(d: dist.MultivariateNormal, name: str) -> tuple[jax.Array, jax.Array]:
     if not isinstance(d, dist.MultivariateNormal):
         raise TypeError(f"{name} must be a numpyro MultivariateNormal; got {type(d).__name__}")
-    return d.loc, d.covariance_matrix
+    return jnp.asarray(d.loc), jnp.asarray(d.covariance_matrix)
 
 
 def _check_split(d, m: int) -> int:
