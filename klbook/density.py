@@ -44,8 +44,20 @@ from klbook.divergence import MCEstimate, check_key, gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import FitResult, fit
 
-__all__ = ["GaussianMixture", "real_world", "dream_world", "density", "init_mixture", "objective", "loss_fn",
-           "fit_density", "fit_density_restarts", "MixtureFit", "em_steps", "entropy_mc"]
+__all__ = [
+    "GaussianMixture",
+    "real_world",
+    "dream_world",
+    "density",
+    "init_mixture",
+    "objective",
+    "loss_fn",
+    "fit_density",
+    "fit_density_restarts",
+    "MixtureFit",
+    "em_steps",
+    "entropy_mc",
+]
 
 
 def _check_data(x) -> jax.Array:
@@ -80,26 +92,33 @@ class GaussianMixture(dist.Distribution):
     times slower here.) Unbatched: ``logits [K]``, ``loc [K, D]``, ``scale_tril [K, D, D]``.
     """
 
-    arg_constraints = {"logits": constraints.real_vector, "loc": constraints.real_matrix,
-                       "scale_tril": constraints.lower_cholesky}
-    support = constraints.real_vector
+    arg_constraints = {
+        "logits": constraints.real_vector,
+        "loc": constraints.real_matrix,
+        "scale_tril": constraints.lower_cholesky,
+    }
+    support = constraints.real_vector  # pyright: ignore[reportAssignmentType]  # as NumPyro's own classes do
 
     def __init__(self, logits, loc, scale_tril, *, validate_args=None):
         self.logits, self.loc, self.scale_tril = logits, loc, scale_tril
         super().__init__(batch_shape=(), event_shape=loc.shape[-1:], validate_args=validate_args)
 
     def sample(self, key, sample_shape=()):
-        r"""Draw a component :math:`k \sim \pi`, then :math:`x = \mu_k + L_k \epsilon` with :math:`\epsilon \sim \mathcal{N}(0, I)`."""
+        r"""Draw a component :math:`k \sim \pi`, then :math:`x = \mu_k + L_k \epsilon`
+        with :math:`\epsilon \sim \mathcal{N}(0, I)`."""
+        if key is None:
+            raise ValueError("sample needs a PRNG key (jax.random.key); got None")
         k_component, k_noise = jax.random.split(key)
         which = jax.random.categorical(k_component, self.logits, shape=tuple(sample_shape))  # [*S]
         eps = jax.random.normal(k_noise, tuple(sample_shape) + self.loc.shape[-1:])  # [*S, D]
         return self.loc[which] + jnp.einsum("...ij,...j->...i", self.scale_tril[which], eps)
 
     def log_prob(self, value):
-        r"""Exact :math:`\log \sum_k \pi_k \mathcal{N}(x;\, \mu_k, L_k L_k^\top)` for ``value [..., D]``, returning ``[...]``."""
+        r"""Exact :math:`\log \sum_k \pi_k \mathcal{N}(x;\, \mu_k, L_k L_k^\top)` for ``value [..., D]``,
+        returning ``[...]``."""
         d = self.loc.shape[-1]
         lead = (1,) * (jnp.ndim(value) - 1)  # broadcast the components over value's batch dims explicitly
-        whiten = jax.vmap(lambda l: solve_triangular(l, jnp.eye(d), lower=True))(self.scale_tril)  # [K, D, D]
+        whiten = jax.vmap(lambda tril: solve_triangular(tril, jnp.eye(d), lower=True))(self.scale_tril)  # [K, D, D]
         centred = value[..., None, :] - self.loc.reshape(lead + self.loc.shape)  # [..., K, D]
         # HIGHEST: a GPU may otherwise run float32 matrix products in TF32 (10-bit mantissa)
         z = jnp.einsum("kij,...kj->...ki", whiten, centred, precision=jax.lax.Precision.HIGHEST)  # [..., K, D]
@@ -166,7 +185,9 @@ def init_mixture(key, x, num_components: int) -> dict:
         raise ValueError(f"num_components ({num_components}) exceeds the number of data points ({x.shape[0]})")
     points = np.asarray(x, np.float64)  # a few small steps: plain numpy, nothing to compile
     seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
-    centres = KMeans(num_components, n_init=4, random_state=seed).fit(points).cluster_centers_  # [K, D]
+    # scikit-learn's stubs type n_init as str only; it takes an int or "auto"
+    kmeans = KMeans(num_components, n_init=4, random_state=seed)  # pyright: ignore[reportArgumentType]
+    centres = kmeans.fit(points).cluster_centers_  # [K, D]
     d = x.shape[1]
     log_sd = 0.5 * np.log(np.mean(np.var(points, axis=0)))
     return {
@@ -218,9 +239,17 @@ def loss_fn(truth: dist.Distribution | None = None):
     return loss
 
 
-def fit_density(key, x, num_components: int, *, truth: dist.Distribution | None = None,
-                num_steps: int = 1000, learning_rate: float = 0.05, batch_size: int | None = None,
-                progress: bool = False) -> FitResult:
+def fit_density(
+    key,
+    x,
+    num_components: int,
+    *,
+    truth: dist.Distribution | None = None,
+    num_steps: int = 1000,
+    learning_rate: float = 0.05,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> FitResult:
     """Fit a mixture of ``num_components`` Gaussians to ``x [N, D]`` through the recipe.
 
     Adam with a cosine-decayed learning rate from ``learning_rate``; the full data every step
@@ -232,8 +261,16 @@ def fit_density(key, x, num_components: int, *, truth: dist.Distribution | None 
     k_init, k_fit = jax.random.split(key)
     params = init_mixture(k_init, x, num_components)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
-    return fit(k_fit, loss_fn(truth), params, num_steps=num_steps, optimizer=optimizer, data=x,
-               batch_size=batch_size, progress=progress)
+    return fit(
+        k_fit,
+        loss_fn(truth),
+        params,
+        num_steps=num_steps,
+        optimizer=optimizer,
+        data=x,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 class MixtureFit(NamedTuple):
@@ -253,9 +290,16 @@ class MixtureFit(NamedTuple):
     best: int
 
 
-def fit_density_restarts(key, x, num_components: int, num_inits: int = 3, *,
-                         truth: dist.Distribution | None = None, num_steps: int = 1000,
-                         learning_rate: float = 0.05) -> MixtureFit:
+def fit_density_restarts(
+    key,
+    x,
+    num_components: int,
+    num_inits: int = 3,
+    *,
+    truth: dist.Distribution | None = None,
+    num_steps: int = 1000,
+    learning_rate: float = 0.05,
+) -> MixtureFit:
     """Fit ``num_inits`` mixtures from different starts at once and keep the best by training likelihood.
 
     Mixtures have local optima, so one start can end at a worse fit than the family allows. Each
@@ -319,7 +363,9 @@ def em_steps(params: dict, x, num_steps: int) -> tuple[dict, np.ndarray]:
     _check_params(params)
     x = np.asarray(x, np.float64)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != np.shape(params["loc"])[1] or not np.all(np.isfinite(x)):
-        raise ValueError(f"x must be finite data of shape [N, D] with D = {np.shape(params['loc'])[1]}; got shape {x.shape}")
+        raise ValueError(
+            f"x must be finite data of shape [N, D] with D = {np.shape(params['loc'])[1]}; got shape {x.shape}"
+        )
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer; got {num_steps!r}")
     # plain NumPy throughout: a few small steps, nothing worth compiling
@@ -334,10 +380,10 @@ def em_steps(params: dict, x, num_steps: int) -> tuple[dict, np.ndarray]:
     n, d = x.shape
 
     def log_joint(weights, loc, cov):  # [N, K]: log pi_k + log N(x_n; mu_k, Sigma_k)
-        l = np.linalg.cholesky(cov)  # [K, D, D]
-        whiten = np.linalg.inv(l)  # [K, D, D], small
+        chol = np.linalg.cholesky(cov)  # [K, D, D]
+        whiten = np.linalg.inv(chol)  # [K, D, D], small
         z = np.einsum("kij,nkj->nki", whiten, x[:, None, :] - loc[None])  # [N, K, D]
-        log_det = np.sum(np.log(np.diagonal(l, axis1=-2, axis2=-1)), -1)  # [K]
+        log_det = np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), -1)  # [K]
         return np.log(weights) - log_det - 0.5 * d * np.log(2 * np.pi) - 0.5 * np.sum(z**2, -1)
 
     def average(lj):
@@ -356,10 +402,13 @@ def em_steps(params: dict, x, num_steps: int) -> tuple[dict, np.ndarray]:
         cov = np.einsum("nk,nki,nkj->kij", resp, centred, centred) / mass[:, None, None]
         lj = log_joint(weights, loc, cov)
         history.append(average(lj))
-    l = np.linalg.cholesky(cov)
-    tril = np.tril(l, -1) + np.log(np.diagonal(l, axis1=-2, axis2=-1))[:, :, None] * np.eye(d)
-    out = {"logits": jnp.asarray(np.log(weights), jnp.float32), "loc": jnp.asarray(loc, jnp.float32),
-           "tril": jnp.asarray(tril, jnp.float32)}
+    chol = np.linalg.cholesky(cov)
+    tril = np.tril(chol, -1) + np.log(np.diagonal(chol, axis1=-2, axis2=-1))[:, :, None] * np.eye(d)
+    out = {
+        "logits": jnp.asarray(np.log(weights), jnp.float32),
+        "loc": jnp.asarray(loc, jnp.float32),
+        "tril": jnp.asarray(tril, jnp.float32),
+    }
     return out, np.asarray(history)
 
 
@@ -379,7 +428,7 @@ def entropy_mc(key, p: dist.Distribution, num_samples: int) -> MCEstimate:
 @functools.partial(jax.jit, static_argnums=2)
 def _entropy_mc(key, p: dist.Distribution, num_samples: int) -> MCEstimate:
     with jax.numpy_rank_promotion("allow"):  # inside NumPyro's samplers and densities
-        neg_log_p = -p.log_prob(p.sample(key, (num_samples,)))  # [S, *batch]
+        neg_log_p = -jnp.asarray(p.log_prob(p.sample(key, (num_samples,))))  # [S, *batch]
     return MCEstimate(jnp.mean(neg_log_p, 0), jnp.std(neg_log_p, 0, ddof=1) / jnp.sqrt(num_samples))
 
 

@@ -25,7 +25,8 @@ estimate of the gradient of :math:`I[\hat p; q]`), and records the exact held-ou
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,19 @@ import optax
 
 from klbook._checks import check_finite, check_simplex, is_concrete
 
-__all__ = ["empirical", "bin_counts", "additive_smoothing", "bin_masses", "histogram_loss",
-           "Gaps", "histogram_gaps", "categorical_nll", "categorical_kl", "SGDRuns", "fit_categorical"]
+__all__ = [
+    "empirical",
+    "bin_counts",
+    "additive_smoothing",
+    "bin_masses",
+    "histogram_loss",
+    "Gaps",
+    "histogram_gaps",
+    "categorical_nll",
+    "categorical_kl",
+    "SGDRuns",
+    "fit_categorical",
+]
 
 
 def _positive_int(value, what: str) -> int:
@@ -240,8 +252,8 @@ def categorical_kl(probs, logits) -> jax.Array:
         probs: the real world's probabilities ``[K]``.
         logits: the model's logits ``[..., K]`` (batched over leading axes).
     """
-    log_q = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)                    # [..., K]
-    probs = jnp.broadcast_to(jnp.asarray(probs), log_q.shape)                    # [..., K]
+    log_q = jax.nn.log_softmax(jnp.asarray(logits), axis=-1)  # [..., K]
+    probs = jnp.broadcast_to(jnp.asarray(probs), log_q.shape)  # [..., K]
     log_p = jnp.log(jnp.where(probs > 0, probs, 1.0))
     return jnp.sum(jnp.where(probs > 0, probs * (log_p - log_q), 0.0), axis=-1)
 
@@ -309,6 +321,7 @@ def fit_categorical(
             if fixed is None:  # fresh draws: a new minibatch from p
                 x = jax.random.categorical(jax.random.fold_in(k_steps, t), log_p, shape=(batch,))
             else:  # reuse: minibatch i of epoch e, one shuffle of the fixed sample per epoch
+                assert sample_size is not None  # fixed was drawn with sample_size rows
                 per_epoch = sample_size // batch
                 order = jax.random.permutation(jax.random.fold_in(k_steps, t // per_epoch), sample_size)
                 x = fixed[jax.lax.dynamic_slice(order, ((t % per_epoch) * batch,), (batch,))]

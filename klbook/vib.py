@@ -55,10 +55,26 @@ from klbook.nn import categorical_head, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
-__all__ = ["NAMES", "VIB", "vib", "real_world", "dream_world", "objective", "rate", "predictive",
-           "error_rate", "fit_betas", "model_at", "Scores", "evaluate", "fgsm", "calibration_bins",
-           "expected_calibration_error",
-           "labelled_mixture", "label_posterior"]
+__all__ = [
+    "NAMES",
+    "VIB",
+    "vib",
+    "real_world",
+    "dream_world",
+    "objective",
+    "rate",
+    "predictive",
+    "error_rate",
+    "fit_betas",
+    "model_at",
+    "Scores",
+    "evaluate",
+    "fgsm",
+    "calibration_bins",
+    "expected_calibration_error",
+    "labelled_mixture",
+    "label_posterior",
+]
 
 #: The recipe's names for the three sites: the images' term (zero: both worlds read x as data),
 #: the code's term, the rate, and the labels' term :math:`C`, the classification term.
@@ -113,13 +129,15 @@ class VIB(eqx.Module):
         return dist.Normal(jnp.zeros((n, self.latent_dim)), 1.0).to_event(1)
 
 
-def _labels_in_range(y: jax.Array, num_classes: int) -> jax.Array:
+def _labels_in_range(y: jax.Array | None, num_classes: int) -> jax.Array:
     """``y`` if every label lies in ``0..num_classes-1``; else a ValueError naming the range.
 
     Eagerly when ``y`` holds numbers; under ``jit`` (where ``y`` is a tracer) the same message stops
     the program at run time (``eqx.error_if``), so a wrapped call cannot turn a bad label into a
     silent NaN or a wrong count.
     """
+    if y is None:
+        raise ValueError("labels y are required here; got None")
     message = f"labels must lie in 0..{num_classes - 1}"
     if is_concrete(y):
         a = np.asarray(y)
@@ -129,13 +147,39 @@ def _labels_in_range(y: jax.Array, num_classes: int) -> jax.Array:
     return eqx.error_if(y, (y < 0) | (y >= num_classes), message)
 
 
-def vib(key: jax.Array, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 256,
-        depth: int = 2) -> VIB:
+def _logits(d: dist.Distribution) -> jax.Array:
+    """The logits of :meth:`VIB.classify`'s distribution (a ``CategoricalLogits``, from ``categorical_head``)."""
+    if not isinstance(d, dist.CategoricalLogits):
+        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
+    return jnp.asarray(d.logits)
+
+
+def _probs(d: dist.Distribution) -> jax.Array:
+    """The class probabilities of :meth:`VIB.classify`'s distribution."""
+    if not isinstance(d, dist.CategoricalLogits):
+        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
+    return jnp.asarray(d.probs)
+
+
+def _code_mean(d: dist.Distribution) -> jax.Array:
+    """The mean of :meth:`VIB.encode`'s diagonal Gaussian (``gaussian_head``: an ``Independent`` ``Normal``)."""
+    base = d.base_dist if isinstance(d, dist.Independent) else None
+    if not isinstance(base, dist.Normal):
+        raise TypeError(f"expected a diagonal Gaussian code (gaussian_head); got {d}")
+    return jnp.asarray(base.loc)
+
+
+def vib(key: jax.Array, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 256, depth: int = 2) -> VIB:
     """A VIB as in Alemi et al. (2017): an MLP encoder (``depth`` layers of ``width``) and a linear classifier."""
     check_key(key)
     k1, k2 = jax.random.split(key)
-    return VIB(mlp(k1, data_dim, 2 * latent_dim, width=width, depth=depth),
-               mlp(k2, latent_dim, num_classes, depth=0), data_dim, latent_dim, num_classes)
+    return VIB(
+        mlp(k1, data_dim, 2 * latent_dim, width=width, depth=depth),
+        mlp(k2, latent_dim, num_classes, depth=0),
+        data_dim,
+        latent_dim,
+        num_classes,
+    )
 
 
 def real_world(model: VIB, x, y) -> None:
@@ -174,8 +218,9 @@ def objective(key: jax.Array, model: VIB, x, y, *, beta=1e-3, num_particles: int
             raise ValueError(f"{message}; got {beta}")
     else:  # a traced beta (a sweep vmapped over it): the same message stops the program at run time
         beta = eqx.error_if(beta, ~jnp.isfinite(beta) | (beta < 0), message)
-    return kl_objective(key, real_world, dream_world, model, x, y, names=NAMES, weights={"rate": beta},
-                        num_particles=num_particles)
+    return kl_objective(
+        key, real_world, dream_world, model, x, y, names=NAMES, weights={"rate": beta}, num_particles=num_particles
+    )
 
 
 def rate(model: VIB, x) -> jax.Array:
@@ -194,7 +239,7 @@ def predictive(key: jax.Array, model: VIB, x, num_samples: int = 1) -> jax.Array
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
     encoder = model.encode(x)
     z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
-    return jnp.mean(model.classify(z).probs, axis=0)  # [N, C]
+    return jnp.mean(_probs(model.classify(z)), axis=0)  # [N, C]
 
 
 def error_rate(key: jax.Array, model: VIB, x, y, num_samples: int = 1) -> jax.Array:
@@ -204,9 +249,18 @@ def error_rate(key: jax.Array, model: VIB, x, y, num_samples: int = 1) -> jax.Ar
     return jnp.mean(jnp.argmax(predictive(key, model, x, num_samples), axis=-1) != y)
 
 
-def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[float], x, y, *,
-              num_steps: int, batch_size: int = 128, optimizer: optax.GradientTransformation | None = None,
-              progress: bool = True) -> tuple[VIB, dict[str, np.ndarray]]:
+def fit_betas(
+    key: jax.Array,
+    make: Callable[[jax.Array], VIB],
+    betas: Sequence[float] | np.ndarray | jax.Array,
+    x,
+    y,
+    *,
+    num_steps: int,
+    batch_size: int = 128,
+    optimizer: optax.GradientTransformation | None = None,
+    progress: bool = True,
+) -> tuple[VIB, dict[str, np.ndarray]]:
     r"""Train one VIB per β at once: parameters stacked, one vmapped, compiled loop.
 
     Model :math:`m` minimises :math:`C + \beta_m R` (:func:`objective`) on the same batches; the
@@ -217,13 +271,22 @@ def fit_betas(key: jax.Array, make: Callable[[jax.Array], VIB], betas: Sequence[
     ``classification/i`` per model.
     """
     check_key(key)
-    betas = jnp.asarray(betas, jnp.float32)
-    if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(betas >= 0)):
-        raise ValueError(f"betas must be a non-empty list of non-negative numbers; got {betas}")
-    return fit_stacked(key, make, lambda m, k, batch, b: objective(k, m, batch[0], batch[1], beta=b), betas,
-                       (jnp.asarray(x), jnp.asarray(y)), num_steps=num_steps, batch_size=batch_size,
-                       optimizer=optimizer, terms=("rate", "classification"), progress=progress,
-                       desc=f"{betas.size} VIBs")
+    grid = jnp.asarray(betas, jnp.float32)
+    if grid.ndim != 1 or grid.size == 0 or not bool(jnp.all(grid >= 0)):
+        raise ValueError(f"betas must be a non-empty list of non-negative numbers; got {grid}")
+    return fit_stacked(
+        key,
+        make,
+        lambda m, k, batch, b: objective(k, m, batch[0], batch[1], beta=b),
+        grid,
+        (jnp.asarray(x), jnp.asarray(y)),
+        num_steps=num_steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        terms=("rate", "classification"),
+        progress=progress,
+        desc=f"{grid.size} VIBs",
+    )
 
 
 def model_at(models: VIB, i: int) -> VIB:
@@ -271,23 +334,26 @@ def evaluate(key: jax.Array, model: VIB, x, y, num_samples: int = 16) -> Scores:
 def _evaluate(key, model: VIB, x, y, num_samples: int) -> Scores:
     encoder = model.encode(x)
     z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
-    log_probs = jax.nn.log_softmax(model.classify(z).logits, axis=-1)  # [S, N, C]
+    log_probs = jax.nn.log_softmax(_logits(model.classify(z)), axis=-1)  # [S, N, C]
     nll = -jnp.take_along_axis(log_probs, y[None, :, None], axis=-1)[..., 0]  # [S, N]
     per_draw = jnp.mean(nll, axis=1)  # [S]
     qbar = jnp.mean(jnp.exp(log_probs), axis=0)  # [N, C]
     wrong_one = jnp.argmax(log_probs, axis=-1) != y[None, :]  # [S, N]
-    at_mean = jnp.argmax(model.classify(encoder.base_dist.loc).logits, axis=-1)  # [N]
+    at_mean = jnp.argmax(_logits(model.classify(_code_mean(encoder))), axis=-1)  # [N]
     conf, correct, _ = _bins(qbar, y, 10)
-    return Scores(rate=jnp.mean(rate(model, x)), classification=jnp.mean(per_draw),
-                  classification_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
-                  error_one=jnp.mean(wrong_one), error_avg=jnp.mean(jnp.argmax(qbar, -1) != y),
-                  calibration=jnp.sum(jnp.abs(correct - conf)) / y.shape[0],
-                  error_mean_code=jnp.mean(at_mean != y),
-                  confidence_gap=(jnp.sum(conf) - jnp.sum(correct)) / y.shape[0])
+    return Scores(
+        rate=jnp.mean(rate(model, x)),
+        classification=jnp.mean(per_draw),
+        classification_se=jnp.std(per_draw, ddof=1) / jnp.sqrt(num_samples),
+        error_one=jnp.mean(wrong_one),
+        error_avg=jnp.mean(jnp.argmax(qbar, -1) != y),
+        calibration=jnp.sum(jnp.abs(correct - conf)) / y.shape[0],
+        error_mean_code=jnp.mean(at_mean != y),
+        confidence_gap=(jnp.sum(conf) - jnp.sum(correct)) / y.shape[0],
+    )
 
 
-def labelled_mixture(key: jax.Array, num_samples: int,
-                     mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
+def labelled_mixture(key: jax.Array, num_samples: int, mixture: dist.MixtureSameFamily) -> tuple[jax.Array, jax.Array]:
     r"""Labelled points from a Gaussian mixture: the label is the component, ``x [N, d]``, ``y [N]``.
 
     With :func:`label_posterior` this is a world whose :math:`p(y\mid x)`, hence :math:`H[Y\mid X]`,
@@ -297,8 +363,10 @@ def labelled_mixture(key: jax.Array, num_samples: int,
     check_key(key)
     base = _diagonal_normal_components(mixture)
     k_which, k_noise = jax.random.split(key)
-    y = jax.random.categorical(k_which, mixture.mixing_distribution.logits, shape=(int(num_samples),))
-    x = base.loc[y] + base.scale[y] * jax.random.normal(k_noise, (int(num_samples), base.loc.shape[-1]))
+    loc, scale = jnp.asarray(base.loc), jnp.asarray(base.scale)  # [C, d]
+    logits = jnp.asarray(mixture.mixing_distribution.logits)
+    y = jax.random.categorical(k_which, logits, shape=(int(num_samples),))
+    x = loc[y] + scale[y] * jax.random.normal(k_noise, (int(num_samples), loc.shape[-1]))
     return x, y.astype(jnp.int32)
 
 
@@ -308,12 +376,20 @@ def _diagonal_normal_components(mixture) -> dist.Normal:
         raise TypeError(f"mixture must be a numpyro MixtureSameFamily; got {type(mixture).__name__}")
     comp = mixture.component_distribution
     base = comp.base_dist if isinstance(comp, dist.Independent) else None
-    if not isinstance(base, dist.Normal) or comp.reinterpreted_batch_ndims != 1:
-        raise TypeError("the mixture's components must be diagonal Gaussians, Normal(loc, scale).to_event(1); "
-                        f"got {type(comp).__name__}")
-    num = mixture.mixing_distribution.logits.shape[-1]
-    loc, scale = jnp.broadcast_to(base.loc, comp.batch_shape + comp.event_shape), \
-        jnp.broadcast_to(base.scale, comp.batch_shape + comp.event_shape)
+    if (
+        not isinstance(comp, dist.Independent)
+        or not isinstance(base, dist.Normal)
+        or comp.reinterpreted_batch_ndims != 1
+    ):
+        raise TypeError(
+            "the mixture's components must be diagonal Gaussians, Normal(loc, scale).to_event(1); "
+            f"got {type(comp).__name__}"
+        )
+    num = jnp.asarray(mixture.mixing_distribution.logits).shape[-1]
+    loc, scale = (
+        jnp.broadcast_to(jnp.asarray(base.loc), comp.batch_shape + comp.event_shape),
+        jnp.broadcast_to(jnp.asarray(base.scale), comp.batch_shape + comp.event_shape),
+    )
     if loc.ndim != 2 or loc.shape[0] != num:
         raise ValueError(f"expected {num} components of shape [d]; got loc of shape {loc.shape}")
     return dist.Normal(loc, scale)
@@ -327,11 +403,12 @@ def label_posterior(mixture: dist.MixtureSameFamily, x) -> jax.Array:
     """
     base = _diagonal_normal_components(mixture)  # loc, scale [C, d]
     x = jnp.asarray(x)
-    d = base.loc.shape[-1]
+    loc, scale = jnp.asarray(base.loc), jnp.asarray(base.scale)
+    d = loc.shape[-1]
     if x.ndim != 2 or x.shape[-1] != d:
         raise ValueError(f"x must have shape [N, {d}], the mixture's dimension; got {x.shape}")
-    log_lik = dist.Normal(base.loc[None], base.scale[None]).log_prob(x[:, None, :]).sum(-1)  # [N, C]
-    logits = jax.nn.log_softmax(mixture.mixing_distribution.logits)[None, :] + log_lik  # [N, C]
+    log_lik = jnp.asarray(dist.Normal(loc[None], scale[None]).log_prob(x[:, None, :])).sum(-1)  # [N, C]
+    logits = jax.nn.log_softmax(jnp.asarray(mixture.mixing_distribution.logits))[None, :] + log_lik  # [N, C]
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -351,7 +428,7 @@ def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}")
 
     def loss(xx):
-        mean = model.encode(xx).base_dist.loc  # [N, K]
+        mean = _code_mean(model.encode(xx))  # [N, K]
         return -jnp.sum(model.classify(mean).log_prob(y))
 
     return jnp.clip(x + epsilon * jnp.sign(jax.grad(loss)(x)), low, high)
@@ -383,8 +460,7 @@ def calibration_bins(probs, y, num_bins: int = 10) -> tuple[jax.Array, jax.Array
         raise ValueError(f"y must be integer labels; got {y.dtype}")
     if is_concrete(probs):
         p = np.asarray(probs, np.float64)
-        if not np.all(np.isfinite(p)) or p.min() < -1e-6 or p.max() > 1 + 1e-6 \
-                or np.max(np.abs(p.sum(-1) - 1)) > 1e-3:
+        if not np.all(np.isfinite(p)) or p.min() < -1e-6 or p.max() > 1 + 1e-6 or np.max(np.abs(p.sum(-1) - 1)) > 1e-3:
             raise ValueError("probs must hold one probability vector per row (entries in [0, 1], rows summing to 1)")
     y = _labels_in_range(y, probs.shape[1])
     return _bins(probs, y, int(num_bins))
@@ -394,8 +470,11 @@ def _bins(probs, y, num_bins: int):
     conf = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == y).astype(jnp.float32)
     bins = jnp.clip((conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    return (jnp.zeros(num_bins).at[bins].add(conf), jnp.zeros(num_bins).at[bins].add(correct),
-            jnp.zeros(num_bins).at[bins].add(1.0))
+    return (
+        jnp.zeros(num_bins).at[bins].add(conf),
+        jnp.zeros(num_bins).at[bins].add(correct),
+        jnp.zeros(num_bins).at[bins].add(1.0),
+    )
 
 
 def expected_calibration_error(probs, y, num_bins: int = 10) -> jax.Array:
