@@ -34,7 +34,15 @@ from klbook.divergence import check_key
 if TYPE_CHECKING:  # shape annotations for readers and type checkers; jaxtyping is optional
     from jaxtyping import Array, Float, Int
 
-__all__ = ["mlp", "gaussian_head", "bernoulli_head", "categorical_head", "binomial_head"]
+__all__ = [
+    "mlp",
+    "gaussian_head",
+    "bernoulli_head",
+    "categorical_head",
+    "binomial_head",
+    "diagonal_normal",
+    "categorical_probs",
+]
 
 
 def _size(value, what: str) -> int | Literal["scalar"]:
@@ -192,3 +200,20 @@ def binomial_head(
     if not jnp.issubdtype(n.dtype, jnp.integer) or (is_concrete(n) and np.any(np.asarray(n) < 1)):
         raise ValueError(f"total_count must be a positive integer; got {total_count!r}")
     return dist.BinomialLogits(logits, total_count=n).to_event(event_dims)
+
+
+def diagonal_normal(d: dist.Distribution) -> dist.Normal:
+    """The ``Normal`` inside :func:`gaussian_head`'s ``Independent``: its ``loc`` and ``scale`` are the
+    diagonal Gaussian's mean and standard deviations. Any other distribution is a ``TypeError``."""
+    base = d.base_dist if isinstance(d, dist.Independent) else None
+    if not isinstance(base, dist.Normal):
+        raise TypeError(f"expected a diagonal Gaussian (an Independent Normal, as gaussian_head makes); got {d}")
+    return base
+
+
+def categorical_probs(d: dist.Distribution) -> jax.Array:
+    """The class probabilities of :func:`categorical_head`'s distribution (a ``CategoricalLogits``);
+    any other distribution is a ``TypeError``."""
+    if not isinstance(d, dist.CategoricalLogits):
+        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
+    return jnp.asarray(d.probs)

@@ -58,7 +58,7 @@ import optax
 from klbook._checks import check_finite, is_concrete
 from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
-from klbook.nn import binomial_head, categorical_head, gaussian_head, mlp
+from klbook.nn import binomial_head, categorical_head, categorical_probs, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit, init_stacked, member, stack_size
 
@@ -122,21 +122,6 @@ def _check(x, y, data_dim: int, num_classes: int, total_count: int, y_name: str 
     return x, y
 
 
-def _probs(d: dist.Distribution) -> jax.Array:
-    """Class probabilities of :func:`klbook.nn.categorical_head`'s distribution (a ``CategoricalLogits``)."""
-    if not isinstance(d, dist.CategoricalLogits):
-        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
-    return jnp.asarray(d.probs)
-
-
-def _code_mean(d: dist.Distribution) -> jax.Array:
-    """The mean of :func:`klbook.nn.gaussian_head`'s diagonal Gaussian (an ``Independent`` ``Normal``)."""
-    base = d.base_dist if isinstance(d, dist.Independent) else None
-    if not isinstance(base, dist.Normal):
-        raise TypeError(f"expected a diagonal Gaussian code (gaussian_head); got {d}")
-    return jnp.asarray(base.loc)
-
-
 class _Code(eqx.Module):
     """What the post's two parametrisations share: the encoder, the decoder and reading the head at the code's mean."""
 
@@ -163,7 +148,7 @@ class _Code(eqx.Module):
 
     def predict(self, x) -> jax.Array:
         """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
-        return _probs(self._model().classify(_code_mean(self.encode(x))))
+        return categorical_probs(self._model().classify(diagonal_normal(self.encode(x)).loc))
 
 
 class CodeModel(_Code):
@@ -336,7 +321,7 @@ class M2(eqx.Module):
 
     def predict(self, x) -> jax.Array:
         """Class probabilities of the classifier :math:`p(y\\mid x)`, ``[N, C]``."""
-        return _probs(self.classify(x))
+        return categorical_probs(self.classify(x))
 
 
 class Classifier(eqx.Module):
@@ -358,7 +343,7 @@ class Classifier(eqx.Module):
 
     def predict(self, x) -> jax.Array:
         """Class probabilities, ``[N, C]``."""
-        return _probs(self.classify(x))
+        return categorical_probs(self.classify(x))
 
 
 def code_model(

@@ -37,7 +37,7 @@ import optax
 
 from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key, kl
-from klbook.nn import bernoulli_head, binomial_head, gaussian_head, mlp
+from klbook.nn import bernoulli_head, binomial_head, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
@@ -184,21 +184,12 @@ def linear_gaussian_vae(
     return VAE(eqx.nn.Linear(data_dim, 2 * latent_dim, key=k1), decoder, gaussian_head, data_dim, latent_dim)
 
 
-def _diagonal_normal(d: dist.Distribution) -> dist.Normal:
-    """The ``Normal`` inside :func:`klbook.nn.gaussian_head`'s ``Independent`` (the encoder's and the
-    linear decoder's distribution), or a ``TypeError``."""
-    base = d.base_dist if isinstance(d, dist.Independent) else None
-    if not isinstance(base, dist.Normal):
-        raise TypeError(f"expected a diagonal Gaussian (Independent Normal, gaussian_head); got {d}")
-    return base
-
-
 def linear_gaussian_marginal(vae: VAE) -> dist.MultivariateNormal:
     r"""Exact :math:`q(x) = \mathcal{N}(b, WW^\top + \mathrm{diag}\,\sigma^2)` of a :func:`linear_gaussian_vae`."""
     if not isinstance(vae.decoder, _LinearGaussianDecoder):
         raise TypeError("linear_gaussian_marginal needs a VAE made by linear_gaussian_vae")
     w, b = vae.decoder.linear.weight, vae.decoder.linear.bias
-    sigma = jnp.asarray(_diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [data_dim]
+    sigma = jnp.asarray(diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [data_dim]
     return dist.MultivariateNormal(b, covariance_matrix=w @ w.T + jnp.diag(sigma**2))
 
 
@@ -395,12 +386,12 @@ def linear_gaussian_terms(vae: VAE, x) -> VAETerms:
         raise TypeError("linear_gaussian_terms needs a VAE made by linear_gaussian_vae")
     x = vae.check(x)
     enc = vae.encode(x)
-    normal = _diagonal_normal(enc)
+    normal = diagonal_normal(enc)
     mu, s = jnp.asarray(normal.loc), jnp.asarray(normal.scale)  # [N, k]
     w, b = vae.decoder.linear.weight, vae.decoder.linear.bias  # [d, k], [d]
     if b is None:  # linear_gaussian_vae always builds the decoder with a bias
         raise TypeError("linear_gaussian_terms needs the decoder's bias (linear_gaussian_vae makes one)")
-    sigma = jnp.asarray(_diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [d]
+    sigma = jnp.asarray(diagonal_normal(vae.decode(jnp.zeros((1, vae.latent_dim)))).scale)[0]  # [d]
     sq = (x - mu @ w.T - b[None, :]) ** 2 + (s**2) @ (w**2).T  # [N, d]: E (x - V z - b)^2
     distortion = jnp.sum(0.5 * jnp.log(2 * jnp.pi * sigma**2)[None, :] + sq / (2 * sigma**2)[None, :], axis=-1)
     return VAETerms(distortion, kl(enc, vae.prior(x.shape[0])))

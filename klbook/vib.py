@@ -51,7 +51,7 @@ import optax
 
 from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key
-from klbook.nn import categorical_head, gaussian_head, mlp
+from klbook.nn import categorical_head, categorical_probs, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
 from klbook.train import fit_stacked, member
 
@@ -154,21 +154,6 @@ def _logits(d: dist.Distribution) -> jax.Array:
     return jnp.asarray(d.logits)
 
 
-def _probs(d: dist.Distribution) -> jax.Array:
-    """The class probabilities of :meth:`VIB.classify`'s distribution."""
-    if not isinstance(d, dist.CategoricalLogits):
-        raise TypeError(f"expected a categorical distribution from categorical_head; got {d}")
-    return jnp.asarray(d.probs)
-
-
-def _code_mean(d: dist.Distribution) -> jax.Array:
-    """The mean of :meth:`VIB.encode`'s diagonal Gaussian (``gaussian_head``: an ``Independent`` ``Normal``)."""
-    base = d.base_dist if isinstance(d, dist.Independent) else None
-    if not isinstance(base, dist.Normal):
-        raise TypeError(f"expected a diagonal Gaussian code (gaussian_head); got {d}")
-    return jnp.asarray(base.loc)
-
-
 def vib(key: jax.Array, data_dim: int, latent_dim: int, num_classes: int, *, width: int = 256, depth: int = 2) -> VIB:
     """A VIB as in Alemi et al. (2017): an MLP encoder (``depth`` layers of ``width``) and a linear classifier."""
     check_key(key)
@@ -239,7 +224,7 @@ def predictive(key: jax.Array, model: VIB, x, num_samples: int = 1) -> jax.Array
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
     encoder = model.encode(x)
     z = jax.vmap(encoder.sample)(jax.random.split(key, num_samples))  # [S, N, K]
-    return jnp.mean(_probs(model.classify(z)), axis=0)  # [N, C]
+    return jnp.mean(categorical_probs(model.classify(z)), axis=0)  # [N, C]
 
 
 def error_rate(key: jax.Array, model: VIB, x, y, num_samples: int = 1) -> jax.Array:
@@ -339,7 +324,7 @@ def _evaluate(key, model: VIB, x, y, num_samples: int) -> Scores:
     per_draw = jnp.mean(nll, axis=1)  # [S]
     qbar = jnp.mean(jnp.exp(log_probs), axis=0)  # [N, C]
     wrong_one = jnp.argmax(log_probs, axis=-1) != y[None, :]  # [S, N]
-    at_mean = jnp.argmax(_logits(model.classify(_code_mean(encoder))), axis=-1)  # [N]
+    at_mean = jnp.argmax(_logits(model.classify(diagonal_normal(encoder).loc)), axis=-1)  # [N]
     conf, correct, _ = _bins(qbar, y, 10)
     return Scores(
         rate=jnp.mean(rate(model, x)),
@@ -428,7 +413,7 @@ def fgsm(model: VIB, x, y, epsilon: float, *, low: float = 0.0, high: float = 1.
         raise ValueError(f"epsilon must be finite and >= 0; got {epsilon}")
 
     def loss(xx):
-        mean = _code_mean(model.encode(xx))  # [N, K]
+        mean = diagonal_normal(model.encode(xx)).loc  # [N, K]
         return -jnp.sum(model.classify(mean).log_prob(y))
 
     return jnp.clip(x + epsilon * jnp.sign(jax.grad(loss)(x)), low, high)

@@ -147,3 +147,21 @@ def test_heads_bad_inputs():
         binomial_head(jnp.zeros(3), 0)
     with pytest.raises(ValueError, match="total_count"):
         binomial_head(jnp.zeros(3), 16.0)
+
+
+def test_head_readers_name_a_distribution_they_cannot_read():
+    """diagonal_normal and categorical_probs read gaussian_head's and categorical_head's outputs, and
+    refuse any other distribution with a TypeError naming what they expected."""
+    import numpyro.distributions as dist
+
+    from klbook.nn import categorical_head, categorical_probs, diagonal_normal, gaussian_head
+
+    h = jnp.array([[0.5, -1.0, 0.2, 0.0]])
+    normal = diagonal_normal(gaussian_head(h))
+    np.testing.assert_allclose(normal.loc, h[:, :2])
+    logits = jnp.array([[1.0, 2.0, 0.5]])
+    np.testing.assert_allclose(categorical_probs(categorical_head(logits)), jax.nn.softmax(logits), rtol=1e-6)
+    with pytest.raises(TypeError, match="diagonal Gaussian"):
+        diagonal_normal(dist.Normal(0.0, 1.0))
+    with pytest.raises(TypeError, match="categorical"):
+        categorical_probs(dist.Normal(0.0, 1.0))
