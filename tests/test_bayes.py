@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from estimator_check import same_expectation, value_and_grad_draws
 
 from klbook import bayes, kl
 
@@ -204,23 +205,6 @@ def test_objective_takes_numpy_arrays_with_subsampling():
 
 # ------------------------------------------------- against NumPyro's own estimator (issue 22)
 
-REPLICATES = 300   # independent keys per estimator
-
-
-def _value_and_grad_draws(fn, params, seed):
-    keys = jax.random.split(jax.random.key(seed), REPLICATES)
-    values, grads = jax.jit(jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0)))(params, keys)
-    flat = jnp.concatenate([g.reshape(REPLICATES, -1) for g in jax.tree.leaves(grads)], axis=1)
-    return np.asarray(values, np.float64), np.asarray(flat, np.float64)
-
-
-def _same_expectation(a, b, what):
-    """Means of two independent samples agree within 5 combined standard errors, per component."""
-    gap = np.abs(a.mean(0) - b.mean(0))
-    se = np.sqrt(a.var(0, ddof=1) / a.shape[0] + b.var(0, ddof=1) / b.shape[0])
-    assert np.all(gap < 5 * se + 1e-6), (what, a.mean(0), b.mean(0), se)
-
-
 @pytest.mark.parametrize("full_rank", [False, True])
 def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient(regression, full_rank):
     """bayes.objective(...).total = Trace_ELBO().loss / N for the model joint_model and a guide drawing
@@ -241,10 +225,10 @@ def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient(regr
 
     recipe = lambda p, k: bayes.objective(k, bayes.gaussian(p), prior, lik, x, y).loss
     elbo = lambda p, k: Trace_ELBO().loss(k, {}, model, guide, p, prior, lik, x, y) / N
-    r_values, r_grads = _value_and_grad_draws(recipe, params, 20)
-    e_values, e_grads = _value_and_grad_draws(elbo, params, 21)
-    _same_expectation(r_values, e_values, "value")
-    _same_expectation(r_grads, e_grads, "gradient")
+    r_values, r_grads = value_and_grad_draws(recipe, params, 20)
+    e_values, e_grads = value_and_grad_draws(elbo, params, 21)
+    same_expectation(r_values, e_values, "value")
+    same_expectation(r_grads, e_grads, "gradient")
     assert r_grads.std(0).max() > 0
 
 
@@ -266,7 +250,7 @@ def test_coin_objective_is_numpyros_negative_elbo_with_no_inputs():
 
     recipe = lambda p, k: bayes.objective(k, family(p), prior, bayes.coin, None, flips).loss
     elbo = lambda p, k: Trace_ELBO().loss(k, {}, model, guide, p, flips) / flips.shape[0]
-    r_values, r_grads = _value_and_grad_draws(recipe, params, 22)
-    e_values, e_grads = _value_and_grad_draws(elbo, params, 23)
-    _same_expectation(r_values, e_values, "value")
-    _same_expectation(r_grads, e_grads, "gradient")
+    r_values, r_grads = value_and_grad_draws(recipe, params, 22)
+    e_values, e_grads = value_and_grad_draws(elbo, params, 23)
+    same_expectation(r_values, e_values, "value")
+    same_expectation(r_grads, e_grads, "gradient")
