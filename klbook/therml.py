@@ -68,7 +68,9 @@ is then undefined and not a term.
 **Trainable pieces.** :class:`MeanField` is a mean-field Gaussian :math:`p(\theta\mid\mathcal D)`
 over a flat weight vector and :class:`WeightEncoder` an MLP encoder whose weights *are* that
 θ, so that :func:`klbook.train.fit` trains the learning algorithm's distribution (pass
-``data_size=N``: :math:`S` is then KL/N at every batch size).
+``data_size=N``: :math:`S` is then KL/N at every batch size). :func:`weight_model` assembles
+chapter 12's model from them, with :class:`StandardNormal` priors (no trained array) and
+:class:`LinearHead` heads.
 
 **Refused configurations** (``ValueError`` naming the term and why, raised while the worlds are
 traced, so eagerly and the same under ``jax.jit``): an encoder that returns a point mass
@@ -95,7 +97,7 @@ import numpyro.distributions as dist
 
 from klbook._checks import is_concrete
 from klbook.divergence import check_key
-from klbook.nn import gaussian_head
+from klbook.nn import bernoulli_head, binomial_head, categorical_head, gaussian_head
 from klbook.recipe import KLObjective, data, kl_objective
 
 __all__ = [
@@ -106,6 +108,9 @@ __all__ = [
     "MeanField",
     "mean_field",
     "WeightEncoder",
+    "StandardNormal",
+    "LinearHead",
+    "weight_model",
     "real_world",
     "dream_world",
     "objective",
@@ -235,6 +240,80 @@ class WeightEncoder(eqx.Module):
             if i < last:
                 h = jnp.tanh(h)
         return gaussian_head(h)
+
+
+class StandardNormal(eqx.Module):
+    r"""A fixed :math:`\mathcal N(0, I)` over ``size`` numbers, holding no array (so nothing of it trains).
+
+    Called with no argument it is a weight prior :math:`q(\theta)` (event ``(size,)``); called with
+    ``n`` it is a code prior :math:`q(z)` for ``n`` examples (batch ``(n,)``, event ``(size,)``).
+    """
+
+    size: int = eqx.field(static=True)
+
+    def __call__(self, n: int | None = None) -> dist.Distribution:
+        shape = (self.size,) if n is None else (n, self.size)
+        return dist.Normal(jnp.zeros(shape), 1.0).to_event(1)
+
+
+class LinearHead(eqx.Module):
+    r"""A linear map of the code, ``z [N, K] -> [N, out]``, read as a distribution.
+
+    ``kind``: ``"categorical"`` (a label, :func:`klbook.nn.categorical_head`), ``"bernoulli"``
+    (binarised pixels) or ``"binomial"`` (pixel counts out of ``total_count``).
+    """
+
+    linear: eqx.nn.Linear
+    kind: str = eqx.field(static=True, default="categorical")
+    total_count: int = eqx.field(static=True, default=16)
+
+    def __call__(self, z) -> dist.Distribution:
+        out = jax.vmap(self.linear)(jnp.asarray(z))
+        if self.kind == "categorical":
+            return categorical_head(out)
+        if self.kind == "bernoulli":
+            return bernoulli_head(out)
+        return binomial_head(out, self.total_count)
+
+
+def weight_model(
+    key,
+    data_dim: int,
+    latent_dim: int,
+    num_classes: int | None,
+    *,
+    width: int = 32,
+    decoder: str | None = None,
+    input_scale: float = 16.0,
+    posterior_scale: float = 0.05,
+) -> TherML:
+    r"""A TherML model whose encoder's weights θ have a trained mean-field posterior (chapter 12).
+
+    Encoder: :class:`WeightEncoder` with one ``tanh`` hidden layer of ``width``, θ ~
+    :class:`MeanField` centred at a scaled normal initialisation with every standard deviation
+    ``posterior_scale``; :math:`q(\theta) = q(z) = \mathcal N(0, I)` (:class:`StandardNormal`);
+    a linear classifier over ``num_classes`` (``None``: no label head) and, if ``decoder`` is
+    ``"binomial"`` or ``"bernoulli"``, a linear decoder of the ``data_dim`` pixels.
+    """
+    check_key(key)
+    if decoder not in (None, "binomial", "bernoulli"):
+        raise ValueError(f"decoder must be None, 'binomial' or 'bernoulli'; got {decoder!r}")
+    k_enc, k_cls, k_dec = jax.random.split(key, 3)
+    encoder = WeightEncoder((data_dim, width, 2 * latent_dim), input_scale=input_scale)
+    keys = jax.random.split(k_enc, len(encoder.sizes) - 1)
+    loc = []
+    for k, (a, b) in zip(keys, zip(encoder.sizes[:-1], encoder.sizes[1:], strict=False), strict=True):
+        loc += [jax.random.normal(k, (a * b,)) / np.sqrt(a), jnp.zeros(b)]
+    classifier = None if num_classes is None else LinearHead(eqx.nn.Linear(latent_dim, num_classes, key=k_cls))
+    dec = None if decoder is None else LinearHead(eqx.nn.Linear(latent_dim, data_dim, key=k_dec), decoder)
+    return TherML(
+        encoder,
+        StandardNormal(latent_dim),
+        dec,
+        classifier,
+        mean_field(jnp.concatenate(loc), posterior_scale),
+        StandardNormal(encoder.num_weights),
+    )
 
 
 def from_vae(vae) -> TherML:

@@ -12,6 +12,7 @@ import pytest
 from numpyro.infer import Trace_ELBO
 
 from klbook import bayes, therml, vae, vib
+from klbook.book import jit_once
 from klbook import semisup as ss
 from klbook.nn import categorical_head
 from klbook.recipe import KLObjective
@@ -31,12 +32,13 @@ def _grads_close(ga, gb):
 
 
 def _compare(ours, theirs, model, factor=1.0, same=(), gradients=True):
-    """Run both objectives and their gradients in one compiled program; compare loss, total, terms, gradients.
+    """Run both objectives and their gradients in one program, compiled cheaply (``jit_once``: it runs once);
+    compare loss, total, terms, gradients.
 
     ``same`` pairs (our term, their term) that must agree (the same draw, so only rounding may differ).
     """
 
-    @eqx.filter_jit
+    @jit_once
     def run(m):
         grad = lambda f: eqx.filter_grad(lambda mm: f(mm).loss)(m) if gradients else None  # noqa: E731
         return ours(m), theirs(m), grad(lambda mm: _Scaled(ours(mm), factor)), grad(theirs)
@@ -189,7 +191,7 @@ def test_full_objective_matches_numpyro_trace_elbo_value_and_gradient():
 
     def draws(fn, seed):
         keys = jax.random.split(jax.random.key(seed), reps)
-        values, grads = jax.jit(jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0)))(params, keys)
+        values, grads = jit_once(jax.vmap(jax.value_and_grad(fn), in_axes=(None, 0)))(params, keys)
         flat = jnp.concatenate([g.reshape(reps, -1) for g in jax.tree_util.tree_leaves(grads)], axis=1)
         return np.asarray(values)[:, None], np.asarray(flat)
 
@@ -205,7 +207,7 @@ def test_loss_is_the_papers_weighted_sum_and_total_the_unweighted_one_in_a_jitte
     x, y = _images(), _labels()
     gamma, sigma = 2.0, 0.3
     deltas = jnp.array([0.0, 0.5, 2.0])
-    sweep = jax.jit(
+    sweep = jit_once(
         jax.vmap(lambda d: therml.objective(KEY, m, x, y, delta=d, gamma=gamma, sigma=sigma, num_particles=3))
     )
     obj = sweep(deltas)
@@ -285,7 +287,7 @@ def test_missing_heads_with_nonzero_multipliers_are_refused():
     assert set(shapes.terms) == {"distortion", "rate"}
     # a traced non-zero multiplier for a missing head stops the program when it runs
     with pytest.raises(Exception, match="has no decoder"):
-        jax.jit(lambda d: therml.objective(KEY, vib_model, x, y, delta=d, gamma=1.0, sigma=0.0).loss)(1.0)
+        jit_once(lambda d: therml.objective(KEY, vib_model, x, y, delta=d, gamma=1.0, sigma=0.0).loss)(1.0)
     decoder_only = therml.TherML(decoder=lambda z: None, classifier=bayes.logistic)
     with pytest.raises(ValueError, match="a decoder was given without an encoder"):
         therml.objective(KEY, decoder_only, x, y, delta=0.0, gamma=1.0, sigma=0.0)
@@ -300,7 +302,7 @@ def test_bad_multipliers_are_refused(name, value):
     with pytest.raises(ValueError, match=match):
         therml.objective(KEY, m, x, y, **{**kw, name: value})
     with pytest.raises(Exception, match=match):  # traced: checked when the program runs
-        jax.jit(lambda v: therml.objective(KEY, m, x, y, **{**kw, name: v}).loss)(value)
+        jit_once(lambda v: therml.objective(KEY, m, x, y, **{**kw, name: v}).loss)(value)
 
 
 def test_shape_mismatches_are_refused():
@@ -333,3 +335,20 @@ def test_weight_encoder_reads_theta_as_its_layers():
         therml.mean_field(jnp.zeros(3), 0.0)
     mf = therml.mean_field(jnp.zeros(3), 0.5)
     _close(jnp.sqrt(mf().variance), jnp.full(3, 0.5))
+
+
+def test_weight_model_pieces():
+    """weight_model: theta is the encoder's weights with a mean-field posterior; priors and heads hold no trained array."""
+    m = therml.weight_model(jax.random.key(20), D, K, C, width=4, decoder="bernoulli")
+    enc = m.encoder
+    assert isinstance(enc, therml.WeightEncoder) and enc.sizes == (D, 4, 2 * K)
+    assert m.posterior.loc.shape == (enc.num_weights,)
+    _close(jnp.sqrt(m.posterior().variance), jnp.full(enc.num_weights, 0.05))
+    assert m.weight_prior().event_shape == (enc.num_weights,) and m.prior(5).batch_shape == (5,)
+    trained = [a.shape for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
+    assert sorted(trained) == sorted([(enc.num_weights,)] * 2 + [(D, K), (D,), (C, K), (C,)])
+    obj = jax.eval_shape(lambda: therml.objective(KEY, m, _images(), _labels(), delta=1.0, gamma=1.0, sigma=1.0))
+    assert set(obj.terms) == {"weights_rate", "rate", "distortion", "classification"}
+    assert therml.LinearHead(eqx.nn.Linear(K, D, key=KEY), "binomial", 4)(jnp.zeros((3, K))).event_shape == (D,)
+    with pytest.raises(ValueError, match="decoder must be None"):
+        therml.weight_model(KEY, D, K, C, decoder="gaussian")
