@@ -1,0 +1,364 @@
+"""klbook.varpred: the variational prediction bound against float64 closed forms and NumPyro's Trace_ELBO,
+its optimum on a conjugate model, the implicit augmented posterior, and refusals (eagerly and under jit)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from estimator_check import same_expectation, value_and_grad_draws
+
+from klbook import bayes, varpred
+
+N, DIM, NOISE, TAU = 30, 2, 1.0, 1.0
+
+
+def inv_softplus(s):
+    return np.log(np.expm1(s))
+
+
+@pytest.fixture(scope="module")
+def regression():
+    key = jax.random.key(0)
+    x = jax.random.normal(jax.random.fold_in(key, 0), (N, DIM))
+    y = x @ jnp.array([0.7, -0.4]) + NOISE * jax.random.normal(jax.random.fold_in(key, 1), (N,))
+    x_new = jax.random.normal(jax.random.fold_in(key, 2), (8, DIM))
+    prior = dist.Normal(jnp.zeros(DIM), TAU).to_event(1)
+    return x, y, x_new, prior
+
+
+def exact_predictive_params(x, y):
+    post = bayes.regression_posterior(x, y, NOISE, TAU)
+    chol = np.linalg.cholesky(post.cov)
+    raw = np.tril(chol, -1) + np.diag(inv_softplus(np.diag(chol)))
+    return {
+        "loc": jnp.asarray(post.mean, jnp.float32),
+        "tril": jnp.asarray(raw, jnp.float32),
+        "raw_noise": jnp.asarray(inv_softplus(NOISE), jnp.float32),
+    }
+
+
+def base_of(p):
+    tril = jnp.tril(p["tril"], -1) + jnp.diag(jax.nn.softplus(jnp.diag(p["tril"])))
+    return dist.MultivariateNormal(p["loc"], scale_tril=tril)
+
+
+def test_exact_predictive_and_augmented_posterior_give_minus_log_evidence_with_no_spread(regression):
+    """With both distributions exact the bound is tight draw by draw: total = -log q(D)/N, zero spread."""
+    x, y, x_new, prior = regression
+    pred = varpred.linear_predictive(exact_predictive_params(x, y))
+    aug = varpred.regression_augmented(x, y, NOISE, TAU)
+    out = varpred.objective(jax.random.key(1), pred, aug, prior, bayes.linear(NOISE), x, y, x_new, num_particles=4)
+    target = -bayes.regression_log_evidence(x, y, NOISE, TAU) / N
+    assert float(out.total) == pytest.approx(target, rel=2e-6)
+    assert float(out.mc_stderr["total"]) < 1e-5 * abs(target) and float(out.stderr["total"]) < 1e-5 * abs(target)
+    assert set(out.terms) == {"distortion", "rate", "prediction"} and out.dropped == ("y",)
+
+
+def test_exact_predictive_matches_its_closed_form(regression):
+    """linear_predictive at the posterior's parameters is N(x^T mu, sigma^2 + x^T S^-1 x) (float64 reference)."""
+    x, y, x_new, _ = regression
+    mean, var = varpred.regression_predictive(x, y, NOISE, TAU, x_new)
+    q = varpred.linear_predictive(exact_predictive_params(x, y))(x_new)
+    np.testing.assert_allclose(np.asarray(q.loc), mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(q.scale) ** 2, var, rtol=1e-5)
+
+
+# ----------------------------------------------------- the implicit augmented posterior (one step)
+
+
+def one_step_setup(x, y):
+    post = bayes.regression_posterior(x, y, NOISE, TAU)
+    chol = np.linalg.cholesky(post.cov * 1.5)
+    base = {
+        "loc": jnp.asarray(post.mean + 0.1, jnp.float32),
+        "tril": jnp.asarray(np.tril(chol, -1) + np.diag(inv_softplus(np.diag(chol))), jnp.float32),
+    }
+    pred = {
+        "loc": jnp.asarray(post.mean - 0.1, jnp.float32),
+        "tril": jnp.eye(DIM) * inv_softplus(0.3),
+        "raw_noise": jnp.asarray(inv_softplus(1.2), jnp.float32),
+    }
+    return {"pred": pred, "base": base, "raw_step": jnp.full(DIM, inv_softplus(0.2), jnp.float32)}
+
+
+def test_one_step_density_is_the_affine_gaussian_for_a_gaussian_likelihood(regression):
+    """For y ~ N(x^T theta, s^2) the step is affine, theta = A theta0 + c y: r is N(A m + c y, A C A^T).
+
+    Value (float64 reference with scipy) and gradient in the step size and base mean (against
+    the closed-form Gaussian differentiated by JAX) of the Newton-inverted log density."""
+    from scipy.stats import multivariate_normal
+
+    x, y, x_new, _ = regression
+    p = one_step_setup(x, y)
+    lik = bayes.linear(NOISE)
+    xq, yq = x_new[:1], jnp.array([0.8])
+
+    def closed(params, theta):
+        base, eps = base_of(params["base"]), jax.nn.softplus(params["raw_step"])
+        a = jnp.eye(DIM) - eps[:, None] * (xq.T @ xq) / NOISE**2
+        mean = a @ base.loc + eps * (xq.T @ yq) / NOISE**2
+        return dist.MultivariateNormal(mean, a @ base.covariance_matrix @ a.T).log_prob(theta)
+
+    def implicit(params, theta):
+        return varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))(xq, yq).log_prob(
+            theta
+        )
+
+    r = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))(xq, yq)
+    thetas = jax.vmap(lambda k: r.sample(k))(jax.random.split(jax.random.key(2), 6))
+    eps = np.log1p(np.exp(np.asarray(p["raw_step"], np.float64)))
+    xq64 = np.asarray(xq, np.float64)
+    a = np.eye(DIM) - eps[:, None] * (xq64.T @ xq64) / NOISE**2
+    base = base_of(p["base"])
+    m64, c64 = np.asarray(base.loc, np.float64), np.asarray(base.covariance_matrix, np.float64)
+    ref = multivariate_normal(a @ m64 + eps * (xq64[0] * 0.8) / NOISE**2, a @ c64 @ a.T).logpdf(
+        np.asarray(thetas, np.float64)
+    )
+    got = np.asarray(jax.jit(jax.vmap(lambda t: implicit(p, t)))(thetas), np.float64)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    grads = lambda fn: jax.jit(jax.vmap(jax.grad(fn, argnums=(0, 1)), in_axes=(None, 0)))(p, thetas)
+    for gi, gr in zip(jax.tree.leaves(grads(implicit)), jax.tree.leaves(grads(closed)), strict=True):
+        np.testing.assert_allclose(np.asarray(gi), np.asarray(gr), rtol=2e-3, atol=2e-4)
+
+
+def expected_total(p, x, y, x_new) -> float:
+    """The bound's expectation in closed form, float64 NumPy (independent of the module): nats per example.
+
+    theta = A theta0 + c y_new with theta0 ~ N(m, C) and y_new ~ N(mu_q, v_q) independent, so
+    every term is a Gaussian expectation of a quadratic."""
+    f = lambda a: np.asarray(a, np.float64)
+    sp = lambda a: np.log1p(np.exp(f(a)))
+    tb = f(p["base"]["tril"])
+    lb = np.tril(tb, -1) + np.diag(sp(np.diag(tb)))
+    m, cov = f(p["base"]["loc"]), lb @ lb.T
+    tq = f(p["pred"]["tril"])
+    lq = np.tril(tq, -1) + np.diag(sp(np.diag(tq)))
+    eps = sp(p["raw_step"])
+    x, y, d = f(x), f(y), len(m)
+    totals = []
+    for xq in f(x_new):
+        mu_q = xq @ f(p["pred"]["loc"])
+        v_q = sp(p["pred"]["raw_noise"]) ** 2 + np.sum((xq @ lq) ** 2)
+        a = np.eye(d) - eps[:, None] * np.outer(xq, xq) / NOISE**2
+        c = eps * xq / NOISE**2
+        r_cov = a @ cov @ a.T
+        mu_t, cov_t = a @ m + c * mu_q, r_cov + v_q * np.outer(c, c)
+        h_q = 0.5 * np.log(2 * np.pi * np.e * v_q)
+        h_r = 0.5 * np.linalg.slogdet(2 * np.pi * np.e * r_cov)[1]
+        prior = 0.5 * d * np.log(2 * np.pi * TAU**2) + (mu_t @ mu_t + np.trace(cov_t)) / (2 * TAU**2)
+        resid = y - x @ mu_t
+        data = 0.5 * N * np.log(2 * np.pi * NOISE**2) + (resid @ resid + np.trace(x @ cov_t @ x.T)) / (2 * NOISE**2)
+        k = 1 - xq @ c
+        err_mean, err_var = k * mu_q - xq @ a @ m, k**2 * v_q + xq @ a @ cov @ a.T @ xq
+        new = 0.5 * np.log(2 * np.pi * NOISE**2) + (err_mean**2 + err_var) / (2 * NOISE**2)
+        totals.append(-h_q - h_r + prior + data + new)
+    return float(np.mean(totals)) / N
+
+
+def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
+    """The Monte Carlo bound with the one-step r, value and gradient (300 keys), against the exact
+    expectation in float64 (gradient by central differences), within 5 standard errors."""
+    x, y, x_new, prior = regression
+    p = one_step_setup(x, y)
+    lik = bayes.linear(NOISE)
+
+    def loss(params, key):
+        aug = varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
+        pred = varpred.linear_predictive(params["pred"])
+        return varpred.objective(key, pred, aug, prior, lik, x, y, x_new[:4]).loss
+
+    values, grads = value_and_grad_draws(loss, p, 30)
+    ref = expected_total(p, x, y, x_new[:4])
+    assert abs(values.mean() - ref) < 5 * values.std(ddof=1) / np.sqrt(len(values)) + 1e-6
+    leaves, tree = jax.tree.flatten(p)
+    flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in leaves])
+
+    def at(v):
+        out, i = [], 0
+        for a in leaves:
+            out.append(v[i : i + a.size].reshape(a.shape))
+            i += a.size
+        return jax.tree.unflatten(tree, out)
+
+    h = 1e-5
+    ref_grad = np.array(
+        [
+            (expected_total(at(flat + h * e), x, y, x_new[:4]) - expected_total(at(flat - h * e), x, y, x_new[:4]))
+            / (2 * h)
+            for e in np.eye(flat.size)
+        ]
+    )
+    se = grads.std(0, ddof=1) / np.sqrt(grads.shape[0])
+    assert np.all(np.abs(grads.mean(0) - ref_grad) < 5 * se + 1e-6), (grads.mean(0), ref_grad, se)
+    assert se.max() > 0
+
+
+def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regression):
+    """The bound is the ELBO of the model theta -> (D, y_new) with y_new latent and the guide
+    y_new ~ predictive, theta ~ r(theta | y_new): Trace_ELBO().loss / N, value and gradient."""
+    from numpyro.infer import Trace_ELBO
+
+    x, y, x_new, prior = regression
+    p = one_step_setup(x, y)
+    lik = bayes.linear(NOISE)
+    xq = x_new[:1]
+
+    def parts(params):
+        aug = varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
+        return varpred.linear_predictive(params["pred"]), aug
+
+    def model(params):
+        theta = numpyro.sample("theta", prior)
+        with numpyro.plate("data", N):
+            numpyro.sample("y", lik(theta, x), obs=y)
+        numpyro.sample("y_new", lik(theta, xq))
+
+    def guide(params):
+        pred, aug = parts(params)
+        y_new = numpyro.sample("y_new", pred(xq))
+        numpyro.sample("theta", aug(xq, y_new))
+
+    recipe = lambda params, k: varpred.objective(k, *parts(params), prior, lik, x, y, xq).loss
+    elbo = lambda params, k: Trace_ELBO().loss(k, {}, model, guide, params) / N
+    r_values, r_grads = value_and_grad_draws(recipe, p, 31)
+    e_values, e_grads = value_and_grad_draws(elbo, p, 32)
+    same_expectation(r_values, e_values, "value")
+    same_expectation(r_grads, e_grads, "gradient")
+    assert r_grads.std(0).max() > 0
+
+
+# ------------------------------------------------------------------ the optimum, trained
+
+
+def train(loss, params, steps, lr=0.03):
+    opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.01))
+
+    @jax.jit
+    def run(params, key):
+        def step(carry, k):
+            prm, state = carry
+            g = jax.grad(loss)(prm, k)
+            upd, state = opt.update(g, state, prm)
+            return (optax.apply_updates(prm, upd), state), None
+
+        (prm, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, steps))
+        return prm
+
+    return run(params, jax.random.key(5))
+
+
+def test_trained_predictive_is_the_exact_posterior_predictive_on_a_conjugate_model():
+    """Unknown mean, known noise (x a column of ones): the one-step r can be exact there, so the
+    bound's optimum is the exact predictive N(m, s^2 + v). The paper's baseline r = s (no step)
+    instead learns the plug-in width s^2, narrower by v."""
+    n = 10
+    key = jax.random.key(3)
+    x = jnp.ones((n, 1))
+    y = 1.0 + NOISE * jax.random.normal(key, (n,))
+    prior = dist.Normal(jnp.zeros(1), TAU).to_event(1)
+    lik = bayes.linear(NOISE)
+    mean, var = varpred.regression_predictive(x, y, NOISE, TAU, np.ones((1, 1)))
+    v_post = var[0] - NOISE**2
+    init = {
+        "pred": {
+            "loc": jnp.zeros(1),
+            "tril": jnp.eye(1) * inv_softplus(0.1),
+            "raw_noise": jnp.asarray(inv_softplus(1.0)),
+        },
+        "base": {"loc": jnp.zeros(1), "tril": jnp.eye(1) * inv_softplus(0.5)},
+        "raw_step": jnp.full(1, inv_softplus(0.1)),
+    }
+
+    def loss_x(params, k, baseline=False):
+        base = base_of(params["base"])
+        aug = (
+            varpred.unconditional(base)
+            if baseline
+            else varpred.one_step(base, lik, jax.nn.softplus(params["raw_step"]))
+        )
+        pred = varpred.linear_predictive(params["pred"])
+        return varpred.objective(k, pred, aug, prior, lik, x, y, jnp.ones((16, 1)), num_particles=4).loss
+
+    fitted = train(loss_x, init, 3000)
+    q = varpred.linear_predictive(fitted["pred"])(jnp.ones((1, 1)))
+    sd = np.sqrt(var[0])
+    assert abs(float(q.loc[0]) - mean[0]) < 0.03 * sd, (float(q.loc[0]), mean[0])
+    assert abs(float(q.scale[0]) ** 2 / var[0] - 1) < 0.03, (float(q.scale[0]) ** 2, var[0])
+    plug = train(lambda p_, k: loss_x(p_, k, baseline=True), init, 3000)
+    qb = varpred.linear_predictive(plug["pred"])(jnp.ones((1, 1)))
+    assert abs(float(qb.scale[0]) ** 2 / NOISE**2 - 1) < 0.03 and float(qb.scale[0]) ** 2 < var[0] - 0.5 * v_post
+
+
+# ------------------------------------------------------------------------ refusals
+
+
+def test_bad_inputs_are_refused_by_name_eagerly_and_under_jit(regression):
+    x, y, x_new, prior = regression
+    lik = bayes.linear(NOISE)
+    pred = varpred.linear_predictive(exact_predictive_params(x, y))
+    aug = varpred.regression_augmented(x, y, NOISE, TAU)
+    key = jax.random.key(0)
+    cases = [
+        (lambda xx, yy, xn: varpred.objective(key, pred, aug, prior, lik, xx, yy[:, None], xn), "y must be"),
+        (lambda xx, yy, xn: varpred.objective(key, pred, aug, prior, lik, xx[:-1], yy, xn), "x must be"),
+        (lambda xx, yy, xn: varpred.objective(key, pred, aug, prior, lik, xx, yy, xn[:, :1]), "x_new must be"),
+        (lambda xx, yy, xn: varpred.objective(key, pred, aug, prior, lik, xx, yy, None), "x and x_new go together"),
+        (lambda xx, yy, xn: varpred.objective(key, pred, aug, prior, lik, xx, yy, xn, num_queries=3), "num_queries"),
+        (
+            lambda xx, yy, xn: varpred.objective(
+                key, lambda q: dist.Normal(jnp.zeros(3), 1.0), aug, prior, lik, xx, yy, xn
+            ),
+            "one scalar response",
+        ),
+        (
+            lambda xx, yy, xn: varpred.one_step(dist.Normal(jnp.zeros(2), 1.0), lik, jnp.ones(2))(xn[:1], yy[:1]),
+            "batch shape \\(\\), event shape \\(d,\\)",
+        ),
+        (
+            lambda xx, yy, xn: varpred.one_step(base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, jnp.ones(3))(
+                xn[:1], yy[:1]
+            ),
+            "step must have",
+        ),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            fn(x, y, x_new)
+        with pytest.raises(ValueError, match=msg):
+            jax.jit(lambda xx, yy, xn, fn=fn: (fn(xx, yy, xn), 0.0)[1])(x, y, x_new)
+    # values are checked where they are concrete (eagerly); under jit they are tracers
+    with pytest.raises(ValueError, match="y must be finite"):
+        varpred.objective(key, pred, aug, prior, lik, x, y.at[0].set(jnp.nan), x_new)
+    with pytest.raises(ValueError, match="step must be positive"):
+        varpred.one_step(base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, -jnp.ones(2))(x_new[:1], y[:1])
+    with pytest.raises(TypeError, match="PRNG key"):
+        varpred.objective(0, pred, aug, prior, lik, x, y, x_new)
+
+
+def test_jit_equals_eager(regression):
+    x, y, x_new, prior = regression
+    lik = bayes.linear(NOISE)
+    p = one_step_setup(x, y)
+    aug = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))
+    pred = varpred.linear_predictive(p["pred"])
+    run = lambda k: varpred.objective(k, pred, aug, prior, lik, x, y, x_new, num_particles=2).total
+    key = jax.random.key(4)
+    assert float(jax.jit(run)(key)) == pytest.approx(float(run(key)), rel=1e-5)
+
+
+def test_held_out_is_the_mean_log_density_with_its_standard_error(regression):
+    x, y, x_new, _ = regression
+    pred = varpred.linear_predictive(exact_predictive_params(x, y))
+    y_new = jnp.arange(8.0) / 8
+    mean, se = varpred.held_out(pred, x_new, y_new)
+    lp = np.asarray(pred(x_new).log_prob(y_new), np.float64)
+    assert float(mean) == pytest.approx(lp.mean(), rel=1e-6) and float(se) == pytest.approx(
+        lp.std(ddof=1) / np.sqrt(8), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="y_new must be"):
+        varpred.held_out(pred, x_new, y_new[:, None])
