@@ -362,3 +362,24 @@ def test_held_out_is_the_mean_log_density_with_its_standard_error(regression):
     )
     with pytest.raises(ValueError, match="y_new must be"):
         varpred.held_out(pred, x_new, y_new[:, None])
+
+
+def test_sampled_held_out_of_repeated_draws_is_the_plug_in_and_logistic_predictive_widens():
+    """S copies of one theta give the plug-in log likelihood; logistic_predictive with L -> 0 is the plug-in
+    logistic model, and with a spread its probabilities move towards 1/2 (the probit widening)."""
+    key = jax.random.key(6)
+    x_new = jax.random.normal(key, (12, DIM))
+    theta = jnp.array([1.5, -2.0])
+    y_new = (x_new @ theta > 0).astype(jnp.float32)
+    mean, se = varpred.sampled_held_out(bayes.logistic, jnp.stack([theta] * 5), x_new, y_new)
+    lp = np.asarray(bayes.logistic(theta, x_new).log_prob(y_new), np.float64)
+    assert float(mean) == pytest.approx(lp.mean(), rel=1e-5) and float(se) == pytest.approx(
+        lp.std(ddof=1) / np.sqrt(12), rel=1e-4
+    )
+    tiny = {"loc": theta, "tril": jnp.eye(DIM) * -30.0}
+    p0 = varpred.logistic_predictive(tiny)(x_new).probs
+    np.testing.assert_allclose(np.asarray(p0), np.asarray(jax.nn.sigmoid(x_new @ theta)), rtol=1e-5, atol=1e-6)
+    wide = varpred.logistic_predictive({"loc": theta, "tril": jnp.eye(DIM) * inv_softplus(2.0)})(x_new).probs
+    assert np.all(np.abs(np.asarray(wide) - 0.5) < np.abs(np.asarray(p0) - 0.5))
+    with pytest.raises(ValueError, match="y_new must be"):
+        varpred.sampled_held_out(bayes.logistic, jnp.stack([theta] * 5), x_new, y_new[:, None])
