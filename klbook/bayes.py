@@ -53,7 +53,7 @@ from scipy.special import betaln
 from klbook._checks import is_concrete
 from klbook.divergence import gaussian_kl as _gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import FitResult, fit
+from klbook.train import Devices, FitResult, fit
 
 __all__ = [
     "NAMES",
@@ -215,6 +215,41 @@ def init_gaussian(dim: int, full_rank: bool, scale: float = 0.1) -> dict:
     return {"loc": jnp.zeros(dim), "raw_scale": jnp.full(dim, raw)}
 
 
+def _check_stacked(family: Callable, params, prior, betas) -> jax.Array:
+    """``betas [B]`` checked, and ``params`` checked to carry one parameter set per β on a leading axis.
+
+    Eager, before anything is traced: each leaf must have a leading axis of size ``B``, and
+    ``family(params[0])`` must be one draw of the prior's shape. Without this, unstacked parameters
+    reach ``jax.vmap`` and fail with a message about mapped axes or ``reinterpreted_batch_ndims``.
+    """
+    betas = jnp.asarray(betas, jnp.float32)
+    if betas.ndim != 1 or betas.size == 0 or not bool(jnp.all(jnp.isfinite(betas))):
+        raise ValueError(f"betas must be a non-empty vector of finite numbers, one per fit; got {betas}")
+    count = int(betas.shape[0])
+    hint = (
+        f"params must carry a leading axis of len(betas) = {count}, one parameter set per beta "
+        f"(e.g. jax.tree.map(lambda a: jnp.stack([a] * {count}), params))"
+    )
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params holds no arrays")
+    for leaf in leaves:
+        shape = jnp.shape(leaf)
+        if len(shape) == 0 or shape[0] != count:
+            raise ValueError(f"{hint}; got a leaf of shape {shape}")
+    member = jax.tree.map(lambda a: jnp.asarray(a)[0], params)
+    try:
+        shape = tuple(family(member).shape())
+    except (ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"{hint}; family(params[0]) fails: {err}") from err
+    if shape != tuple(prior.shape()):
+        raise ValueError(
+            f"{hint}: family(params[0]) has shape {shape}, the prior {tuple(prior.shape())} "
+            "(a set of parameters missing its beta axis?)"
+        )
+    return betas
+
+
 def fit_posterior(
     key,
     family: Callable,
@@ -231,6 +266,7 @@ def fit_posterior(
     learning_rate: float = 0.01,
     desc: str | None = None,
     progress: bool = True,
+    devices: Devices = None,
 ) -> FitResult:
     """Minimise :func:`objective` over ``params`` of ``family(params)``, one fit per β in ``betas``.
 
@@ -239,10 +275,15 @@ def fit_posterior(
     parameter by itself) but compile once. Adam with a cosine-decayed learning rate, which anneals
     the gradient noise. Batches of ``batch_size`` rows are drawn by :func:`klbook.train.fit` (all
     rows when ``None``) and ``data_size=N`` is passed, so the rate is KL/N at every batch size.
+    Parameters without the leading β axis are refused by name before anything is compiled.
+    ``devices`` splits each batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device); the batch size (``N`` when
+    ``batch_size`` is None) must divide by their number, or a ``ValueError`` naming both is
+    raised before anything compiles.
     """
     n = int(jnp.shape(y)[0])
     rows = (y,) if x is None else (x, y)
-    betas = jnp.asarray(betas, jnp.float32)
+    betas = _check_stacked(family, params, prior, betas)
 
     def loss(p, k, batch):
         def one(pi, beta, ki):
@@ -266,6 +307,7 @@ def fit_posterior(
         batch_size=batch_size,
         desc=desc,
         progress=progress,
+        devices=devices,
     )
 
 

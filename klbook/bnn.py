@@ -52,7 +52,7 @@ from klbook._checks import check_finite, check_positive
 from klbook.divergence import NoClosedFormError, check_key, kl
 from klbook.nn import mlp
 from klbook.recipe import KLObjective
-from klbook.train import FitResult, fit
+from klbook.train import Devices, FitResult, fit
 
 __all__ = [
     "Network",
@@ -355,6 +355,7 @@ def fit_posterior(
     learning_rate: float = 1e-2,
     progress: bool = True,
     desc: str | None = None,
+    devices: Devices = None,
 ) -> FitResult:
     """Train mean-field posteriors, one per β in ``betas``, on minibatches (compiled once).
 
@@ -367,15 +368,20 @@ def fit_posterior(
     :func:`klbook.train.fit`), so two fits with the same key and batch size see the same batches.
     ``history`` has ``loss`` and ``total, beta=...`` per step. ``x [N, in_size]``, ``y [N]``
     (floats for regression, integer labels for classification).
+    ``devices`` splits each batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device); the batch size (``N`` when
+    ``batch_size`` is None) must divide by their number, or a ``ValueError`` naming both is
+    raised before anything compiles.
 
     Raises:
         ValueError: ``x`` and ``y`` of mismatched or wrong shapes, a feature count the network
-            does not take, or non-finite data (eagerly, before compiling).
+            does not take, or non-finite data; ``params`` without the leading ``[len(betas)]``
+            axis (eagerly, before compiling).
     """
     check_key(key)
     x, y = _check_xy(likelihood, x, y)
     n = int(y.shape[0])
-    betas = jnp.asarray(betas, jnp.float32)
+    betas = bayes._check_stacked(bayes.gaussian, params, prior, betas)  # the leading beta axis, named
     one = objective_lrt if local_reparam else objective
 
     def loss(p, k, batch):
@@ -399,6 +405,7 @@ def fit_posterior(
         batch_size=batch_size,
         desc=desc,
         progress=progress,
+        devices=devices,
     )
 
 
@@ -415,6 +422,7 @@ def fit_point(
     learning_rate: float = 1e-2,
     progress: bool = True,
     desc: str | None = None,
+    devices: Devices = None,
 ) -> FitResult:
     r"""A deterministic network of the same size: maximum likelihood, or MAP with ``prior``.
 
@@ -425,7 +433,7 @@ def fit_point(
     rate, as :func:`fit_posterior`: with the same ``key`` and ``batch_size`` both see the same
     minibatches. Chapter 11's deterministic baselines. Raises ``ValueError`` on bad data, as
     :func:`fit_posterior`. ``history`` has ``loss`` and ``distortion`` (the batch's mean
-    negative log-likelihood).
+    negative log-likelihood). ``devices`` as in :func:`fit_posterior`.
     """
     check_key(key)
     x, y = _check_xy(likelihood, x, y)
@@ -448,6 +456,7 @@ def fit_point(
         batch_size=batch_size,
         desc=desc,
         progress=progress,
+        devices=devices,
     )
 
 

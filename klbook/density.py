@@ -42,7 +42,7 @@ except ModuleNotFoundError as err:
 from klbook._checks import check_finite
 from klbook.divergence import MCEstimate, check_key, gaussian_kl
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import FitResult, fit
+from klbook.train import Devices, FitResult, fit
 
 __all__ = [
     "GaussianMixture",
@@ -249,12 +249,17 @@ def fit_density(
     learning_rate: float = 0.05,
     batch_size: int | None = None,
     progress: bool = False,
+    devices: Devices = None,
 ) -> FitResult:
     """Fit a mixture of ``num_components`` Gaussians to ``x [N, D]`` through the recipe.
 
     Adam with a cosine-decayed learning rate from ``learning_rate``; the full data every step
     unless ``batch_size`` is given. Returns :class:`klbook.train.FitResult` (params, history
     of ``loss``, ``cross_entropy`` and, with ``truth``, ``kl``).
+    ``devices`` splits each batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device); the batch size (``N`` when
+    ``batch_size`` is None) must divide by their number, or a ``ValueError`` naming both is
+    raised before anything compiles.
     """
     check_key(key)
     x = _check_data(x)
@@ -270,6 +275,7 @@ def fit_density(
         data=x,
         batch_size=batch_size,
         progress=progress,
+        devices=devices,
     )
 
 
@@ -299,6 +305,7 @@ def fit_density_restarts(
     truth: dist.Distribution | None = None,
     num_steps: int = 1000,
     learning_rate: float = 0.05,
+    devices: Devices = None,
 ) -> MixtureFit:
     """Fit ``num_inits`` mixtures from different starts at once and keep the best by training likelihood.
 
@@ -308,6 +315,8 @@ def fit_density_restarts(
     compiled, vmapped loop (their losses summed, so each keeps its own gradient and Adam state).
     The run with the lowest training cross-entropy at its final parameters is returned. The
     runs share no randomness with :func:`fit_density` (same key, different starts).
+    ``devices`` splits the rows of ``x`` over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device; ``N`` must divide by their number).
 
     Raises:
         ValueError: if ``num_inits`` is not a positive integer (and as :func:`init_mixture`).
@@ -326,7 +335,9 @@ def fit_density_restarts(
         return jnp.sum(losses), {f"{name}/{i}": v[i] for name, v in terms.items() for i in range(num_inits)}
 
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps))
-    result = fit(k_fit, loss, stacked, num_steps=num_steps, optimizer=optimizer, data=x, progress=False)
+    result = fit(
+        k_fit, loss, stacked, num_steps=num_steps, optimizer=optimizer, data=x, progress=False, devices=devices
+    )
     final = np.asarray(_final_cross_entropy(result.params, x), np.float64)  # [num_inits]
     best = int(np.argmin(final))
     params = jax.tree.map(lambda a: a[best], result.params)

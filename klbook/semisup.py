@@ -60,9 +60,10 @@ from klbook._compile import filter_jit_once
 from klbook.divergence import check_key
 from klbook.nn import binomial_head, categorical_head, categorical_probs, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import fit, init_stacked, member, stack_size
+from klbook.train import Devices, _check_positive_int, _split_for, fit, init_stacked, member, stack_size
 
 __all__ = [
+    "MIN_SCALE",
     "POST_NAMES",
     "M2_NAMES",
     "CodeModel",
@@ -122,6 +123,30 @@ def _check(x, y, data_dim: int, num_classes: int, total_count: int, y_name: str 
     return x, y
 
 
+def _check_codes(z, latent_dim: int) -> jax.Array:
+    """Codes ``z [N, latent_dim]`` (one per example), checked by shape: eagerly and under ``jit`` alike."""
+    z = jnp.asarray(z)
+    if z.ndim != 2 or z.shape[-1] != latent_dim:
+        raise ValueError(f"z must have shape [N, {latent_dim}] (one code per example); got {z.shape}")
+    return z
+
+
+#: Floor on the standard deviations of the class components :math:`q(z\mid y)` (as
+#: :func:`klbook.nn.gaussian_head`'s ``min_scale``): a component cannot collapse to a point.
+MIN_SCALE = 1e-4
+
+
+def _floored_scale(log_scales) -> jax.Array:
+    r""":math:`\max(e^{s}, \sigma_{\min})` in value, with the gradient of :math:`e^{s}` everywhere.
+
+    Above the floor this is ``exp(log_scales)`` bit for bit (the added term is exactly zero); below
+    it the value stays at :data:`MIN_SCALE`, and the gradient is still ``exp``'s own, so a component
+    pushed to the floor can grow back rather than freeze (a plain ``maximum`` would pass no gradient).
+    """
+    scale = jnp.exp(log_scales)
+    return scale + jax.lax.stop_gradient(jnp.maximum(scale, MIN_SCALE) - scale)
+
+
 class _Code(eqx.Module):
     """What the post's two parametrisations share: the encoder, the decoder and reading the head at the code's mean."""
 
@@ -142,9 +167,9 @@ class _Code(eqx.Module):
         return gaussian_head(jax.vmap(m.encoder)(x / m.total_count))
 
     def decode(self, z) -> dist.Distribution:
-        """:math:`q(x\\mid z)`, binomial pixels out of ``total_count``: batch ``(N,)``, event ``(D,)``."""
+        """:math:`q(x\\mid z)` for codes ``z [N, K]``, pixels out of ``total_count``: batch ``(N,)``, event ``(D,)``."""
         m = self._model()
-        return binomial_head(jax.vmap(m.decoder)(z), m.total_count)
+        return binomial_head(jax.vmap(m.decoder)(_check_codes(z, m.latent_dim)), m.total_count)
 
     def predict(self, x) -> jax.Array:
         """Class probabilities :math:`q(y\\mid \\mu(x))` read at the code's mean, ``[N, C]``."""
@@ -169,7 +194,7 @@ class CodeModel(_Code):
 
     def classify(self, z) -> dist.Distribution:
         """:math:`q(y\\mid z)` for codes ``z [N, K]``: batch ``(N,)``."""
-        return categorical_head(jax.vmap(self.head)(z))
+        return categorical_head(jax.vmap(self.head)(_check_codes(z, self.latent_dim)))
 
     def prior(self, n: int) -> dist.Distribution:
         """:math:`q(z) = \\mathcal{N}(0, I)`: batch ``(n,)``."""
@@ -188,7 +213,8 @@ class _Mixture(eqx.Module):
         """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
         m = self._mixture()
         shape = (n, m.num_classes, m.latent_dim)
-        return dist.Normal(jnp.broadcast_to(m.locs, shape), jnp.broadcast_to(jnp.exp(m.log_scales), shape)).to_event(1)
+        scale = _floored_scale(m.log_scales)  # never below MIN_SCALE
+        return dist.Normal(jnp.broadcast_to(m.locs, shape), jnp.broadcast_to(scale, shape)).to_event(1)
 
     def prior(self, n: int) -> dist.Distribution:
         """:math:`q(z) = \\sum_y q(y)\\,q(z\\mid y)`, the classes' mixture: batch ``(n,)``, event ``(K,)``."""
@@ -200,9 +226,10 @@ class MixtureCodeModel(_Code, _Mixture):
     r"""The post's model with the tied model's prior but a *separate* head: the control that isolates the tying.
 
     The prior is a mixture of ``num_classes`` diagonal Gaussians (``locs [C, K]``,
-    ``log_scales [C, K]``), as in :class:`TiedCodeModel`, and the head :math:`q(y\mid z)` is a
-    network of its own (``head [K] -> [C]``), as in :class:`CodeModel`: the prior family is the
-    tied model's, but an image without a label still never trains the head.
+    ``log_scales [C, K]``; standard deviations never below :data:`MIN_SCALE`), as in
+    :class:`TiedCodeModel`, and the head :math:`q(y\mid z)` is a network of its own
+    (``head [K] -> [C]``), as in :class:`CodeModel`: the prior family is the tied model's, but an
+    image without a label still never trains the head.
     """
 
     encoder: Callable
@@ -217,7 +244,7 @@ class MixtureCodeModel(_Code, _Mixture):
 
     def classify(self, z) -> dist.Distribution:
         """:math:`q(y\\mid z)` for codes ``z [N, K]``: batch ``(N,)``."""
-        return categorical_head(jax.vmap(self.head)(z))
+        return categorical_head(jax.vmap(self.head)(_check_codes(z, self.latent_dim)))
 
 
 class TiedCodeModel(_Code, _Mixture):
@@ -226,8 +253,9 @@ class TiedCodeModel(_Code, _Mixture):
 
     The dream world's :math:`q(z)\,q(y\mid z)` is written as :math:`q(y)\,q(z\mid y)`, with
     :math:`q(y)` uniform over the classes and :math:`q(z\mid y) = \mathcal{N}(\mu_y,
-    \operatorname{diag}\sigma_y^2)` (``locs [C, K]``, ``log_scales [C, K]``). Then the prior is the
-    mixture :math:`q(z) = \sum_y q(y)\,q(z\mid y)` and the head is its Bayes posterior
+    \operatorname{diag}\sigma_y^2)` (``locs [C, K]``, ``log_scales [C, K]``: :math:`\sigma_y =
+    \max(e^{s_y}, \sigma_{\min})` with :data:`MIN_SCALE`, which no component shrinks below). Then
+    the prior is the mixture :math:`q(z) = \sum_y q(y)\,q(z\mid y)` and the head is its Bayes posterior
     :math:`q(y\mid z) = q(y)\,q(z\mid y)/q(z)`: the same joint, so :func:`post_real_world` and
     :func:`post_dream_world` serve unchanged. Because the head's parameters are the prior's, the
     rate :math:`\log p(z\mid x)/q(z)` of an image *without* a label trains the head too.
@@ -245,9 +273,7 @@ class TiedCodeModel(_Code, _Mixture):
 
     def classify(self, z) -> dist.Distribution:
         """:math:`q(y\\mid z) \\propto q(y)\\,q(z\\mid y)` for codes ``z [N, K]``: batch ``(N,)``."""
-        z = jnp.asarray(z)
-        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
+        z = _check_codes(z, self.latent_dim)
         return categorical_head(
             jnp.asarray(self.components(z.shape[0]).log_prob(z[:, None, :]))
         )  # q(y) uniform: a constant
@@ -292,9 +318,7 @@ class M2(eqx.Module):
 
         Labels are checked as in :meth:`encode`.
         """
-        z = jnp.asarray(z)
-        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape [N, {self.latent_dim}]; got {z.shape}")
+        z = _check_codes(z, self.latent_dim)
         y = jnp.asarray(y)
         if y.shape != z.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
             raise ValueError(f"y must be integer labels of shape ({z.shape[0]},); got {y.shape}, {y.dtype}")
@@ -634,11 +658,17 @@ class Split(NamedTuple):
     unlabelled: np.ndarray
 
 
-def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
+def split_labelled(key, y, per_class: int, num_splits: int = 1, *, num_classes: int | None = None) -> Split:
     """``num_splits`` random splits of the labels ``y [N]``: ``per_class`` labelled images of each
     class, the rest unlabelled.
 
-    Raises ValueError if a class has fewer than ``per_class`` images.
+    The classes are ``0..num_classes-1`` (default ``max(y) + 1``); every one of them must have at
+    least ``per_class`` images, so a class absent from ``y`` is refused by name rather than left
+    out of the labelled set without a word. Pass ``num_classes`` to catch a missing last class too.
+
+    Raises:
+        ValueError: labels outside ``0..num_classes-1``, or a class with fewer than ``per_class``
+            images (none at all included).
     """
     check_key(key)
     y = np.asarray(y)
@@ -646,7 +676,15 @@ def split_labelled(key, y, per_class: int, num_splits: int = 1) -> Split:
         raise ValueError(f"y must be integer labels of shape (N,); got {y.shape}, {y.dtype}")
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise ValueError(f"per_class must be a positive integer; got {per_class!r}")
-    classes, counts = np.unique(y, return_counts=True)
+    if y.size == 0:
+        raise ValueError("y holds no labels")
+    if num_classes is None:
+        num_classes = int(y.max()) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}; got {y.min()}..{y.max()}")
+    classes, counts = np.arange(num_classes), np.bincount(y, minlength=num_classes)
     if counts.min() < per_class:
         raise ValueError(
             f"class {classes[counts.argmin()]} has {counts.min()} images, fewer than per_class={per_class}"
@@ -709,6 +747,7 @@ def fit_models(
     optimizer: optax.GradientTransformation | None = None,
     progress: bool = True,
     desc: str = "models",
+    devices: Devices = None,
 ) -> tuple[eqx.Module, dict[str, np.ndarray]]:
     r"""Train one model per entry of ``weights`` at once: parameters stacked, one vmapped, compiled loop.
 
@@ -723,6 +762,10 @@ def fit_models(
     row per model. ``optimizer`` defaults to ``optax.adam(1e-3)``; :func:`per_model_adam` gives each
     model its own step size. Returns the stacked models (see :func:`model_at`) and the history
     (``loss`` and each term summed over models).
+
+    ``devices`` splits each batch of unlabelled rows over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device; the batch size must divide by their number,
+    or a ``ValueError`` naming both is raised before anything compiles).
     """
     check_key(key)
     weights = jnp.asarray(weights, jnp.float32)
@@ -737,6 +780,9 @@ def fit_models(
     x_l, y_l = x[split.labelled], y[split.labelled]  # [M, L, D], [M, L]
     x_u = x[split.unlabelled]  # [M, U, D]
     n_u = int(split.unlabelled.shape[1])
+    _split_for(
+        devices, n_u, _check_positive_int(batch_size, "batch_size")
+    )  # the devices and the batch checked before the models are built
     k_init, k_fit = jax.random.split(key)
     models = init_stacked(make, jax.random.split(k_init, m))
 
@@ -762,6 +808,7 @@ def fit_models(
         optimizer=optax.adam(1e-3) if optimizer is None else optimizer,
         progress=progress,
         desc=f"{m} {desc}",
+        devices=devices,
     )
     return res.params, res.history
 

@@ -34,7 +34,7 @@ import optax
 from klbook._checks import check_finite, is_concrete
 from klbook.nn import categorical_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import FitResult, fit
+from klbook.train import Devices, FitResult, fit
 
 __all__ = [
     "NAMES",
@@ -154,11 +154,16 @@ def train(
     batch_size: int = 128,
     learning_rate: float = 3e-3,
     progress: bool = True,
+    devices: Devices = None,
 ) -> FitResult:
     """Minimise the recipe's KL (the cross-entropy) with Adam on minibatches of ``(x, y)``.
 
     Returns:
         :class:`klbook.train.FitResult`; ``history`` has ``loss``, ``inputs`` and ``classification``.
+
+    ``devices`` splits each batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device; the batch size must divide by their number,
+    or a ``ValueError`` naming both is raised before anything compiles).
     """
     x, y = _check(net, x, y)
     return fit(
@@ -171,6 +176,7 @@ def train(
         batch_size=batch_size,
         progress=progress,
         desc="classifier",
+        devices=devices,
     )
 
 
@@ -203,13 +209,14 @@ def train_ensemble(
     batch_size: int = 128,
     learning_rate: float = 3e-3,
     progress: bool = True,
+    devices: Devices = None,
 ) -> FitResult:
     """Train a stack of classifiers (:func:`ensemble`) together, in one compiled loop.
 
     Each member minimises its own recipe KL on the shared minibatches: the loss is the sum of
     the members' cross-entropies, whose gradient with respect to one member's weights is that
     member's own gradient (Adam scales each weight separately). ``history["classification"]``
-    is the members' mean.
+    is the members' mean. ``devices`` as in :func:`train`.
     """
     x, y = _check(member(nets, 0), x, y)
 
@@ -227,6 +234,7 @@ def train_ensemble(
         batch_size=batch_size,
         progress=progress,
         desc="ensemble",
+        devices=devices,
     )
 
 

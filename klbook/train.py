@@ -63,6 +63,8 @@ __all__ = [
 ]
 
 LossFn = Callable[[Any, jax.Array, Any], Any]
+#: What ``devices=`` accepts here and in every helper that trains through :func:`fit`.
+Devices = int | Sequence[Any] | None
 
 
 class FitState(NamedTuple):
@@ -225,6 +227,22 @@ def _check_divides(rows: int, count: int, what: str) -> None:
             f"each device takes an equal share of the batch. Pick a {what} that is a multiple of {count}, "
             "or pass devices=1 (one device) or devices=<a count that divides it>"
         )
+
+
+def _split_for(devices: Any, rows: int | None, batch_size: int | None) -> _Split | None:
+    """The split of each batch over ``devices`` (None: one device), refusing a batch that does not divide.
+
+    ``rows``: the rows of ``data`` (None without data: nothing to split); ``batch_size`` checked already.
+    Eager and cheap, so helpers call it before building their models.
+    """
+    chosen = _resolve_devices(devices)
+    if len(chosen) == 1 or rows is None:  # no data: no batch to split, one device runs it
+        return None
+    if batch_size is None:
+        _check_divides(rows, len(chosen), "the number of rows of data (batch_size=None uses them all each step)")
+    else:
+        _check_divides(batch_size, len(chosen), "batch_size")
+    return _Split(chosen)
 
 
 def _sample_batch(key: jax.Array, data: Any, n: int, batch_size: int | None) -> Any:
@@ -417,14 +435,7 @@ def fit(
             batch_size = _check_positive_int(batch_size, "batch_size")
     elif batch_size is not None:
         raise ValueError("batch_size was given but data is None; pass the data to draw batches from")
-    split = None
-    chosen = _resolve_devices(devices)
-    if len(chosen) > 1 and data is not None:  # no data: no batch to split, one device runs it
-        if batch_size is None:
-            _check_divides(n, len(chosen), "the number of rows of data (batch_size=None uses them all each step)")
-        else:
-            _check_divides(batch_size, len(chosen), "batch_size")
-        split = _Split(chosen)
+    split = _split_for(devices, None if data is None else n, batch_size)
     if chunk_size is None:
         chunk_size = math.ceil(num_steps / 50)
     chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), num_steps)
@@ -665,6 +676,9 @@ def fit_stacked(
         )
     if isinstance(terms, str) or not all(isinstance(t, str) for t in terms):
         raise TypeError(f"terms must be a tuple of term names; got {terms!r}")
+    if data is not None:  # the devices and the batch checked before the models are built
+        checked = None if batch_size is None else _check_positive_int(batch_size, "batch_size")
+        _split_for(devices, _data_size(data), checked)
     k_init, k_fit = jax.random.split(key)
     models = init_stacked(make, jax.random.split(k_init, weights.size))
     count = weights.size

@@ -39,7 +39,7 @@ from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key, kl
 from klbook.nn import bernoulli_head, binomial_head, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import fit_stacked, member
+from klbook.train import Devices, fit_stacked, member
 
 __all__ = [
     "VAE",
@@ -329,6 +329,7 @@ def fit_betas(
     batch_size: int = 128,
     optimizer: optax.GradientTransformation | None = None,
     progress: bool = True,
+    devices: Devices = None,
 ) -> tuple[VAE, dict[str, np.ndarray]]:
     r"""Train one β-VAE per β, all at once: parameters stacked, one vmapped, compiled loop.
 
@@ -337,6 +338,10 @@ def fit_betas(
     its own (:func:`klbook.train.fit_stacked`). Returns the stacked models (leading axis
     ``len(betas)``; see :func:`model_at`) and the history ``name -> [num_steps]`` with ``rate/i``
     and ``distortion/i`` per model.
+
+    ``devices`` splits each shared batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device; ``batch_size`` must divide by their number,
+    or a ``ValueError`` naming both is raised before anything compiles).
     """
     check_key(key)
     grid = jnp.asarray(betas, jnp.float32)
@@ -353,6 +358,7 @@ def fit_betas(
         optimizer=optimizer,
         progress=progress,
         desc=f"{grid.size} beta-VAEs",
+        devices=devices,
     )
 
 

@@ -53,7 +53,7 @@ from klbook._checks import check_finite, is_concrete
 from klbook.divergence import check_key
 from klbook.nn import categorical_head, categorical_probs, diagonal_normal, gaussian_head, mlp
 from klbook.recipe import KLObjective, data, kl_objective
-from klbook.train import fit_stacked, member
+from klbook.train import Devices, fit_stacked, member
 
 __all__ = [
     "NAMES",
@@ -245,6 +245,7 @@ def fit_betas(
     batch_size: int = 128,
     optimizer: optax.GradientTransformation | None = None,
     progress: bool = True,
+    devices: Devices = None,
 ) -> tuple[VIB, dict[str, np.ndarray]]:
     r"""Train one VIB per β at once: parameters stacked, one vmapped, compiled loop.
 
@@ -254,6 +255,10 @@ def fit_betas(
     does the training. Returns the stacked models
     (leading axis ``len(betas)``; see :func:`model_at`) and the history with ``rate/i`` and
     ``classification/i`` per model.
+
+    ``devices`` splits each shared batch over several devices, as in :func:`klbook.train.fit`
+    (``None``: every local device; ``1``: one device; ``batch_size`` must divide by their number,
+    or a ``ValueError`` naming both is raised before anything compiles).
     """
     check_key(key)
     grid = jnp.asarray(betas, jnp.float32)
@@ -271,6 +276,7 @@ def fit_betas(
         terms=("rate", "classification"),
         progress=progress,
         desc=f"{grid.size} VIBs",
+        devices=devices,
     )
 
 

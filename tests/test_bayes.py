@@ -254,3 +254,23 @@ def test_coin_objective_is_numpyros_negative_elbo_with_no_inputs():
     e_values, e_grads = value_and_grad_draws(elbo, params, 23)
     same_expectation(r_values, e_values, "value")
     same_expectation(r_grads, e_grads, "gradient")
+
+
+def test_fit_posterior_names_a_missing_beta_axis(regression):
+    """Issue 22: unstacked params reached jax.vmap ("inconsistent sizes", "reinterpreted_batch_ndims")."""
+    x, y, prior = regression
+    one = bayes.init_gaussian(DIM, False)  # {"loc": [DIM], ...}: no leading beta axis
+    fit = lambda params, betas: bayes.fit_posterior(  # noqa: E731
+        jax.random.key(0), bayes.gaussian, params, prior, bayes.linear(NOISE), x, y, betas=betas, num_steps=1,
+        progress=False)
+    with pytest.raises(ValueError, match=r"leading axis of len\(betas\) = 1.*got a leaf of shape \(2,\)"):
+        fit(one, (1.0,))
+    # betas as many as the weights: every leaf "has" the axis; family(params[0]) is what gives it away
+    with pytest.raises(ValueError, match=r"leading axis of len\(betas\) = 2.*family\(params\[0\]\)"):
+        fit(one, (1.0, 2.0))
+    with pytest.raises(ValueError, match=r"leading axis of len\(betas\) = 3"):
+        fit(stack(one, 2), (1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="betas must be a non-empty vector"):
+        fit(stack(one, 1), ())
+    res = fit(stack(one, 2), (1.0, 2.0))  # stacked: accepted
+    assert set(res.history) == {"loss", "total, beta=1", "total, beta=2"}

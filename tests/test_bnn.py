@@ -254,3 +254,14 @@ def test_objective_is_numpyros_mean_field_elbo_per_example_value_and_gradient(re
         same(rv, ev, ("value", analytic))
         same(rg, eg, ("gradient", analytic))
         assert rg.std(0).max() > 0
+
+
+def test_fit_posterior_names_a_missing_beta_axis(regression):
+    """Issue 22: posterior parameters without the leading [len(betas)] axis are refused by name."""
+    x, y, net, lik, prior, params = regression  # params {"loc": [W], "raw_scale": [W]}: one set, unstacked
+    for betas in ((1.0,), (1.0,) * net.num_weights):
+        with pytest.raises(ValueError, match=rf"leading axis of len\(betas\) = {len(betas)}"):
+            bnn.fit_posterior(jax.random.key(0), params, prior, lik, x, y, betas=betas, num_steps=1, progress=False)
+    res = bnn.fit_posterior(jax.random.key(0), jax.tree.map(lambda a: a[None], params), prior, lik, x, y,
+                            num_steps=1, batch_size=8, progress=False)
+    assert np.all(np.isfinite(res.history["loss"]))

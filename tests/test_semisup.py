@@ -466,3 +466,71 @@ def test_supervised_objective_is_a_klobjective_and_objectives_are_key_first(batc
         ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
                       lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl).loss,
                       x, jnp.arange(N) % C, split, [1.0], num_steps=2, batch_size=4, progress=False)
+
+
+def test_component_scales_have_a_floor_that_is_exact_above_it_and_passes_gradient_below():
+    """Review 7.2: a class component q(z|y) cannot collapse to a point (its density would grow without bound)."""
+    import numpyro.distributions as dist
+
+    model = ss.tied_code_model(jax.random.key(10), D, K, C, width=8, total_count=T)
+    at = lambda s: eqx.tree_at(lambda t: t.log_scales, model, s)  # noqa: E731
+    collapsed = at(jnp.full((C, K), -30.0))  # exp(-30) = 9e-14 without the floor
+    assert np.all(np.asarray(collapsed.components(2).base_dist.scale) == np.float32(ss.MIN_SCALE))
+    centre = collapsed.locs[None]  # [1, C, K]: each component's own centre, where its density peaks
+    peak = -K * (np.log(ss.MIN_SCALE) + 0.5 * np.log(2 * np.pi))
+    np.testing.assert_allclose(collapsed.components(1).log_prob(centre), np.full((1, C), peak), rtol=1e-5)
+
+    # above the floor: exp(log_scales) bit for bit, value and gradient (chapter 8's models are unchanged)
+    z = model.locs[None] + 1.0
+
+    def floored(s):
+        return jnp.sum(at(s).components(1).log_prob(z))
+
+    def plain(s):
+        return jnp.sum(dist.Normal(model.locs, jnp.exp(s)).to_event(1).log_prob(z[0]))
+
+    s = model.log_scales
+    np.testing.assert_array_equal(floored(s), plain(s))
+    np.testing.assert_array_equal(jax.grad(floored)(s), jax.grad(plain)(s))
+    # below it the value stays at the floor and the gradient still flows: a component there can grow back
+    g = np.asarray(jax.grad(floored)(jnp.full((C, K), -30.0)))
+    assert np.all(np.isfinite(g)) and np.all(g != 0.0)
+
+
+@pytest.mark.parametrize("which", ["code_model", "mixture_code_model", "tied_code_model", "m2"])
+def test_every_code_entry_checks_z_the_same_way_eagerly_and_under_jit(batch, which):
+    """Review 7.2: classify and decode take codes z [N, K] and name a wrong shape, in every model."""
+    x, y = batch
+    model = getattr(ss, which)(jax.random.key(1), D, K, C, width=8, total_count=T)
+    entries = {"decode": lambda m, z: m.decode(z, y[: z.shape[0]] if z.ndim else y[:1]).mean}
+    if which != "m2":  # M2's classify reads images, not codes
+        entries = {"classify": lambda m, z: m.classify(z).logits, "decode": lambda m, z: m.decode(z).mean}
+    for bad in (jnp.zeros((3, K + 1)), jnp.zeros((K,)), jnp.zeros((2, 3, K))):
+        for name, entry in entries.items():
+            for run in (entry, eqx.filter_jit(entry)):
+                with pytest.raises(ValueError, match=rf"z must have shape \[N, {K}\] \(one code per example\)"):
+                    run(model, bad)
+    for name, entry in entries.items():  # the right shape passes
+        assert entry(model, jnp.zeros((3, K))).shape[0] == 3, name
+
+
+def test_split_labelled_refuses_a_missing_class_and_takes_num_classes():
+    """Review 7.2: a class absent from y was silently left out of the labelled set."""
+    y = np.repeat(np.array([0, 2]), 5)  # class 1 absent
+    with pytest.raises(ValueError, match="class 1 has 0 images, fewer than per_class=1"):
+        ss.split_labelled(jax.random.key(7), y, 1)
+    full = np.repeat(np.arange(C), 5)
+    with pytest.raises(ValueError, match=f"class {C} has 0 images"):  # a missing last class: only num_classes knows
+        ss.split_labelled(jax.random.key(7), full, 1, num_classes=C + 1)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..1; got 0..2"):
+        ss.split_labelled(jax.random.key(7), full, 1, num_classes=2)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        ss.split_labelled(jax.random.key(7), full - 1, 1)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+            ss.split_labelled(jax.random.key(7), full, 1, num_classes=bad)
+    # the default (max(y) + 1 classes) and the explicit count give the same split as before
+    a = ss.split_labelled(jax.random.key(7), full, 2, num_splits=2)
+    b = ss.split_labelled(jax.random.key(7), full, 2, num_splits=2, num_classes=C)
+    np.testing.assert_array_equal(a.labelled, b.labelled)
+    assert a.labelled.shape == (2, 2 * C)
