@@ -133,7 +133,7 @@ book: install site-assets
 # `pyright[nodejs]` extra), so nothing is fetched from outside PyPI; PYRIGHT_PYTHON_IGNORE_WARNINGS
 # stops it asking PyPI whether a newer pyright exists (the pin is deliberate). All three run, so one
 # failing does not hide the others' findings.
-LINT_PATHS := klbook scripts
+LINT_PATHS := klbook scripts tests
 test-lint: install
 	$(call timed,lint,status=0; \
 	  $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \

@@ -51,13 +51,15 @@ def test_closed_forms_against_direct_computation():
 def test_regression_evidence_is_prior_times_likelihood_over_posterior(regression):
     x, y, _ = regression
     post = bayes.regression_posterior(x, y, NOISE, TAU)
-    theta = np.array([0.3, -0.2])     # any theta: log q(D) = log q(theta) + log q(D|theta) - log q(theta|D)
+    theta = np.array([0.3, -0.2])  # any theta: log q(D) = log q(theta) + log q(D|theta) - log q(theta|D)
     xd, yd = np.asarray(x, np.float64), np.asarray(y, np.float64)
     log_prior = -0.5 * theta @ theta / TAU**2 - DIM / 2 * math.log(2 * math.pi * TAU**2)
     r = yd - xd @ theta
     log_lik = -0.5 * r @ r / NOISE**2 - N / 2 * math.log(2 * math.pi * NOISE**2)
     d = theta - post.mean
-    log_post = -0.5 * d @ post.precision @ d + 0.5 * np.linalg.slogdet(post.precision)[1] - DIM / 2 * math.log(2 * math.pi)
+    log_post = (
+        -0.5 * d @ post.precision @ d + 0.5 * np.linalg.slogdet(post.precision)[1] - DIM / 2 * math.log(2 * math.pi)
+    )
     assert abs(bayes.regression_log_evidence(x, y, NOISE, TAU) - (log_prior + log_lik - log_post)) < 1e-9
 
 
@@ -66,7 +68,7 @@ def test_mean_field_gap_is_the_kl_of_the_best_member():
     target = bayes.Gaussian(np.zeros(3), s)
     best = bayes.gaussian_kl(np.zeros(3), np.diag(1 / np.diag(s)), target)
     assert abs(best - bayes.mean_field_gap(precision=s)) < 1e-12
-    for scale in (0.9, 1.1):        # any other diagonal member is further
+    for scale in (0.9, 1.1):  # any other diagonal member is further
         assert bayes.gaussian_kl(np.zeros(3), np.diag(scale / np.diag(s)), target) > best
 
 
@@ -85,8 +87,19 @@ def test_coin_recipe_recovers_tempered_posteriors():
     flips = jnp.array([1] * 7 + [0] * 13, jnp.int32)
     family = lambda p: dist.Beta(jnp.exp(p[0]), jnp.exp(p[1]))
     betas = (0.5, 1.0, 2.0)
-    res = bayes.fit_posterior(jax.random.key(2), family, jnp.zeros((3, 2)), dist.Beta(1.0, 1.0), bayes.coin,
-                              None, flips, betas=betas, num_steps=600, learning_rate=0.2, progress=False)
+    res = bayes.fit_posterior(
+        jax.random.key(2),
+        family,
+        jnp.zeros((3, 2)),
+        dist.Beta(1.0, 1.0),
+        bayes.coin,
+        None,
+        flips,
+        betas=betas,
+        num_steps=600,
+        learning_rate=0.2,
+        progress=False,
+    )
     for i, b in enumerate(betas):
         exact = dist.Beta(*bayes.coin_posterior(7, 13, beta=b))
         others = [dist.Beta(*bayes.coin_posterior(7, 13, beta=o)) for o in betas if o != b]
@@ -97,11 +110,31 @@ def test_coin_recipe_recovers_tempered_posteriors():
 @pytest.fixture(scope="module")
 def fits(regression):
     x, y, prior = regression
-    full = bayes.fit_posterior(jax.random.key(3), bayes.gaussian, stack(bayes.init_gaussian(DIM, True), 3), prior,
-                               bayes.linear(NOISE), x, y, betas=(1.0, 0.5, 2.0), num_steps=1500,
-                               learning_rate=0.05, progress=False)
-    mf = bayes.fit_posterior(jax.random.key(4), bayes.gaussian, stack(bayes.init_gaussian(DIM, False), 1), prior,
-                             bayes.linear(NOISE), x, y, num_steps=1500, learning_rate=0.05, progress=False)
+    full = bayes.fit_posterior(
+        jax.random.key(3),
+        bayes.gaussian,
+        stack(bayes.init_gaussian(DIM, True), 3),
+        prior,
+        bayes.linear(NOISE),
+        x,
+        y,
+        betas=(1.0, 0.5, 2.0),
+        num_steps=1500,
+        learning_rate=0.05,
+        progress=False,
+    )
+    mf = bayes.fit_posterior(
+        jax.random.key(4),
+        bayes.gaussian,
+        stack(bayes.init_gaussian(DIM, False), 1),
+        prior,
+        bayes.linear(NOISE),
+        x,
+        y,
+        num_steps=1500,
+        learning_rate=0.05,
+        progress=False,
+    )
     return full, mf
 
 
@@ -114,9 +147,17 @@ def test_full_rank_optimum_is_the_exact_and_tempered_posterior(regression, fits)
         assert k < 0.01, (b, k)
     q = bayes.gaussian(one(full.params, 0))
     k = bayes.gaussian_kl(q.mean, q.covariance_matrix, bayes.regression_posterior(x, y, NOISE, TAU))
-    ev = bayes.evaluate(jax.random.key(5), bayes.gaussian, jax.tree.map(lambda a: a[:1], full.params), prior,
-                        bayes.linear(NOISE), x, y, num_particles=4096)
-    excess = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)   # = KL(q || posterior)
+    ev = bayes.evaluate(
+        jax.random.key(5),
+        bayes.gaussian,
+        jax.tree.map(lambda a: a[:1], full.params),
+        prior,
+        bayes.linear(NOISE),
+        x,
+        y,
+        num_particles=4096,
+    )
+    excess = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)  # = KL(q || posterior)
     assert abs(excess - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
 
 
@@ -125,12 +166,13 @@ def test_mean_field_gap_measured_by_the_recipe(regression, fits):
     _, mf = fits
     post = bayes.regression_posterior(x, y, NOISE, TAU)
     gap = bayes.mean_field_gap(precision=post.precision)
-    assert gap > 0.5                                    # correlation 0.9: a gap well above the noise
+    assert gap > 0.5  # correlation 0.9: a gap well above the noise
     q = bayes.gaussian(one(mf.params, 0))
     k = bayes.gaussian_kl(q.mean, jnp.diag(q.variance), post)
     assert 0 <= k - gap < 0.02
-    ev = bayes.evaluate(jax.random.key(6), bayes.gaussian, mf.params, prior, bayes.linear(NOISE), x, y,
-                        num_particles=16384)
+    ev = bayes.evaluate(
+        jax.random.key(6), bayes.gaussian, mf.params, prior, bayes.linear(NOISE), x, y, num_particles=16384
+    )
     measured = N * float(ev.total[0]) + bayes.regression_log_evidence(x, y, NOISE, TAU)
     assert abs(measured - k) <= 4 * N * float(ev.mc_stderr["total"][0]) + 1e-3
 
@@ -169,19 +211,19 @@ def test_predictive_log_lik_of_a_point_mass_is_the_log_likelihood():
 
 def test_mean_field_gap_names_its_matrix_and_refuses_a_wrong_one():
     s = np.array([[2.0, 0.8], [0.8, 1.5]])
-    with pytest.raises(TypeError):           # keyword-only: a covariance cannot slip in positionally
+    with pytest.raises(TypeError):  # keyword-only: a covariance cannot slip in positionally
         bayes.mean_field_gap(s)
     with pytest.raises(ValueError, match="positive definite"):
-        bayes.mean_field_gap(precision=np.array([[1.0, 2.0], [2.0, 1.0]]))    # eigenvalues 3 and -1
+        bayes.mean_field_gap(precision=np.array([[1.0, 2.0], [2.0, 1.0]]))  # eigenvalues 3 and -1
     with pytest.raises(ValueError, match="positive definite"):
-        bayes.mean_field_gap(precision=-np.eye(2))                            # log det finite, sign -1
+        bayes.mean_field_gap(precision=-np.eye(2))  # log det finite, sign -1
     with pytest.raises(ValueError, match="symmetric"):
         bayes.mean_field_gap(precision=np.array([[2.0, 0.8], [0.1, 1.5]]))
     with pytest.raises(ValueError, match="square"):
         bayes.mean_field_gap(precision=np.ones((2, 3)))
     with pytest.raises(ValueError, match="non-finite"):
         bayes.mean_field_gap(precision=np.array([[np.nan, 0.0], [0.0, 1.0]]))
-    with pytest.raises(TypeError, match="outside the transform"):    # under jit: a clear error, not a tracer one
+    with pytest.raises(TypeError, match="outside the transform"):  # under jit: a clear error, not a tracer one
         jax.jit(lambda m: bayes.mean_field_gap(precision=m))(jnp.asarray(s))
 
 
@@ -196,7 +238,7 @@ def test_objective_takes_numpy_arrays_with_subsampling():
     def run(a, b, **kw):
         return bayes.objective(key, q, prior, bayes.linear(NOISE), a, b, subsample_size=4, **kw).total
 
-    many = run(x, y, num_particles=3)       # particles are vmapped: the subsample's indices are traced
+    many = run(x, y, num_particles=3)  # particles are vmapped: the subsample's indices are traced
     jitted = jax.jit(lambda k: bayes.objective(k, q, prior, bayes.linear(NOISE), x, y, subsample_size=4).total)(key)
     assert np.isfinite(float(many)) and np.isfinite(float(jitted))
     assert float(many) == pytest.approx(float(run(jnp.asarray(x), jnp.asarray(y), num_particles=3)), rel=1e-6)
@@ -204,6 +246,7 @@ def test_objective_takes_numpy_arrays_with_subsampling():
 
 
 # ------------------------------------------------- against NumPyro's own estimator (issue 22)
+
 
 @pytest.mark.parametrize("full_rank", [False, True])
 def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient(regression, full_rank):
@@ -261,8 +304,17 @@ def test_fit_posterior_names_a_missing_beta_axis(regression):
     x, y, prior = regression
     one = bayes.init_gaussian(DIM, False)  # {"loc": [DIM], ...}: no leading beta axis
     fit = lambda params, betas: bayes.fit_posterior(  # noqa: E731
-        jax.random.key(0), bayes.gaussian, params, prior, bayes.linear(NOISE), x, y, betas=betas, num_steps=1,
-        progress=False)
+        jax.random.key(0),
+        bayes.gaussian,
+        params,
+        prior,
+        bayes.linear(NOISE),
+        x,
+        y,
+        betas=betas,
+        num_steps=1,
+        progress=False,
+    )
     with pytest.raises(ValueError, match=r"leading axis of len\(betas\) = 1.*got a leaf of shape \(2,\)"):
         fit(one, (1.0,))
     # betas as many as the weights: every leaf "has" the axis; family(params[0]) is what gives it away

@@ -36,39 +36,51 @@ def test_network_is_the_equinox_mlp_with_those_weights(regression):
 
 def test_rate_is_kl_over_the_full_n_at_every_batch_size(regression):
     x, y, _, lik, prior, params = regression
-    exact = float(kl(bayes.gaussian(params), prior))                         # closed form, nats
+    exact = float(kl(bayes.gaussian(params), prior))  # closed form, nats
     # a batch of 4 with data_size=N: the rate is KL/N, not KL/4 (the full batch is in the next test)
-    out = jax.jit(lambda k: bnn.objective(k, params, prior, lik, x[:4], y[:4], data_size=N, num_particles=500,
-                                          analytic_rate=False))(jax.random.key(1))
+    out = jax.jit(
+        lambda k: bnn.objective(
+            k, params, prior, lik, x[:4], y[:4], data_size=N, num_particles=500, analytic_rate=False
+        )
+    )(jax.random.key(1))
     assert abs(float(out.terms["rate"]) - exact / N) < 5 * float(out.mc_stderr["rate"]), out.terms
-    assert exact / 4 - exact / N > 50 * float(out.mc_stderr["rate"])   # KL/4 would be far outside
+    assert exact / 4 - exact / N > 50 * float(out.mc_stderr["rate"])  # KL/4 would be far outside
     lrt = bnn.objective_lrt(jax.random.key(1), params, prior, lik, x[:4], y[:4], data_size=N)
-    assert abs(float(lrt.terms["rate"]) - exact / N) <= 1e-6 * exact   # closed form against a Gaussian prior
+    assert abs(float(lrt.terms["rate"]) - exact / N) <= 1e-6 * exact  # closed form against a Gaussian prior
     plain = bnn.objective(jax.random.key(1), params, prior, lik, x[:4], y[:4], data_size=N)
     assert abs(float(plain.terms["rate"]) - exact / N) <= 1e-6 * exact  # the same estimator by default
 
 
 def test_both_objectives_use_the_same_rate_estimator(regression):
-    """analytic_rate chooses the rate's estimator in both objectives; the sampled one is unbiased for the closed form."""
+    """analytic_rate chooses the rate's estimator in both objectives; the sampled one is unbiased for the closed
+    form."""
     x, y, _, lik, prior, params = regression
     exact = float(kl(bayes.gaussian(params), prior)) / N
     keys = jax.random.split(jax.random.key(11), 2000)
     for one in (bnn.objective, bnn.objective_lrt):
         closed = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, x[:8], y[:8], data_size=N).terms["rate"]))(keys)
-        sampled = jax.jit(jax.vmap(lambda k: one(k, params, prior, lik, x[:8], y[:8], data_size=N,
-                                                 analytic_rate=False).terms["rate"]))(keys)
+        sampled = jax.jit(
+            jax.vmap(lambda k: one(k, params, prior, lik, x[:8], y[:8], data_size=N, analytic_rate=False).terms["rate"])
+        )(keys)
         np.testing.assert_allclose(np.asarray(closed), exact, rtol=1e-6)
         se = float(jnp.std(sampled)) / math.sqrt(len(keys))
-        assert se > 0 and abs(float(jnp.mean(sampled)) - exact) < 5 * se, (one.__name__, float(jnp.mean(sampled)), exact, se)
+        assert se > 0 and abs(float(jnp.mean(sampled)) - exact) < 5 * se, (
+            one.__name__,
+            float(jnp.mean(sampled)),
+            exact,
+            se,
+        )
     # with the closed-form rate the total's standard error is the distortion's
     out = bnn.objective(jax.random.key(12), params, prior, lik, x, y, data_size=N, num_particles=16)
     assert float(out.mc_stderr["rate"]) == 0.0 and float(out.mc_stderr["total"]) == float(out.mc_stderr["distortion"])
     assert abs(float(out.total) - float(out.terms["distortion"] + out.terms["rate"])) < 1e-6
-    assert abs(float(out.loss) - float(out.total)) < 1e-6 * abs(float(out.total)) + 1e-6   # beta = 1
+    assert abs(float(out.loss) - float(out.total)) < 1e-6 * abs(float(out.total)) + 1e-6  # beta = 1
 
 
-@pytest.mark.parametrize("bad, error", [(None, TypeError), (0, ValueError), (-40, ValueError), (40.0, TypeError),
-                                        (2.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(None, TypeError), (0, ValueError), (-40, ValueError), (40.0, TypeError), (2.5, TypeError), (True, TypeError)],
+)
 def test_data_size_must_be_a_positive_integer(regression, bad, error):
     """A BNN's weights are a global latent: without N the rate would silently be KL/B (issue 22)."""
     x, y, _, lik, prior, params = regression
@@ -77,7 +89,7 @@ def test_data_size_must_be_a_positive_integer(regression, bad, error):
             one(jax.random.key(0), params, prior, lik, x[:4], y[:4], data_size=bad)
         with pytest.raises(error, match="data_size must be a positive integer"):
             jax.jit(lambda k: one(k, params, prior, lik, x[:4], y[:4], data_size=bad))(jax.random.key(0))
-        with pytest.raises(TypeError):      # required: no default
+        with pytest.raises(TypeError):  # required: no default
             one(jax.random.key(0), params, prior, lik, x[:4], y[:4])
 
 
@@ -87,7 +99,9 @@ def test_wrong_feature_count_and_column_y_are_named_before_xla(regression):
     wide = jnp.ones((N, 3))
     for one in (bnn.objective, bnn.objective_lrt):
         for run in (lambda f: f(jax.random.key(0)), lambda f: jax.jit(f)(jax.random.key(0))):
-            with pytest.raises(ValueError, match=r"x has 3 features \(shape \(40, 3\)\) but the network's input size is 1"):
+            with pytest.raises(
+                ValueError, match=r"x has 3 features \(shape \(40, 3\)\) but the network's input size is 1"
+            ):
                 run(lambda k: one(k, params, prior, lik, wide, y, data_size=N))
             with pytest.raises(ValueError, match=r"x must be \[B, in_size\] = \[B, 1\]"):
                 run(lambda k: one(k, params, prior, lik, x[:, 0], y, data_size=N))
@@ -106,9 +120,11 @@ def test_map_adds_the_prior_per_example_and_lrt_applies_the_final_activation(reg
     assert abs(gap - float(-prior.log_prob(theta)) / N) < 1e-5 * abs(gap)
     assert float(mp.history["distortion"][0]) == float(ml.history["distortion"][0])
     # outputs_lrt with zero spread is the network at the means, final activation included
-    from klbook.nn import mlp
-    from jax.flatten_util import ravel_pytree
     import equinox as eqx
+    from jax.flatten_util import ravel_pytree
+
+    from klbook.nn import mlp
+
     template = mlp(jax.random.key(4), 1, 2, width=3, depth=1, final_activation=jnp.tanh)
     flat, unravel = ravel_pytree(eqx.filter(template, eqx.is_array))
     squashed = bnn.Network(template, unravel, int(flat.shape[0]))
@@ -118,7 +134,9 @@ def test_map_adds_the_prior_per_example_and_lrt_applies_the_final_activation(reg
 
 def test_minibatch_objective_has_the_full_data_expectation(regression):
     x, y, _, lik, prior, params = regression
-    full = jax.jit(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N, num_particles=1000))(jax.random.key(2))
+    full = jax.jit(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N, num_particles=1000))(
+        jax.random.key(2)
+    )
 
     def batch_value(k):
         kb, ko = jax.random.split(k)
@@ -133,7 +151,7 @@ def test_minibatch_objective_has_the_full_data_expectation(regression):
 def test_lrt_outputs_have_each_examples_weight_draw_distribution(regression):
     x, _, net, _, _, params = regression
     s = 2000
-    per_weights = bnn.outputs(jax.random.key(4), params, net, x[:3], s)[..., 0]        # [S, 3]
+    per_weights = bnn.outputs(jax.random.key(4), params, net, x[:3], s)[..., 0]  # [S, 3]
     per_lrt = jax.vmap(lambda k: bnn.outputs_lrt(k, params, net, x[:3]))(jax.random.split(jax.random.key(5), s))[..., 0]
     for a, b in ((per_weights, per_lrt),):
         m_se = jnp.sqrt(jnp.var(a, 0) / s + jnp.var(b, 0) / s)
@@ -147,8 +165,12 @@ def test_lrt_outputs_have_each_examples_weight_draw_distribution(regression):
 def test_lrt_distortion_is_unbiased(regression):
     x, y, _, lik, prior, params = regression
     keys = jax.random.split(jax.random.key(6), 2000)
-    plain = jax.jit(jax.vmap(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N).terms["distortion"]))(keys)
-    local = jax.jit(jax.vmap(lambda k: bnn.objective_lrt(k, params, prior, lik, x, y, data_size=N).terms["distortion"]))(keys)
+    plain = jax.jit(jax.vmap(lambda k: bnn.objective(k, params, prior, lik, x, y, data_size=N).terms["distortion"]))(
+        keys
+    )
+    local = jax.jit(
+        jax.vmap(lambda k: bnn.objective_lrt(k, params, prior, lik, x, y, data_size=N).terms["distortion"])
+    )(keys)
     se = math.hypot(float(jnp.std(plain)), float(jnp.std(local))) / math.sqrt(len(keys))
     assert abs(float(jnp.mean(plain) - jnp.mean(local))) < 5 * se
     assert float(jnp.std(local)) < float(jnp.std(plain))
@@ -163,8 +185,12 @@ def test_lrt_reduces_the_gradient_variance():
     draws = 80
     sq = {}
     for lrt in (False, True):
-        g = np.asarray(bnn.gradient_draws(jax.random.key(8), params, prior, lik, x, y, batch_size=64,
-                                          num_draws=draws, local_reparam=lrt), np.float64)
+        g = np.asarray(
+            bnn.gradient_draws(
+                jax.random.key(8), params, prior, lik, x, y, batch_size=64, num_draws=draws, local_reparam=lrt
+            ),
+            np.float64,
+        )
         assert g.shape == (draws, 2 * net.num_weights)
         sq[lrt] = np.sum((g - g.mean(0)) ** 2, axis=1)
     ratio = sq[False].mean() / sq[True].mean()
@@ -193,8 +219,11 @@ def test_scale_mixture_prior_density_and_sampled_rate():
     net = bnn.network(jax.random.key(0), 3, 2, width=2, depth=1)
     params = bnn.init_posterior(net)
     x, y = jnp.ones((5, 3)), jnp.zeros(5, jnp.int32)
-    out = jax.jit(lambda k: bnn.objective_lrt(k, params, bnn.scale_mixture_prior(net.num_weights),
-                                              bnn.classifier(net), x, y, data_size=5))(jax.random.key(1))
+    out = jax.jit(
+        lambda k: bnn.objective_lrt(
+            k, params, bnn.scale_mixture_prior(net.num_weights), bnn.classifier(net), x, y, data_size=5
+        )
+    )(jax.random.key(1))
     # no closed form against the mixture: a sampled rate
     assert np.isfinite(float(out.total))
 
@@ -215,8 +244,9 @@ def test_bad_inputs_name_the_problem(regression):
         bnn.regression(net, -1.0)
     with pytest.raises(ValueError, match=r"probs must be \[N, C\]"):
         bnn.reliability(jnp.ones(5), jnp.ones(5, jnp.int32))
-    assert np.array_equal(bnn.rotate_digits(bnn.rotate_digits(jnp.arange(128.0).reshape(2, 64), 2), 2),
-                          jnp.arange(128.0).reshape(2, 64))
+    assert np.array_equal(
+        bnn.rotate_digits(bnn.rotate_digits(jnp.arange(128.0).reshape(2, 64), 2), 2), jnp.arange(128.0).reshape(2, 64)
+    )
     assert isinstance(lik(net.init_weights(), x), dist.Normal)
 
 
@@ -262,6 +292,15 @@ def test_fit_posterior_names_a_missing_beta_axis(regression):
     for betas in ((1.0,), (1.0,) * net.num_weights):
         with pytest.raises(ValueError, match=rf"leading axis of len\(betas\) = {len(betas)}"):
             bnn.fit_posterior(jax.random.key(0), params, prior, lik, x, y, betas=betas, num_steps=1, progress=False)
-    res = bnn.fit_posterior(jax.random.key(0), jax.tree.map(lambda a: a[None], params), prior, lik, x, y,
-                            num_steps=1, batch_size=8, progress=False)
+    res = bnn.fit_posterior(
+        jax.random.key(0),
+        jax.tree.map(lambda a: a[None], params),
+        prior,
+        lik,
+        x,
+        y,
+        num_steps=1,
+        batch_size=8,
+        progress=False,
+    )
     assert np.all(np.isfinite(res.history["loss"]))

@@ -113,7 +113,8 @@ def test_bayes_objective_refuses_a_column_of_responses():
         bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, None, flips[:, None])
     with pytest.raises(ValueError, match=r"site 'y'.*\(50, 1\)"):
         jax.jit(lambda y: bayes.objective(jax.random.key(0), posterior, prior, bayes.coin, None, y).total)(
-            flips[:, None])
+            flips[:, None]
+        )
 
 
 @pytest.mark.parametrize("which", ["objective", "objective_lrt"])
@@ -130,8 +131,7 @@ def test_bnn_objectives_refuse_a_column_of_responses(which):
     with pytest.raises(ValueError, match=r"y"):
         fn(jax.random.key(2), params, prior, likelihood, x, y[:, None], data_size=64)
     with pytest.raises(ValueError, match=r"y"):
-        jax.jit(lambda yy: fn(jax.random.key(2), params, prior, likelihood, x, yy, data_size=64).total)(
-            y[:, None])
+        jax.jit(lambda yy: fn(jax.random.key(2), params, prior, likelihood, x, yy, data_size=64).total)(y[:, None])
 
 
 @pytest.mark.parametrize("option", ["weights", "names", "base_measure"])

@@ -105,7 +105,9 @@ def test_loss_records_both_terms_and_their_difference_is_the_data_entropy_estima
     params = random_params(jax.random.key(8), 2, 2)
     loss, terms = density.loss_fn(truth)(params, KEY, x)
     np.testing.assert_allclose(loss, terms["kl"], rtol=1e-6)
-    np.testing.assert_allclose(terms["cross_entropy"] - terms["kl"], -jnp.mean(log_prob(truth, x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        terms["cross_entropy"] - terms["kl"], -jnp.mean(log_prob(truth, x)), rtol=1e-5, atol=1e-5
+    )
     loss_ce, terms_ce = density.loss_fn()(params, KEY, x)
     assert set(terms_ce) == {"cross_entropy"}
     np.testing.assert_allclose(loss_ce, terms["cross_entropy"], rtol=1e-6)
@@ -226,8 +228,11 @@ def test_em_steps_never_lower_the_likelihood_and_fit_one_gaussian_in_one_step():
         (lambda: density.init_mixture(KEY, jnp.zeros((4, 2)), 5), ValueError, "exceeds"),
         (lambda: density.init_mixture(0, jnp.zeros((4, 2)), 1), TypeError, "PRNG key"),
         (lambda: density.density({"loc": jnp.zeros((2, 2))}), ValueError, "missing"),
-        (lambda: density.density({"logits": jnp.zeros(3), "loc": jnp.zeros((2, 2)), "tril": jnp.zeros((2, 2, 2))}),
-         ValueError, "shapes disagree"),
+        (
+            lambda: density.density({"logits": jnp.zeros(3), "loc": jnp.zeros((2, 2)), "tril": jnp.zeros((2, 2, 2))}),
+            ValueError,
+            "shapes disagree",
+        ),
         (lambda: density.entropy_mc(KEY, "p", 10), TypeError, "NumPyro distribution"),
         (lambda: density.entropy_mc(KEY, dist.Normal(0.0, 1.0), 1), ValueError, "num_samples"),
         (lambda: density.fit_density_restarts(KEY, jnp.zeros((4, 2)), 1, 0), ValueError, "num_inits"),

@@ -27,9 +27,11 @@ def _gaussian_mc(schedule, key, n=N_MC):
     return t.mean(), t.std(ddof=1) / math.sqrt(n)
 
 
-@pytest.mark.parametrize("schedule", [dm.LinearSchedule(GMIN, GMAX), dm.CosineSchedule(GMIN, GMAX),
-                                      dm.MonotoneSchedule(jax.random.key(3), GMIN, GMAX)],
-                         ids=["linear", "cosine", "monotone-net"])
+@pytest.mark.parametrize(
+    "schedule",
+    [dm.LinearSchedule(GMIN, GMAX), dm.CosineSchedule(GMIN, GMAX), dm.MonotoneSchedule(jax.random.key(3), GMIN, GMAX)],
+    ids=["linear", "cosine", "monotone-net"],
+)
 def test_continuous_term_closed_form_matches_monte_carlo_for_any_schedule(schedule):
     exact = dm.gaussian_continuous_term(V, GMIN, GMAX)
     mean, se = _gaussian_mc(schedule, jax.random.key(0))
@@ -51,9 +53,13 @@ def test_closed_form_depends_only_on_the_endpoints():
 def test_discrete_term_falls_to_the_continuous_value():
     exact = dm.gaussian_continuous_term(V, GMIN, GMAX)
     for schedule in (dm.LinearSchedule(GMIN, GMAX), dm.CosineSchedule(GMIN, GMAX)):
-        values = [dm.gaussian_discrete_term(V, np.asarray(schedule(np.linspace(0, 1, T + 1)), np.float64))
-                  for T in (2**k for k in range(0, 15))]
-        assert all(a > b for a, b in zip(values, values[1:]))  # refining the grid lowers L_T
+        values = [
+            dm.gaussian_discrete_term(V, np.asarray(schedule(np.linspace(0, 1, T + 1)), np.float64))
+            for T in (2**k for k in range(0, 15))
+        ]
+        assert all(
+            a > b for a, b in zip(values, values[1:], strict=False)
+        )  # consecutive pairs  # refining the grid lowers L_T
         assert all(v > exact for v in values)  # L_T >= L_infinity
         assert values[-1] - exact < 1e-2 * exact  # and it gets there
 
@@ -62,8 +68,10 @@ def test_discrete_estimator_matches_its_closed_form():
     schedule, T = dm.LinearSchedule(GMIN, GMAX), 64
     exact = dm.gaussian_discrete_term(V, np.asarray(schedule(np.linspace(0, 1, T + 1)), np.float64))
     x = jnp.sqrt(V)[None] * jax.random.normal(jax.random.key(4), (N_MC, V.size))
-    t = np.asarray(dm.discrete_terms(jax.random.key(5), None, x, T, denoise=dm.gaussian_denoiser(V),
-                                     schedule=schedule).diffusion, np.float64)
+    t = np.asarray(
+        dm.discrete_terms(jax.random.key(5), None, x, T, denoise=dm.gaussian_denoiser(V), schedule=schedule).diffusion,
+        np.float64,
+    )
     assert abs(t.mean() - exact) < 4 * t.std(ddof=1) / math.sqrt(t.size)
 
 
@@ -115,11 +123,13 @@ def small_model():
 def test_recipe_ledger_matches_the_analytic_estimator(small_model):
     model, x = small_model
     T = 4
-    obj = eqx.filter_jit(lambda m, k: kl_objective(k, dm.real_world, dm.dream_world, m, x, T, names=dm.names(T),
-                                                   num_particles=32))(model, jax.random.key(11))
+    obj = eqx.filter_jit(
+        lambda m, k: kl_objective(k, dm.real_world, dm.dream_world, m, x, T, names=dm.names(T), num_particles=32)
+    )(model, jax.random.key(11))
     assert set(obj.terms) == {"prior", "diffusion", "reconstruction"} and obj.dropped == ("x",)
     ref = eqx.filter_jit(lambda m, ks: jax.vmap(lambda k: dm.discrete_terms(k, m, x, T))(ks))(
-        model, jax.random.split(jax.random.key(12), 256))
+        model, jax.random.split(jax.random.key(12), 256)
+    )
     for name in ("prior", "diffusion", "reconstruction"):
         r = np.asarray(getattr(ref, name)).mean(1)  # [256] batch means
         se = math.hypot(float(obj.mc_stderr[name]), r.std(ddof=1) / math.sqrt(r.size))
@@ -175,20 +185,28 @@ def test_decreasing_schedule_is_refused_eagerly_and_under_jit(small_model):
     xg = jnp.sqrt(V)[None] * jax.random.normal(jax.random.key(20), (64, V.size))
     den = dm.gaussian_denoiser(V)
     calls = {
-        "continuous": lambda xx: dm.continuous_terms(jax.random.key(0), None, xx, denoise=den, schedule=_decreasing).diffusion,
-        "discrete": lambda xx: dm.discrete_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion,
-        "all steps": lambda xx: dm.all_steps_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion,
+        "continuous": lambda xx: (
+            dm.continuous_terms(jax.random.key(0), None, xx, denoise=den, schedule=_decreasing).diffusion
+        ),
+        "discrete": lambda xx: (
+            dm.discrete_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion
+        ),
+        "all steps": lambda xx: (
+            dm.all_steps_terms(jax.random.key(0), None, xx, 8, denoise=den, schedule=_decreasing).diffusion
+        ),
         "path": lambda xx: dm.ancestral_path(jax.random.key(0), _decreasing, den, xx, 4),
     }
-    for name, f in calls.items():
+    for f in calls.values():
         for g in (f, jax.jit(f)):
             with pytest.raises(ValueError, match="increasing.*log SNR passed"):
                 g(xg)
     with pytest.raises(ValueError, match="model's schedule must be increasing"):
         dm.diffusion_model(jax.random.key(1), 2, _decreasing, 1 / 16)
     swapped = eqx.tree_at(lambda m: m.schedule, model, _decreasing)  # tree_at skips __check_init__
-    for g in (lambda m: dm.objective(jax.random.key(0), m, x, 4).loss,
-              eqx.filter_jit(lambda m: dm.objective(jax.random.key(0), m, x, 4).loss)):
+    for g in (
+        lambda m: dm.objective(jax.random.key(0), m, x, 4).loss,
+        eqx.filter_jit(lambda m: dm.objective(jax.random.key(0), m, x, 4).loss),
+    ):
         with pytest.raises(ValueError, match="model's schedule must be increasing"):
             g(swapped)
     with pytest.raises(ValueError, match="model's schedule must be increasing"):
@@ -200,11 +218,17 @@ def test_decreasing_schedule_is_refused_eagerly_and_under_jit(small_model):
 
 def test_schedule_with_other_endpoints_is_refused_eagerly_and_under_jit(small_model):
     model, x = small_model  # LinearSchedule(-6, 5)
-    other = [dm.LinearSchedule(-8.0, 5.0), dm.MonotoneSchedule(jax.random.key(2), -6.0, 7.0),
-             lambda t: -6.0 + 12.0 * jnp.asarray(t)]  # static fields, static fields (traced params), constants
+    other = [
+        dm.LinearSchedule(-8.0, 5.0),
+        dm.MonotoneSchedule(jax.random.key(2), -6.0, 7.0),
+        lambda t: -6.0 + 12.0 * jnp.asarray(t),
+    ]  # static fields, static fields (traced params), constants
     for sched in other:
-        for fn in (dm.continuous_terms, lambda k, m, xx, schedule: dm.discrete_terms(k, m, xx, 4, schedule=schedule),
-                   lambda k, m, xx, schedule: dm.all_steps_terms(k, m, xx, 4, schedule=schedule)):
+        for fn in (
+            dm.continuous_terms,
+            lambda k, m, xx, schedule: dm.discrete_terms(k, m, xx, 4, schedule=schedule),
+            lambda k, m, xx, schedule: dm.all_steps_terms(k, m, xx, 4, schedule=schedule),
+        ):
             f = lambda m, s: fn(jax.random.key(0), m, x, schedule=s).total
             with pytest.raises(ValueError, match="endpoints .* differ from the model's"):
                 f(model, sched)
@@ -220,8 +244,11 @@ def test_schedule_with_other_endpoints_is_refused_eagerly_and_under_jit(small_mo
 def test_noise_form_equals_the_denoiser_form(small_model):
     # ||x - x_hat||^2 = e^gamma ||eps - eps_hat||^2: the model's terms (noise form) equal the x-form with its denoiser
     model, x = small_model
-    for fn in (dm.continuous_terms, lambda k, m, xx, **kw: dm.discrete_terms(k, m, xx, 8, **kw),
-               lambda k, m, xx, **kw: dm.all_steps_terms(k, m, xx, 8, **kw)):
+    for fn in (
+        dm.continuous_terms,
+        lambda k, m, xx, **kw: dm.discrete_terms(k, m, xx, 8, **kw),
+        lambda k, m, xx, **kw: dm.all_steps_terms(k, m, xx, 8, **kw),
+    ):
         a = fn(jax.random.key(4), model, x).diffusion
         b = fn(jax.random.key(4), model, x, denoise=model.denoise).diffusion
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
@@ -258,7 +285,6 @@ def test_objective_is_numpyros_negative_elbo_per_example_value_and_gradient():
     """dm.objective(...).loss = Trace_ELBO().loss / N with the dream world as the model (x observed) and the
     real world's noising chain as the guide: value and gradient (every network weight), within 5 Monte
     Carlo standard errors over independent draws of each."""
-    import numpyro
     from numpyro import handlers
     from numpyro.infer import Trace_ELBO
 

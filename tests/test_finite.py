@@ -127,7 +127,9 @@ def test_categorical_nll_and_kl_closed_forms():
     logits = jnp.array([0.5, -1.0, 0.0])
     q = jax.nn.softmax(logits)
     x = jnp.array([0, 0, 2, 1])
-    np.testing.assert_allclose(finite.categorical_nll(logits, x), -np.mean(np.log(np.asarray(q))[[0, 0, 2, 1]]), rtol=1e-6)
+    np.testing.assert_allclose(
+        finite.categorical_nll(logits, x), -np.mean(np.log(np.asarray(q))[[0, 0, 2, 1]]), rtol=1e-6
+    )
     p = jnp.array([0.5, 0.0, 0.5])  # 0 log 0 = 0: a category p never produces costs nothing
     expected = klbook.kl(dist.Categorical(probs=p), dist.Categorical(probs=q))
     np.testing.assert_allclose(finite.categorical_kl(p, logits), expected, rtol=1e-5)

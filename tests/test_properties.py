@@ -48,8 +48,12 @@ def test_concentrations_can_vary_across_the_batch():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [(dict(num_outcomes=1), "at least 2"), (dict(num_outcomes=2.5), "positive integer"),
-     (dict(concentration=0.0), "positive"), (dict(concentration=float("inf")), "finite")],
+    [
+        (dict(num_outcomes=1), "at least 2"),
+        (dict(num_outcomes=2.5), "positive integer"),
+        (dict(concentration=0.0), "positive"),
+        (dict(concentration=float("inf")), "finite"),
+    ],
 )
 def test_random_distributions_reject_bad_input(kwargs, match):
     args = dict(shape=(3,), num_outcomes=3, concentration=1.0) | kwargs
@@ -128,7 +132,9 @@ def test_rounding_tolerance_grows_with_the_outcomes_and_the_logs():
     np.testing.assert_allclose(rounding_tolerance(u4, u4), 6 * eps * (2 * math.log(4) + 1), rtol=1e-6)
     # p_k = 0 adds nothing; p_k > 0 = q_k is left out (the divergence is inf there)
     np.testing.assert_allclose(rounding_tolerance(jnp.array([1.0, 0.0]), u2), 4 * eps * (math.log(2) + 1), rtol=1e-6)
-    np.testing.assert_allclose(rounding_tolerance(u2, jnp.array([1.0, 0.0])), 4 * eps * (0.5 * math.log(2) + 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        rounding_tolerance(u2, jnp.array([1.0, 0.0])), 4 * eps * (0.5 * math.log(2) + 1), rtol=1e-6
+    )
     assert rounding_tolerance(jnp.ones((3, 5)) / 5, jnp.ones(5) / 5).shape == (3,)
 
 
@@ -173,8 +179,12 @@ def test_chain_rule_boundaries_give_inf_or_zero_never_nan():
 
 @pytest.mark.parametrize(
     "p, q, match",
-    [(jnp.ones((2, 3)) / 6, jnp.ones((3, 2)) / 6, "same X and Y"), (jnp.ones(4) / 4, jnp.ones(4) / 4, "tables"),
-     (jnp.ones((2, 2)) / 2, jnp.ones((2, 2)) / 4, "sum to 1"), (jnp.full((2, 2), jnp.nan), jnp.ones((2, 2)) / 4, "finite")],
+    [
+        (jnp.ones((2, 3)) / 6, jnp.ones((3, 2)) / 6, "same X and Y"),
+        (jnp.ones(4) / 4, jnp.ones(4) / 4, "tables"),
+        (jnp.ones((2, 2)) / 2, jnp.ones((2, 2)) / 4, "sum to 1"),
+        (jnp.full((2, 2), jnp.nan), jnp.ones((2, 2)) / 4, "finite"),
+    ],
 )
 def test_chain_rule_rejects_bad_tables(p, q, match):
     with pytest.raises(ValueError, match=match):
@@ -187,10 +197,12 @@ def numpyro_broadcasts():
 
 
 def _gaussians():
-    p = dist.MultivariateNormal(jnp.array([0.0, 1.0, -1.0]),
-                                covariance_matrix=jnp.array([[1.0, 0.6, 0.2], [0.6, 1.5, -0.4], [0.2, -0.4, 0.8]]))
-    q = dist.MultivariateNormal(jnp.array([0.5, 0.0, 0.0]),
-                                covariance_matrix=jnp.array([[2.0, -0.3, 0.0], [-0.3, 0.5, 0.1], [0.0, 0.1, 1.0]]))
+    p = dist.MultivariateNormal(
+        jnp.array([0.0, 1.0, -1.0]), covariance_matrix=jnp.array([[1.0, 0.6, 0.2], [0.6, 1.5, -0.4], [0.2, -0.4, 0.8]])
+    )
+    q = dist.MultivariateNormal(
+        jnp.array([0.5, 0.0, 0.0]), covariance_matrix=jnp.array([[2.0, -0.3, 0.0], [-0.3, 0.5, 0.1], [0.0, 0.1, 1.0]])
+    )
     return p, q
 
 

@@ -14,6 +14,7 @@ from klbook.recipe import kl_objective as _kl_objective
 def kl_objective(key, real, dream, *args, **options):  # compiled: eager NumPyro tracing is slow
     return eqx.filter_jit(lambda k, a: _kl_objective(k, real, dream, *a, **options))(key, args)
 
+
 N, D, K, C, T = 12, 6, 2, 3, 4  # images, pixels, code, classes, counts per pixel
 
 
@@ -28,8 +29,9 @@ def test_a_missing_label_drops_exactly_its_term(batch, make):
     x, y = batch
     model = make(jax.random.key(1), D, K, C, width=8, total_count=T)
     lab = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x, y, names=ss.POST_NAMES)
-    unl = kl_objective(jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x,
-                       names={"x": "distortion", "z": "rate"})
+    unl = kl_objective(
+        jax.random.key(2), ss.post_real_world, ss.post_dream_world, model, x, names={"x": "distortion", "z": "rate"}
+    )
     assert set(unl.terms) == {"distortion", "rate"} and unl.dropped == ("x",) and lab.dropped == ("x", "y")
     for name in ("distortion", "rate"):  # same key, same codes: the same terms
         np.testing.assert_allclose(unl.terms[name], lab.terms[name], rtol=1e-6)
@@ -41,15 +43,18 @@ def test_post_objective_weights_and_fractions(batch):
     model = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
     k_l, k_u = jax.random.split(jax.random.key(3))
     out = eqx.filter_jit(lambda m, k: ss.post_objective(k, m, x[:4], y[:4], x[4:], 20, beta=0.5, gamma=7.0))(
-        model, jax.random.key(3))
+        model, jax.random.key(3)
+    )
     assert isinstance(out, KLObjective) and out.dropped == ("x", "y")
     loss, terms = out.loss, out.terms
     lab = kl_objective(k_l, ss.post_real_world, ss.post_dream_world, model, x[:4], y[:4], names=ss.POST_NAMES).terms
-    unl = kl_objective(k_u, ss.post_real_world, ss.post_dream_world, model, x[4:],
-                       names={"x": "distortion", "z": "rate"}).terms
+    unl = kl_objective(
+        k_u, ss.post_real_world, ss.post_dream_world, model, x[4:], names={"x": "distortion", "z": "rate"}
+    ).terms
     f_l, f_u = 4 / 24, 20 / 24
-    want = f_l * (0.5 * lab["distortion"] + 7.0 * lab["classification"] + lab["rate"]) \
-        + f_u * (0.5 * unl["distortion"] + unl["rate"])
+    want = f_l * (0.5 * lab["distortion"] + 7.0 * lab["classification"] + lab["rate"]) + f_u * (
+        0.5 * unl["distortion"] + unl["rate"]
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5)
     # terms per example of the whole set; their unweighted sum is the total (the loss at beta = gamma = 1)
     np.testing.assert_allclose(terms["classification"], f_l * lab["classification"], rtol=1e-6)
@@ -64,16 +69,33 @@ def test_m2_unlabelled_term_is_the_classifier_weighted_labelled_terms_minus_its_
     x, _ = batch
     model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
     one = x[:1]
-    u = kl_objective(jax.random.key(5), ss.m2_real_world, ss.m2_dream_world, model, one,
-                     names=ss.M2_NAMES, enumerate_sites=("y",), num_particles=400)
+    u = kl_objective(
+        jax.random.key(5),
+        ss.m2_real_world,
+        ss.m2_dream_world,
+        model,
+        one,
+        names=ss.M2_NAMES,
+        enumerate_sites=("y",),
+        num_particles=400,
+    )
     p = np.asarray(model.classify(one).probs[0])
 
     @eqx.filter_jit
     def labelled(m, k):  # L(x, v) for every label v, one compiled call
         def at(v):
-            lv = _kl_objective(jax.random.fold_in(k, v), ss.m2_real_world, ss.m2_dream_world, m, one, v[None],
-                               names=ss.M2_NAMES, num_particles=400)
+            lv = _kl_objective(
+                jax.random.fold_in(k, v),
+                ss.m2_real_world,
+                ss.m2_dream_world,
+                m,
+                one,
+                v[None],
+                names=ss.M2_NAMES,
+                num_particles=400,
+            )
             return lv.total, lv.mc_stderr["total"]
+
         return jax.vmap(at)(jnp.arange(C))
 
     totals, ses = (np.asarray(a) for a in labelled(model, jax.random.key(6)))
@@ -88,7 +110,7 @@ def test_split_labelled_is_balanced_and_disjoint():
     y = np.repeat(np.arange(C), 7)
     split = ss.split_labelled(jax.random.key(7), y, 2, num_splits=3)
     assert split.labelled.shape == (3, 2 * C) and split.unlabelled.shape == (3, 7 * C - 2 * C)
-    for lab, unl in zip(split.labelled, split.unlabelled):
+    for lab, unl in zip(split.labelled, split.unlabelled, strict=True):
         assert np.all(np.bincount(y[lab], minlength=C) == 2)
         assert np.array_equal(np.sort(np.concatenate([lab, unl])), np.arange(y.size))
     assert not np.array_equal(split.labelled[0], split.labelled[1])
@@ -101,9 +123,17 @@ def test_fit_models_trains_every_model_and_errors_are_fractions(batch):
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
     models, history = ss.fit_models(
-        jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+        jax.random.key(9),
+        lambda k: ss.classifier(k, D, C, width=8, total_count=T),
         lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w),
-        x, y, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
+        x,
+        y,
+        split,
+        [1.0, 10.0],
+        num_steps=20,
+        batch_size=4,
+        progress=False,
+    )
     assert np.all(np.isfinite(history["loss"])) and history["loss"].shape == (20,)
     err = ss.error_rate(models, x, y)
     assert err.shape == (2,) and np.all((0 <= err) & (err <= 1))
@@ -168,8 +198,9 @@ def test_an_unlabelled_image_trains_the_tied_head_but_not_the_untied_one(batch):
     names = {"x": "distortion", "z": "rate"}
 
     def head_gradient(model, part):
-        g = eqx.filter_grad(lambda m: _kl_objective(jax.random.key(13), ss.post_real_world, ss.post_dream_world,
-                                                    m, x, names=names).loss)(model)
+        g = eqx.filter_grad(
+            lambda m: _kl_objective(jax.random.key(13), ss.post_real_world, ss.post_dream_world, m, x, names=names).loss
+        )(model)
         return sum(float(jnp.sum(jnp.abs(leaf))) for leaf in jax.tree.leaves(eqx.filter(part(g), eqx.is_array)))
 
     untied = ss.code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
@@ -183,9 +214,17 @@ def test_post_objective_trains_the_tied_model(batch):
     x, _ = batch
     split = ss.split_labelled(jax.random.key(8), jnp.arange(N) % C, 1, num_splits=2)
     models, history = ss.fit_models(
-        jax.random.key(15), lambda k: ss.tied_code_model(k, D, K, C, width=8, total_count=T),
+        jax.random.key(15),
+        lambda k: ss.tied_code_model(k, D, K, C, width=8, total_count=T),
         lambda m, k, xl, yl, xu, n, w: ss.post_objective(k, m, xl, yl, xu, n, beta=0.1, gamma=w),
-        x, jnp.arange(N) % C, split, [1.0, 10.0], num_steps=20, batch_size=4, progress=False)
+        x,
+        jnp.arange(N) % C,
+        split,
+        [1.0, 10.0],
+        num_steps=20,
+        batch_size=4,
+        progress=False,
+    )
     assert np.all(np.isfinite(history["loss"]))
     probs = eqx.filter_vmap(lambda m: m.predict(x))(models)
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
@@ -211,14 +250,29 @@ def test_image_terms_are_each_models_own_unlabelled_ledger(batch):
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(10), y, 1, num_splits=2)
     models, _ = ss.fit_models(
-        jax.random.key(11), lambda k: ss.code_model(k, D, K, C, width=8, total_count=T),
+        jax.random.key(11),
+        lambda k: ss.code_model(k, D, K, C, width=8, total_count=T),
         lambda m, k, xl, yl, xu, n, w: ss.post_objective(k, m, xl, yl, xu, n, gamma=w),
-        x, y, split, [1.0, 10.0], num_steps=5, batch_size=4, progress=False)
+        x,
+        y,
+        split,
+        [1.0, 10.0],
+        num_steps=5,
+        batch_size=4,
+        progress=False,
+    )
     terms = ss.image_terms(jax.random.key(12), models, x, num_particles=3)
     assert set(terms) == {"distortion", "rate"} and terms["rate"].shape == (2,)
     for i in range(2):  # the vmapped, compiled ledger is each model's own, with the same key and draws
-        own = kl_objective(jax.random.key(12), ss.post_real_world, ss.post_dream_world, ss.model_at(models, i), x,
-                           names={"x": "distortion", "z": "rate"}, num_particles=3)
+        own = kl_objective(
+            jax.random.key(12),
+            ss.post_real_world,
+            ss.post_dream_world,
+            ss.model_at(models, i),
+            x,
+            names={"x": "distortion", "z": "rate"},
+            num_particles=3,
+        )
         for name in ("distortion", "rate"):
             np.testing.assert_allclose(terms[name][i], own.terms[name], rtol=1e-5)
     with pytest.raises(ValueError, match=r"shape \[N, 6\]"):
@@ -246,8 +300,9 @@ def test_m2_refuses_labels_out_of_range_eagerly_and_under_jit(batch):
     with pytest.raises(ValueError, match=r"z must have shape \[N, 2\]"):
         model.decode(jnp.zeros((N, K + 1)), y)
     # in range, jitted and eager agree
-    np.testing.assert_allclose(eqx.filter_jit(lambda m, yy: m.encode(x, yy).mean)(model, y), model.encode(x, y).mean,
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        eqx.filter_jit(lambda m, yy: m.encode(x, yy).mean)(model, y), model.encode(x, y).mean, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_m2_objective_weights_and_fractions(batch):
@@ -256,19 +311,21 @@ def test_m2_objective_weights_and_fractions(batch):
     model = ss.m2(jax.random.key(4), D, K, C, width=8, total_count=T)
     k_l, k_u = jax.random.split(jax.random.key(3))
     out = eqx.filter_jit(lambda m, k: ss.m2_objective(k, m, x[:4], y[:4], x[4:], 20, alpha=7.0))(
-        model, jax.random.key(3))
+        model, jax.random.key(3)
+    )
     assert isinstance(out, KLObjective) and out.dropped == ("x", "y")
     loss, terms = out.loss, out.terms
     lab = kl_objective(k_l, ss.m2_real_world, ss.m2_dream_world, model, x[:4], y[:4], names=ss.M2_NAMES)
-    unl = kl_objective(k_u, ss.m2_real_world, ss.m2_dream_world, model, x[4:], names=ss.M2_NAMES,
-                       enumerate_sites=("y",))
+    unl = kl_objective(
+        k_u, ss.m2_real_world, ss.m2_dream_world, model, x[4:], names=ss.M2_NAMES, enumerate_sites=("y",)
+    )
     log_p = np.log(np.asarray(model.classify(x[:4]).probs, np.float64))
     ce = -np.mean(log_p[np.arange(4), np.asarray(y[:4])])
     f_l, f_u = 4 / 24, 20 / 24
     np.testing.assert_allclose(loss, f_l * (float(lab.loss) + 7.0 * ce) + f_u * float(unl.loss), rtol=1e-5)
-    np.testing.assert_allclose(terms["classification"], f_l * ce, rtol=1e-5)   # per example of the whole set
-    np.testing.assert_allclose(out.total, sum(terms.values()), rtol=1e-5)      # the loss at alpha = 1
-    np.testing.assert_allclose(out.mc_stderr["classification"], 0.0)            # no draws in the cross-entropy
+    np.testing.assert_allclose(terms["classification"], f_l * ce, rtol=1e-5)  # per example of the whole set
+    np.testing.assert_allclose(out.total, sum(terms.values()), rtol=1e-5)  # the loss at alpha = 1
+    np.testing.assert_allclose(out.mc_stderr["classification"], 0.0)  # no draws in the cross-entropy
     for name in ("distortion", "rate", "label"):
         np.testing.assert_allclose(terms[name], f_l * lab.terms[name] + f_u * unl.terms[name], rtol=1e-5)
     # the labelled ledger holds log 1/q(y) = log C, the unlabelled one an exact KL to the uniform q(y)
@@ -281,12 +338,25 @@ def test_mixture_code_model_has_the_tied_prior_but_a_separate_head(batch):
     x, y = batch
     mix = ss.mixture_code_model(jax.random.key(1), D, K, C, width=8, total_count=T)
     z = jax.random.normal(jax.random.key(2), (5, K))
-    tied = eqx.tree_at(lambda m: (m.locs, m.log_scales), ss.tied_code_model(jax.random.key(1), D, K, C, width=8, total_count=T),
-                       (mix.locs, mix.log_scales))
+    tied = eqx.tree_at(
+        lambda m: (m.locs, m.log_scales),
+        ss.tied_code_model(jax.random.key(1), D, K, C, width=8, total_count=T),
+        (mix.locs, mix.log_scales),
+    )
     np.testing.assert_allclose(mix.prior(5).log_prob(z), tied.prior(5).log_prob(z), rtol=1e-6)
     np.testing.assert_allclose(mix.classify(z).logits, jax.vmap(mix.head)(z), rtol=1e-6)
-    g = eqx.filter_grad(lambda m: _kl_objective(jax.random.key(13), ss.post_real_world, ss.post_dream_world, m, x,
-                                                names={"x": "distortion", "z": "rate"}).loss)(mix)
+    g = eqx.filter_grad(
+        lambda m: (
+            _kl_objective(
+                jax.random.key(13),
+                ss.post_real_world,
+                ss.post_dream_world,
+                m,
+                x,
+                names={"x": "distortion", "z": "rate"},
+            ).loss
+        )
+    )(mix)
     assert sum(float(jnp.sum(jnp.abs(v))) for v in jax.tree.leaves(eqx.filter(g.head, eqx.is_array))) == 0.0
     assert float(jnp.sum(jnp.abs(g.locs))) > 0.0
     with pytest.raises(ValueError, match="spread must be positive"):
@@ -295,26 +365,30 @@ def test_mixture_code_model_has_the_tied_prior_but_a_separate_head(batch):
 
 def test_per_model_adam_is_adam_per_model_and_fit_models_takes_weight_rows(batch):
     import optax
+
     x, _ = batch
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
     make = lambda k: ss.classifier(k, D, C, width=8, total_count=T)
     obj = lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w[0] * w[1])
-    run = lambda opt, w: ss.fit_models(jax.random.key(9), make, obj, x, y, split, w, num_steps=10, batch_size=4,
-                                       optimizer=opt, progress=False)[0]
+    run = lambda opt, w: ss.fit_models(
+        jax.random.key(9), make, obj, x, y, split, w, num_steps=10, batch_size=4, optimizer=opt, progress=False
+    )[0]
     w = [[1.0, 1.0], [2.0, 0.5]]
     a = run(optax.adam(1e-2), w)
     b = run(ss.per_model_adam([1e-2, 1e-2]), w)
-    for la, lb in zip(jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))):
+    for la, lb in zip(
+        jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array)), strict=True
+    ):
         np.testing.assert_allclose(la, lb, rtol=1e-6, atol=1e-7)
-    c = run(ss.per_model_adam([1e-2, 1e-1]), w)     # model 0 as before, model 1 with its own step
+    c = run(ss.per_model_adam([1e-2, 1e-1]), w)  # model 0 as before, model 1 with its own step
     d = run(optax.adam(1e-1), w)
-    for la, lc, ld in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, c, d))):
+    for la, lc, ld in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, c, d)), strict=True):
         np.testing.assert_allclose(lc[0], la[0], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(lc[1], ld[1], rtol=1e-6, atol=1e-7)
     e = run(ss.per_model_adam(1e-2, weight_decay=[0.0, 0.1]), w)
     f = run(optax.adamw(1e-2, weight_decay=0.1), w)
-    for la, le, lf in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, e, f))):
+    for la, le, lf in zip(*(jax.tree.leaves(eqx.filter(m, eqx.is_array)) for m in (a, e, f)), strict=True):
         np.testing.assert_allclose(le[0], la[0], rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(le[1], lf[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="learning_rates must be positive"):
@@ -327,9 +401,18 @@ def test_mistakes_and_holdout(batch):
     x, _ = batch
     y = jnp.arange(N) % C
     split = ss.split_labelled(jax.random.key(8), y, 1, num_splits=2)
-    models, _ = ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
-                              lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w),
-                              x, y, split, [1.0, 1.0], num_steps=5, batch_size=4, progress=False)
+    models, _ = ss.fit_models(
+        jax.random.key(9),
+        lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+        lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl, weight=w),
+        x,
+        y,
+        split,
+        [1.0, 1.0],
+        num_steps=5,
+        batch_size=4,
+        progress=False,
+    )
     wrong = ss.mistakes(models, x, y)
     assert wrong.shape == (2, N) and wrong.dtype == bool
     np.testing.assert_allclose(ss.error_rate(models, x, y), wrong.mean(-1))
@@ -357,15 +440,19 @@ def _agree(ours, theirs, what):
     se = np.sqrt(ours.var(0, ddof=1) / ours.shape[0] + theirs.var(0, ddof=1) / theirs.shape[0])
     scale = max(np.abs(ours.mean(0)).max(), 1.0)
     bad = np.abs(diff) > 5 * se + 1e-5 * scale
-    assert not bad.any(), f"{what}: {bad.sum()} of {bad.size} disagree; worst {np.abs(diff)[bad].max():.3g} vs s.e. {se[bad].max():.3g}"
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} of {bad.size} disagree; worst {np.abs(diff)[bad].max():.3g} vs s.e. {se[bad].max():.3g}"
+    )
     return np.abs(ours.mean(0)).max()
 
 
 def _per_key(loss):
     """Per-key values and flattened gradients of ``loss(model, key)`` over KEYS keys."""
+
     def one(m, k):
         v, g = eqx.filter_value_and_grad(loss)(m, k)
         return v, _flat(g)
+
     return eqx.filter_jit(lambda m, ks: jax.vmap(lambda k: one(m, k))(ks))
 
 
@@ -401,7 +488,9 @@ def test_post_objective_is_numpyros_trace_elbo_per_example(batch, make):
             numpyro.sample("z_u", m.encode(x_u))
 
     keys = jax.random.split(jax.random.key(20), KEYS)
-    ours = _per_key(lambda m, k: ss.post_objective(k, m, x_l, y_l, x_u, N - 4, beta=beta, gamma=gamma).loss)(model0, keys)
+    ours = _per_key(lambda m, k: ss.post_objective(k, m, x_l, y_l, x_u, N - 4, beta=beta, gamma=gamma).loss)(
+        model0, keys
+    )
     theirs = _per_key(lambda m, k: Trace_ELBO().loss(k, {}, dream, encoder, m) / N)(model0, keys)
     assert _agree(ours[0][:, None], theirs[0][:, None], "value") > 1.0
     assert _agree(ours[1], theirs[1], "gradient") > 0.0
@@ -433,8 +522,8 @@ def test_m2_objective_is_numpyros_trace_elbo_with_the_label_summed_by_hand(batch
 
     def numpyro_m2(m, k):
         ks = jax.random.split(k, C + 1)
-        lab = Trace_ELBO().loss(ks[0], {}, dream, encoder, m, x_l, y_l)                       # sum of L(x, y)
-        log_p = jax.nn.log_softmax(m.classify(x_u).logits, -1)                                 # [N_u, C]
+        lab = Trace_ELBO().loss(ks[0], {}, dream, encoder, m, x_l, y_l)  # sum of L(x, y)
+        log_p = jax.nn.log_softmax(m.classify(x_u).logits, -1)  # [N_u, C]
         p = jnp.exp(log_p)
         unl = jnp.sum(p * log_p)
         for v in range(C):
@@ -463,9 +552,18 @@ def test_supervised_objective_is_a_klobjective_and_objectives_are_key_first(batc
             objective(model, jax.random.key(0), x, y, x, N)
     with pytest.raises(TypeError, match="must return a KLObjective"):
         split = ss.split_labelled(jax.random.key(8), jnp.arange(N) % C, 1, num_splits=1)
-        ss.fit_models(jax.random.key(9), lambda k: ss.classifier(k, D, C, width=8, total_count=T),
-                      lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl).loss,
-                      x, jnp.arange(N) % C, split, [1.0], num_steps=2, batch_size=4, progress=False)
+        ss.fit_models(
+            jax.random.key(9),
+            lambda k: ss.classifier(k, D, C, width=8, total_count=T),
+            lambda m, k, xl, yl, xu, n, w: ss.supervised_objective(k, m, xl, yl).loss,
+            x,
+            jnp.arange(N) % C,
+            split,
+            [1.0],
+            num_steps=2,
+            batch_size=4,
+            progress=False,
+        )
 
 
 def test_component_scales_have_a_floor_that_is_exact_above_it_and_passes_gradient_below():
@@ -506,7 +604,7 @@ def test_every_code_entry_checks_z_the_same_way_eagerly_and_under_jit(batch, whi
     if which != "m2":  # M2's classify reads images, not codes
         entries = {"classify": lambda m, z: m.classify(z).logits, "decode": lambda m, z: m.decode(z).mean}
     for bad in (jnp.zeros((3, K + 1)), jnp.zeros((K,)), jnp.zeros((2, 3, K))):
-        for name, entry in entries.items():
+        for entry in entries.values():
             for run in (entry, eqx.filter_jit(entry)):
                 with pytest.raises(ValueError, match=rf"z must have shape \[N, {K}\] \(one code per example\)"):
                     run(model, bad)

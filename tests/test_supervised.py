@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,8 +46,10 @@ def test_ledger_is_deterministic_and_jit_equals_eager():
 def test_gradient_matches_optax_cross_entropy_gradient():
     net, x, y = _toy()
     ours = eqx.filter_grad(lambda n: sv.objective(KEY, n, x, y).loss)(net)
-    ref = eqx.filter_grad(lambda n: optax.losses.softmax_cross_entropy_with_integer_labels(sv.logits(n, x), y).mean())(net)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    ref = eqx.filter_grad(lambda n: optax.losses.softmax_cross_entropy_with_integer_labels(sv.logits(n, x), y).mean())(
+        net
+    )
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -142,7 +143,7 @@ def test_non_mlp_and_bad_probe_inputs():
 
 def _probe_data(n=120, f=4, seed=0):
     rng = np.random.default_rng(seed)
-    labels = rng.integers(7, 10, n)                      # any integer labels, not only 0..K-1
+    labels = rng.integers(7, 10, n)  # any integer labels, not only 0..K-1
     feats = rng.normal(size=(n, f)) + 2.0 * (labels[:, None] - 8.0)
     splits = np.stack([rng.permutation(n) for _ in range(3)])
     return feats, labels, splits
@@ -152,8 +153,9 @@ def test_probe_accuracy_matches_linear_probe_split_by_split():
     """Same penalised logistic regression as scikit-learn's (C = 1, standardised): same accuracy."""
     feats, labels, splits = _probe_data()
     half = labels.size // 2
-    expected = np.mean([sv.linear_probe(feats[s[:half]], labels[s[:half]], feats[s[half:]], labels[s[half:]]).accuracy
-                        for s in splits])
+    expected = np.mean(
+        [sv.linear_probe(feats[s[:half]], labels[s[:half]], feats[s[half:]], labels[s[half:]]).accuracy for s in splits]
+    )
     np.testing.assert_allclose(sv.probe_accuracy(feats, labels, splits), expected, atol=1e-12)
 
 
@@ -215,7 +217,7 @@ def test_fit_temperature_jit_equals_eager_and_keeps_predictions():
     logits, labels = _calibration_data(true_temperature=0.7, seed=1)
     eager = sv.fit_temperature(logits, labels)
     np.testing.assert_allclose(jax.jit(sv.fit_temperature)(logits, labels), eager, rtol=1e-6)
-    assert float(eager) < 1.0     # labels sharper than the logits say: the fitted T sharpens them
+    assert float(eager) < 1.0  # labels sharper than the logits say: the fitted T sharpens them
     assert bool(jnp.all(jnp.argmax(logits / eager, -1) == jnp.argmax(logits, -1)))
 
 

@@ -34,7 +34,9 @@ def sample():
 def test_full_batch_sgd_reaches_the_sample_mean(sample):
     # loss(mu) = mean (x - mu)^2 / 2 is convex with its minimum at the sample mean; SGD with step
     # 0.5 halves the error each step, so 80 steps leave 2^-80 of it: float32 rounding only.
-    res = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=80, optimizer=optax.sgd(0.5), data=sample, progress=False)
+    res = fit(
+        KEY, normal_mean_loss, jnp.array(0.0), num_steps=80, optimizer=optax.sgd(0.5), data=sample, progress=False
+    )
     assert isinstance(res, FitResult)
     target = float(jnp.mean(sample))
     assert abs(float(res.params) - target) <= 8 * np.finfo(np.float32).eps * (1 + abs(target))
@@ -141,14 +143,18 @@ def test_integer_arrays_are_not_trained():
         count: jax.Array
 
     loss = lambda m, k, b: (jnp.sum((m.w - m.count) ** 2), {})  # noqa: E731
-    res = fit(KEY, loss, Scaled(jnp.zeros(2), jnp.array([2, 3])), num_steps=100, optimizer=optax.sgd(0.25), progress=False)
+    res = fit(
+        KEY, loss, Scaled(jnp.zeros(2), jnp.array([2, 3])), num_steps=100, optimizer=optax.sgd(0.25), progress=False
+    )
     np.testing.assert_array_equal(res.params.count, [2, 3])
     np.testing.assert_allclose(res.params.w, [2.0, 3.0], rtol=1e-5)
 
 
 def test_continue_from_opt_state(sample):
     first = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=10, data=sample, progress=False)
-    more = fit(KEY, normal_mean_loss, first.params, num_steps=10, data=sample, opt_state=first.opt_state, progress=False)
+    more = fit(
+        KEY, normal_mean_loss, first.params, num_steps=10, data=sample, opt_state=first.opt_state, progress=False
+    )
     assert more.history["loss"][0] == pytest.approx(float(normal_mean_loss(first.params, KEY, sample)[0]), rel=1e-6)
 
 
@@ -219,8 +225,17 @@ def test_resuming_continues_the_key_sequence_instead_of_replaying_it():
     loss = lambda p, k, b: (jnp.mean((b - p) ** 2) + 0.1 * jax.random.normal(k), {"batch_mean": jnp.mean(b)})  # noqa: E731
     whole = fit(KEY, loss, jnp.array(0.0), num_steps=20, data=data, batch_size=4, chunk_size=5, progress=False)
     first = fit(KEY, loss, jnp.array(0.0), num_steps=10, data=data, batch_size=4, chunk_size=5, progress=False)
-    more = fit(KEY, loss, first.params, num_steps=10, data=data, batch_size=4, chunk_size=5,
-               opt_state=first.opt_state, progress=False)
+    more = fit(
+        KEY,
+        loss,
+        first.params,
+        num_steps=10,
+        data=data,
+        batch_size=4,
+        chunk_size=5,
+        opt_state=first.opt_state,
+        progress=False,
+    )
     assert first.opt_state.step == 10 and more.opt_state.step == 20
     np.testing.assert_array_equal(np.concatenate([first.history["loss"], more.history["loss"]]), whole.history["loss"])
     np.testing.assert_array_equal(more.history["batch_mean"], whole.history["batch_mean"][10:])
@@ -232,25 +247,48 @@ def test_resuming_continues_the_key_sequence_instead_of_replaying_it():
 def test_a_bare_optax_state_starts_at_step_zero():
     opt = optax.sgd(0.1)
     fresh = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=5, optimizer=opt, progress=False)
-    bare = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=5, optimizer=opt, opt_state=opt.init(jnp.array(1.0)), progress=False)
+    bare = fit(
+        KEY, noisy_loss, jnp.array(1.0), num_steps=5, optimizer=opt, opt_state=opt.init(jnp.array(1.0)), progress=False
+    )
     np.testing.assert_array_equal(fresh.history["loss"], bare.history["loss"])
 
 
 def test_resuming_with_another_optimizer_or_a_bad_step_is_refused():
     first = fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.adam(1e-2), progress=False)
     with pytest.raises(ValueError, match="opt_state does not match the optimizer"):
-        fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.sgd(0.1, momentum=0.9),
-            opt_state=first.opt_state, progress=False)
+        fit(
+            KEY,
+            noisy_loss,
+            jnp.array(1.0),
+            num_steps=3,
+            optimizer=optax.sgd(0.1, momentum=0.9),
+            opt_state=first.opt_state,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="FitState.step must be a non-negative integer"):
-        fit(KEY, noisy_loss, jnp.array(1.0), num_steps=3, optimizer=optax.adam(1e-2),
-            opt_state=first.opt_state._replace(step=-1), progress=False)
+        fit(
+            KEY,
+            noisy_loss,
+            jnp.array(1.0),
+            num_steps=3,
+            optimizer=optax.adam(1e-2),
+            opt_state=first.opt_state._replace(step=-1),
+            progress=False,
+        )
 
 
 def test_reduce_on_plateau_gets_the_loss_as_value():
     """reduce_on_plateau needs value=: fit passes the loss; the state records the best one."""
     opt = optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(patience=2, accumulation_size=1))
-    res = fit(KEY, normal_mean_loss, jnp.array(0.0), num_steps=20, optimizer=opt,
-              data=jnp.array([1.0, 2.0, 6.0]), progress=False)
+    res = fit(
+        KEY,
+        normal_mean_loss,
+        jnp.array(0.0),
+        num_steps=20,
+        optimizer=opt,
+        data=jnp.array([1.0, 2.0, 6.0]),
+        progress=False,
+    )
     plateau = res.opt_state.optimizer_state[1]
     # its best value is one of the losses fit recorded (it only updates on a clear improvement),
     # below the first: fit passed the step's loss as value
@@ -299,15 +337,32 @@ def test_fit_stacked_trains_each_model_as_if_alone():
     make = lambda k: {"m": jax.random.normal(k, ())}  # noqa: E731
     weights = [0.5, 2.0, 2.0]
     key = jax.random.key(7)
-    models, history = fit_stacked(key, make, _weighted_loss, weights, data, num_steps=60, batch_size=16,
-                                  optimizer=optax.adam(0.05), progress=False)
+    models, history = fit_stacked(
+        key,
+        make,
+        _weighted_loss,
+        weights,
+        data,
+        num_steps=60,
+        batch_size=16,
+        optimizer=optax.adam(0.05),
+        progress=False,
+    )
     assert sorted(history) == sorted(["loss", *(f"{n}/{i}" for n in ("rate", "distortion") for i in range(3))])
     k_init, k_fit = jax.random.split(key)
     inits = jax.random.split(k_init, 3)
     for i, w in enumerate(weights):
         # alone: the same initial key, the same batches (fit's key), the model's own noise keys
-        alone = fit(k_fit, lambda p, k, b: _weighted_loss(p, jax.random.split(k, 3)[i], b, w), make(inits[i]),
-                    num_steps=60, data=data, batch_size=16, optimizer=optax.adam(0.05), progress=False)
+        alone = fit(
+            k_fit,
+            lambda p, k, b: _weighted_loss(p, jax.random.split(k, 3)[i], b, w),
+            make(inits[i]),
+            num_steps=60,
+            data=data,
+            batch_size=16,
+            optimizer=optax.adam(0.05),
+            progress=False,
+        )
         np.testing.assert_allclose(member(models, i)["m"], alone.params["m"], rtol=1e-5)
         np.testing.assert_allclose(history[f"distortion/{i}"], alone.history["distortion"], rtol=1e-4, atol=1e-6)
     # and the sweep trains: every model's distortion fell
@@ -320,8 +375,15 @@ def test_fit_stacked_refuses_bad_weights(weights):
     from klbook.train import fit_stacked
 
     with pytest.raises(ValueError, match="weights must be a non-empty vector of finite numbers"):
-        fit_stacked(jax.random.key(0), lambda k: {"m": jnp.zeros(())}, _weighted_loss, weights,
-                    jnp.zeros(8), num_steps=2, progress=False)
+        fit_stacked(
+            jax.random.key(0),
+            lambda k: {"m": jnp.zeros(())},
+            _weighted_loss,
+            weights,
+            jnp.zeros(8),
+            num_steps=2,
+            progress=False,
+        )
 
 
 def test_fit_accepts_a_kl_objective():
@@ -348,7 +410,9 @@ def test_fit_accepts_a_kl_objective():
     assert abs(float(res.params) - float(x.mean())) < 1e-4  # the sample mean minimises the Gaussian distortion
     np.testing.assert_allclose(res.history["loss"], 2.0 * res.history["distortion"], rtol=1e-6)
     scores = evaluate(jax.random.key(1), loss, res.params, x, 2)
-    np.testing.assert_allclose(scores["distortion"], 0.5 * np.log(2 * np.pi) + 0.5 * float(((x - x.mean()) ** 2).mean()), rtol=1e-5)
+    np.testing.assert_allclose(
+        scores["distortion"], 0.5 * np.log(2 * np.pi) + 0.5 * float(((x - x.mean()) ** 2).mean()), rtol=1e-5
+    )
 
 
 # --- stacked models: a missing leading axis is named, not indexed into (issue 22) -------------
@@ -418,8 +482,11 @@ def test_fit_stacked_refuses_a_per_example_loss_and_missing_terms_before_compili
         fit_stacked(KEY, make, per_example, [1.0, 2.0], jnp.ones(8), num_steps=2, batch_size=4, progress=False)
     assert len(traced) == 1  # the abstract shape check only: refused before anything ran
     no_rate = lambda p, k, b, w: (w * jnp.mean((b - p["m"]) ** 2), {"distortion": jnp.mean((b - p["m"]) ** 2)})  # noqa: E731
-    with pytest.raises(ValueError, match=r"records terms \['rate', 'distortion'\], but loss returns no \['rate'\] "
-                                         r"\(it returns \['distortion'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"records terms \['rate', 'distortion'\], but loss returns no \['rate'\] "
+        r"\(it returns \['distortion'\]\)",
+    ):
         fit_stacked(KEY, make, no_rate, [1.0, 2.0], jnp.ones(8), num_steps=2, batch_size=4, progress=False)
     vector_term = lambda p, k, b, w: (jnp.mean((b - p["m"]) ** 2), {"rate": b, "distortion": jnp.mean(b)})  # noqa: E731
     with pytest.raises(ValueError, match=r"term 'rate' must be a scalar for each model; got shape \(4,\)"):
@@ -428,6 +495,7 @@ def test_fit_stacked_refuses_a_per_example_loss_and_missing_terms_before_compili
         fit_stacked(KEY, make, no_rate, 0.5, jnp.ones(8), num_steps=2, terms=("distortion",), progress=False)
     with pytest.raises(TypeError, match="terms must be a tuple of term names"):
         fit_stacked(KEY, make, no_rate, [0.5], jnp.ones(8), num_steps=2, terms="distortion", progress=False)
-    _, history = fit_stacked(KEY, make, no_rate, [0.5, 1.0], jnp.ones(8), num_steps=2, batch_size=4,
-                             terms=("distortion",), progress=False)
+    _, history = fit_stacked(
+        KEY, make, no_rate, [0.5, 1.0], jnp.ones(8), num_steps=2, batch_size=4, terms=("distortion",), progress=False
+    )
     assert sorted(history) == ["distortion/0", "distortion/1", "loss"]

@@ -112,8 +112,9 @@ def test_decoders_are_proper_likelihoods():
         return jnp.sum(jax.vmap(lambda v: jnp.exp(m.decode(z).log_prob(jnp.full((3, 1), v))))(values), 0)
 
     np.testing.assert_allclose(total(_binomial(KEY, 1, 2, 16, width=8), jnp.arange(17)), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(total(eqx.filter_jit(vae.bernoulli_vae)(KEY, 1, 2, width=8), jnp.arange(2)), 1.0,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        total(eqx.filter_jit(vae.bernoulli_vae)(KEY, 1, 2, width=8), jnp.arange(2)), 1.0, rtol=1e-5
+    )
 
 
 # --- the chain on a world with an exact marginal -------------------------------------------------
@@ -196,7 +197,7 @@ def test_jit_equals_eager_and_same_key_same_result(small):
     m, x = small, _counts(KEY)
     eager = vae.terms(KEY, m, x)
     jitted = eqx.filter_jit(vae.terms)(KEY, m, x)
-    for a, b in zip(eager, jitted):
+    for a, b in zip(eager, jitted, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)
     np.testing.assert_array_equal(vae.terms(KEY, m, x).rate, eager.rate)
 
@@ -205,8 +206,15 @@ def test_fit_betas_trains_stacked_models_one_per_beta():
     world = _linear_world()
     x = _linear_data(world, jax.random.key(15), 256)
     betas = [0.5, 8.0]
-    models, history = vae.fit_betas(jax.random.key(16), lambda k: vae.linear_gaussian_vae(k, D, K), betas, x,
-                                    num_steps=300, batch_size=64, progress=False)
+    models, history = vae.fit_betas(
+        jax.random.key(16),
+        lambda k: vae.linear_gaussian_vae(k, D, K),
+        betas,
+        x,
+        num_steps=300,
+        batch_size=64,
+        progress=False,
+    )
     assert models.decoder.linear.weight.shape == (2, D, K)
     assert set(history) == {"loss", "rate/0", "rate/1", "distortion/0", "distortion/1"}
     assert history["loss"].shape == (300,) and history["loss"][-20:].mean() < history["loss"][:20].mean()
@@ -248,17 +256,27 @@ def _numeric_optimum(w, beta, noise, seed=0, restarts=1):
     cov = w @ w.T + noise**2 * np.eye(d)
 
     def f(p):
-        a, log_s, v = p[: m * d].reshape(m, d), p[m * d: m * d + m], p[m * d + m:].reshape(d, m)
+        a, log_s, v = p[: m * d].reshape(m, d), p[m * d : m * d + m], p[m * d + m :].reshape(d, m)
         dd, rr = vae.linear_gaussian_population(cov, a, np.exp(log_s), v, noise)
         return dd + beta * rr
 
     rng = np.random.default_rng(seed)
-    best = min((minimize(f, 0.3 * rng.standard_normal(m * (2 * d + 1)), method="L-BFGS-B",
-                         options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-9}) for _ in range(restarts)),
-               key=lambda r: r.fun)
+    best = min(
+        (
+            minimize(
+                f,
+                0.3 * rng.standard_normal(m * (2 * d + 1)),
+                method="L-BFGS-B",
+                options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-9},
+            )
+            for _ in range(restarts)
+        ),
+        key=lambda r: r.fun,
+    )
     p = best.x
-    return vae.linear_gaussian_population(cov, p[: m * d].reshape(m, d), np.exp(p[m * d: m * d + m]),
-                                          p[m * d + m:].reshape(d, m), noise)
+    return vae.linear_gaussian_population(
+        cov, p[: m * d].reshape(m, d), np.exp(p[m * d : m * d + m]), p[m * d + m :].reshape(d, m), noise
+    )
 
 
 def test_linear_gaussian_optimum_closed_form_matches_numeric_optimum_in_float64():
@@ -273,7 +291,9 @@ def test_linear_gaussian_optimum_closed_form_matches_numeric_optimum_in_float64(
     np.testing.assert_allclose((d + r - h)[:4], [0.1931, 0.0, 0.3069, 1.6137], atol=1e-4)
     assert abs(d[1] + r[1] - h) < 1e-12  # beta = 1: the family contains the truth
     assert abs(r[4] - 0.5 * math.log(17 / 8)) < 1e-12 and r[5] == 0.0  # collapse above 5, then above 17
-    for beta, dd, rr in list(zip(betas, d, r))[::2]:  # 0.5, 2 and 8: both sides of 1, and one collapsed direction
+    for beta, dd, rr in list(zip(betas, d, r, strict=True))[
+        ::2
+    ]:  # 0.5, 2 and 8: both sides of 1, and one collapsed direction
         dn, rn = _numeric_optimum(w, beta, 1.0)
         assert abs((dn + beta * rn) - (dd + beta * rr)) < 1e-6, (beta, dn + beta * rn, dd + beta * rr)
         assert dn + beta * rn >= dd + beta * rr - 1e-9  # nothing numeric beats the closed form
@@ -281,7 +301,7 @@ def test_linear_gaussian_optimum_closed_form_matches_numeric_optimum_in_float64(
     # another noise level and shape
     w3 = np.array([[2.0], [1.0], [-1.0]])
     d3, r3 = vae.linear_gaussian_optimum(w3, [0.7, 1.5], noise=0.5)
-    for beta, dd, rr in zip([0.7, 1.5], d3, r3):
+    for beta, dd, rr in zip([0.7, 1.5], d3, r3, strict=True):
         dn, rn = _numeric_optimum(w3, beta, 0.5)
         assert abs((dn + beta * rn) - (dd + beta * rr)) < 1e-6
 
@@ -315,7 +335,9 @@ def test_linear_gaussian_fit_is_the_sample_optimum_and_ml_at_beta_one():
         f0 = obj(fit)
         for k in range(10):
             kk = jax.random.key(k)
-            moved = jax.tree.map(lambda a: a + 0.02 * jax.random.normal(kk, a.shape) if eqx.is_inexact_array(a) else a, fit)
+            moved = jax.tree.map(
+                lambda a: a + 0.02 * jax.random.normal(kk, a.shape) if eqx.is_inexact_array(a) else a, fit
+            )
             moved = eqx.tree_at(lambda m: m.decoder.raw_scale, moved, fit.decoder.raw_scale)  # sigma stays fixed
             assert obj(moved) > f0 - 1e-5
 
@@ -327,8 +349,11 @@ def test_fixed_noise_gets_no_gradient_and_learned_noise_does():
     for m, zero in ((fixed, True), (learned, False)):
         g = eqx.filter_grad(lambda mm: vae.objective(KEY, mm, x, beta=0.5).loss)(m)
         assert bool(jnp.all(g.decoder.raw_scale == 0)) == zero
-    np.testing.assert_allclose(vae.linear_gaussian_marginal(fixed).covariance_matrix.diagonal()
-                               - jnp.sum(fixed.decoder.linear.weight**2, 1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        vae.linear_gaussian_marginal(fixed).covariance_matrix.diagonal() - jnp.sum(fixed.decoder.linear.weight**2, 1),
+        1.0,
+        rtol=1e-5,
+    )
 
 
 def test_learned_noise_runaway_below_beta_one():
@@ -410,6 +435,7 @@ def _numpyro_pair(beta):
     ``handlers.scale`` multiplies log q(z) in the model and log p(z|x) in the guide by β, so
     ``Trace_ELBO().loss / N`` estimates ``D + β R`` per example: the β-VAE's loss.
     """
+
     def model(m, x):
         with numpyro.plate("data", x.shape[0]):
             with handlers.scale(scale=beta):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -63,10 +62,26 @@ def test_identification_bound_is_fano():
 @pytest.fixture(scope="module")
 def sweep():
     x = jax.random.randint(KEY, (40, 4), 0, 17)
-    models, _ = vae.fit_betas(KEY, lambda k: vae.binomial_vae(k, 4, 2, 16, width=8), [0.5, 4.0], x,
-                              num_steps=20, batch_size=16, progress=False)
-    return vx.summarise(jax.random.key(1), models, [0.5, 4.0], x, num_samples=8, entropy=vx.empirical_entropy(x),
-                        floor=vx.binomial_floor(x, 16), image_shape=(2, 2), num_show=3)
+    models, _ = vae.fit_betas(
+        KEY,
+        lambda k: vae.binomial_vae(k, 4, 2, 16, width=8),
+        [0.5, 4.0],
+        x,
+        num_steps=20,
+        batch_size=16,
+        progress=False,
+    )
+    return vx.summarise(
+        jax.random.key(1),
+        models,
+        [0.5, 4.0],
+        x,
+        num_samples=8,
+        entropy=vx.empirical_entropy(x),
+        floor=vx.binomial_floor(x, 16),
+        image_shape=(2, 2),
+        num_show=3,
+    )
 
 
 def test_summarise_shapes_and_chain(sweep):
@@ -113,8 +128,22 @@ def _fake_sweep(rate, identified):
     avg = np.ones((2, 2))
     imgs = np.stack([avg + 0.5 * np.arange(4).reshape(2, 2), avg - 0.5 * np.arange(4).reshape(2, 2)])
     recon = np.stack([imgs, imgs, np.stack([avg, avg])])[:m]
-    return vx.BetaSweep(np.array([0.1, 1.0, 100.0])[:m], chain, se, z + 1.0, z + 0.5, 3.0, 10.0,
-                        np.asarray(identified, float), None, None, imgs, recon, recon, 2.0)
+    return vx.BetaSweep(
+        np.array([0.1, 1.0, 100.0])[:m],
+        chain,
+        se,
+        z + 1.0,
+        z + 0.5,
+        3.0,
+        10.0,
+        np.asarray(identified, float),
+        None,
+        None,
+        imgs,
+        recon,
+        recon,
+        2.0,
+    )
 
 
 def test_check_sweep_passes_a_consistent_sweep_and_names_a_broken_claim():

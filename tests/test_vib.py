@@ -30,8 +30,9 @@ def model_and_data():
 
 def test_recipe_terms_match_closed_form_rate_and_sampled_classification(model_and_data):
     model, x, y = model_and_data
-    obj = kl_objective(jax.random.key(1), vib.real_world, vib.dream_world, model, x, y,
-                       names=vib.NAMES, num_particles=64)
+    obj = kl_objective(
+        jax.random.key(1), vib.real_world, vib.dream_world, model, x, y, names=vib.NAMES, num_particles=64
+    )
     assert obj.dropped == ("x", "y")
     assert float(obj.terms["inputs"]) == 0.0
     exact_rate = float(jnp.mean(vib.rate(model, x)))
@@ -62,8 +63,16 @@ def test_classification_term_bounds_the_stochastic_classifier_cross_entropy(mode
 def test_fit_betas_rate_falls_with_beta():
     x = jax.random.uniform(jax.random.key(5), (200, D))
     y = (x[:, 0] > 0.5).astype(jnp.int32)
-    models, history = vib.fit_betas(jax.random.key(6), lambda k: vib.vib(k, D, K, 2, width=16),
-                                    [0.0, 1.0], x, y, num_steps=300, batch_size=50, progress=False)
+    models, history = vib.fit_betas(
+        jax.random.key(6),
+        lambda k: vib.vib(k, D, K, 2, width=16),
+        [0.0, 1.0],
+        x,
+        y,
+        num_steps=300,
+        batch_size=50,
+        progress=False,
+    )
     rates = [float(jnp.mean(vib.rate(vib.model_at(models, i), x))) for i in range(2)]
     assert rates[1] < rates[0] / 4
     assert set(history) >= {"rate/0", "classification/1"}
@@ -97,7 +106,7 @@ def test_expected_calibration_error_against_a_direct_loop():
     conf, pred = probs.max(-1), probs.argmax(-1)
     ece = 0.0
     for b in range(10):
-        inside = (np.minimum((conf * 10).astype(int), 9) == b)
+        inside = np.minimum((conf * 10).astype(int), 9) == b
         if inside.any():
             ece += inside.mean() * abs((pred[inside] == y[inside]).mean() - conf[inside].mean())
     assert float(vib.expected_calibration_error(probs, y)) == pytest.approx(ece, abs=1e-5)
@@ -137,6 +146,7 @@ def test_evaluate_matches_its_parts(model_and_data):
 
 def test_labelled_mixture_posterior_is_bayes_rule():
     from klbook.data import ring_mixture
+
     mix = ring_mixture(4, radius=1.0, scale=0.7)
     x, y = vib.labelled_mixture(jax.random.key(10), 20000, mix)
     assert x.shape == (20000, 2) and y.shape == (20000,)
@@ -175,7 +185,7 @@ def test_ece_refuses_no_bins(jit):
     y = jnp.arange(20) % 3
     ece = jax.jit(vib.expected_calibration_error, static_argnums=2) if jit else vib.expected_calibration_error
     with pytest.raises(ValueError, match="num_bins must be a positive integer"):
-        ece(probs, y, 0)   # used to return ECE = 0 silently
+        ece(probs, y, 0)  # used to return ECE = 0 silently
     with pytest.raises(ValueError, match="num_bins must be a positive integer"):
         ece(probs, y, -3)
 
@@ -199,23 +209,26 @@ def test_calibration_bins_refuse_empty_and_non_distributions():
 
 def eqx_jit(fn):
     import equinox as eqx
+
     return eqx.filter_jit(fn)
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_label_posterior_refuses_x_of_the_wrong_dimension(jit):
     from klbook.data import ring_mixture
-    mix = ring_mixture(4, radius=1.0, scale=0.7)   # 2-d components
+
+    mix = ring_mixture(4, radius=1.0, scale=0.7)  # 2-d components
     post = eqx_jit(vib.label_posterior) if jit else vib.label_posterior
     assert post(mix, jnp.zeros((5, 2))).shape == (5, 4)
     with pytest.raises(ValueError, match=r"x must have shape \[N, 2\]"):
-        post(mix, jnp.zeros((5, 1)))   # used to broadcast to [5, 4, 2] and answer
+        post(mix, jnp.zeros((5, 1)))  # used to broadcast to [5, 4, 2] and answer
     with pytest.raises(ValueError, match=r"x must have shape \[N, 2\]"):
         post(mix, jnp.zeros(5))
 
 
 def test_label_posterior_is_bayes_rule_by_hand():
     from klbook.data import ring_mixture
+
     mix = ring_mixture(3, radius=1.0, scale=0.5)
     base = mix.component_distribution.base_dist
     loc = np.broadcast_to(np.asarray(base.loc, np.float64), (3, 2))
@@ -252,7 +265,7 @@ def test_error_rate_and_fgsm_check_labels_under_jit(model_and_data, jit):
 def test_confidence_gap_is_signed_and_bounded_by_the_ece(model_and_data):
     model, x, y = model_and_data
     s = vib.evaluate(jax.random.key(11), model, x, y, num_samples=8)
-    qbar = vib.predictive(jax.random.key(11), model, x, 8)   # the same draws
+    qbar = vib.predictive(jax.random.key(11), model, x, 8)  # the same draws
     conf, correct, _ = vib.calibration_bins(qbar, y)
     gap = float((conf.sum() - correct.sum()) / N)
     assert float(s.confidence_gap) == pytest.approx(gap, abs=1e-5)
@@ -301,6 +314,7 @@ def _numpyro_pair(beta):
     The images are data in both worlds (a zero term), so they appear only as the encoder's input.
     ``Trace_ELBO().loss / N`` then estimates ``C + β R`` per example.
     """
+
     def model(m, x, y):
         with numpyro.plate("data", x.shape[0]):
             with handlers.scale(scale=beta):
