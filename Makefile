@@ -7,7 +7,7 @@
 #
 # Test layers, in order (each prints "== layer NAME: N s" and appends it to _build/layer-times.txt):
 #   test-lint       style and types, first because it takes seconds: ruff (lint, and format --check)
-#                   on the package and scripts/, pyright (basic mode) on the package, all configured
+#                   on the package, scripts/ and tests/, pyright (basic mode) on the package, all configured
 #                   in pyproject.toml and pinned in its lint extra
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
 #                   integration tests below)
