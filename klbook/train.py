@@ -224,7 +224,7 @@ def _check_divides(rows: int, count: int, what: str) -> None:
     if rows % count:
         raise ValueError(
             f"{what} {rows} does not divide over {count} devices ({rows} % {count} = {rows % count}): "
-            f"each device takes an equal share of the batch. Pick a {what} that is a multiple of {count}, "
+            f"each device takes an equal share of the batch. Make it a multiple of {count}, "
             "or pass devices=1 (one device) or devices=<a count that divides it>"
         )
 
