@@ -12,8 +12,8 @@ import pytest
 from numpyro.infer import Trace_ELBO
 
 from klbook import bayes, therml, vae, vib
-from klbook.book import jit_once
 from klbook import semisup as ss
+from klbook.book import jit_once
 from klbook.nn import categorical_head
 from klbook.recipe import KLObjective
 
@@ -338,7 +338,7 @@ def test_weight_encoder_reads_theta_as_its_layers():
 
 
 def test_weight_model_pieces():
-    """weight_model: theta is the encoder's weights with a mean-field posterior; priors and heads hold no trained array."""
+    """weight_model: theta is the encoder's weights (mean-field posterior); priors and heads hold no trained array."""
     m = therml.weight_model(jax.random.key(20), D, K, C, width=4, decoder="bernoulli")
     enc = m.encoder
     assert isinstance(enc, therml.WeightEncoder) and enc.sizes == (D, 4, 2 * K)
