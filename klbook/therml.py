@@ -19,9 +19,10 @@ with four terms, each a site of the recipe (:mod:`klbook.recipe`), in nats per e
   model has no decoder, ``x`` is data in both worlds and its term, named ``"inputs"``, is 0);
 * ``"rate"`` :math:`R = \langle \log p(z\mid x,\theta)/q(z)\rangle_P` (the code's site ``z``);
 * ``"weights_rate"`` :math:`S = \langle \log p(\theta\mid\mathcal D)/q(\theta)\rangle_P / N` (the
-  weights' site ``theta``, a global site, so the recipe divides its KL by :math:`N`). The paper
-  calls :math:`S` the entropy-like term of the weights; the book keeps "rate" in its name because
-  it is the same kind of KL as :math:`R`, paid once for the whole data set instead of per example.
+  weights' site ``theta``, a global site, so the recipe divides its KL by :math:`N`). The letter
+  is thermodynamics' symbol for entropy (in the paper's analogy :math:`\sigma` is its
+  temperature); the book keeps "rate" in its name because it is the same kind of KL as
+  :math:`R`, paid once for the whole data set instead of per example.
 
 :math:`H` is the data's own entropy, which nothing here trains (the recipe drops it). The book's
 letter :math:`\mathcal D` for the data set is not the distortion :math:`D` (the post prints the
