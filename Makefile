@@ -10,7 +10,7 @@
 #                   on the package, scripts/ and tests/, pyright (basic mode) on the package, all configured
 #                   in pyproject.toml and pinned in its lint extra
 #   test-unit       the package's tests and the checks on the project's files (tests/, except the
-#                   integration tests below)
+#                   integration tests below); it lists its 25 slowest tests, to keep an eye on the budget
 #   test-notebooks  every notebook re-executes with nbval (two at a time, each in its own kernel:
 #                   --dist loadscope keeps a notebook's cells in order) and reproduces its stored outputs under the
 #                   reproducibility contract: exact outputs exactly, measured ones (trained or Monte
@@ -148,7 +148,7 @@ UNIT_XLA = XLA_FLAGS="$$($(1) scripts/unit_xla_flags.py)"
 
 # Layer 1: the package's unit and property tests, and the checks on the project's own files.
 test-unit: install
-	$(call timed,unit,$(call UNIT_XLA,$(PY)) $(PY) -m pytest tests -q $(XDIST) $(LOADFILE) $(addprefix --ignore=,$(INTEGRATION)))
+	$(call timed,unit,$(call UNIT_XLA,$(PY)) $(PY) -m pytest tests -q --durations=25 $(XDIST) $(LOADFILE) $(addprefix --ignore=,$(INTEGRATION)))
 
 # Layer 2: every notebook re-executes and reproduces its stored outputs.
 test-notebooks: install
