@@ -325,6 +325,7 @@ class OneStep(dist.Distribution):
         return self.base.log_prob(theta0) - logdet
 
     def log_prob(self, value):
+        """The one-step density at ``value [..., d]``, by change of variables (the step inverted by Newton's method)."""
         value = jnp.asarray(value)
         flat = value.reshape((-1, value.shape[-1]))
         return jax.vmap(self._log_prob_one)(flat).reshape(value.shape[:-1])
