@@ -19,11 +19,13 @@ paper writes the model as p and the learned distributions as q and r). With the 
 
 The inputs are data in both worlds and cancel, so they are not sites. The recipe's KL is
 
-.. math:: I[P;Q] = \underbrace{\langle -\log q(D\mid\theta)\rangle}_{\text{distortion}}
+.. math:: \begin{aligned}
+   I[P;Q] ={}& \underbrace{\langle -\log q(D\mid\theta)\rangle}_{\text{distortion}}
    + \underbrace{\left\langle\log\frac{p(\theta\mid\tilde x,\tilde y, D)}{q(\theta)}\right\rangle}
-     _{\text{rate}}
-   + \underbrace{\left\langle\log\frac{p(\tilde y\mid\tilde x, D)}{q(\tilde y\mid\tilde x,\theta)}
+     _{\text{rate}} \\
+   &+ \underbrace{\left\langle\log\frac{p(\tilde y\mid\tilde x, D)}{q(\tilde y\mid\tilde x,\theta)}
      \right\rangle}_{\text{prediction}} - H(D).
+   \end{aligned}
 
 Forgetting :math:`\theta` can only lower a KL (monotonicity, chapter 2), and what remains is a KL
 between :math:`p(D)\,p(\tilde y\mid\tilde x, D)` and :math:`q(D)\,q(\tilde y\mid\tilde x, D)`;
@@ -257,10 +259,11 @@ def objective(
 class OneStep(dist.Distribution):
     r"""The paper's implicit augmented posterior: one gradient step from an approximate posterior.
 
-    .. math:: \theta = T(\theta_0) = \theta_0 + \epsilon\odot\nabla\ell(\theta_0),\quad
-       \theta_0\sim s, \qquad
-       \log r(\theta) = \log s(\theta_0) - \log\left|\det\big(I + \mathrm{diag}(\epsilon)\,
+    .. math:: \begin{aligned}
+       \theta &= T(\theta_0) = \theta_0 + \epsilon\odot\nabla\ell(\theta_0),\quad \theta_0\sim s, \\
+       \log r(\theta) &= \log s(\theta_0) - \log\left|\det\big(I + \mathrm{diag}(\epsilon)\,
        \nabla^2\ell(\theta_0)\big)\right|,
+       \end{aligned}
 
     with :math:`\ell(\theta) = \log q(\tilde y\mid\tilde x,\theta)` the new point's log likelihood.
     Sampling is reparameterised through ``base``; scoring a value inverts :math:`T` by Newton's
