@@ -31,11 +31,13 @@ Forgetting :math:`\theta` can only lower a KL (monotonicity, chapter 2), and wha
 between :math:`p(D)\,p(\tilde y\mid\tilde x, D)` and :math:`q(D)\,q(\tilde y\mid\tilde x, D)`;
 the chain rule makes the difference exact:
 
-.. math:: \mathcal D + \mathcal R + \mathcal P = -\log q(D)
+.. math:: \begin{aligned}
+   \mathcal D + \mathcal R + \mathcal P ={}& -\log q(D)
    + \big\langle \mathrm{KL}[p(\tilde y\mid\tilde x, D)\,\Vert\, q(\tilde y\mid\tilde x, D)]
-     \big\rangle_{\tilde x}
-   + \big\langle \mathrm{KL}[p(\theta\mid\tilde x,\tilde y, D)\,\Vert\,
+     \big\rangle_{\tilde x} \\
+   &+ \big\langle \mathrm{KL}[p(\theta\mid\tilde x,\tilde y, D)\,\Vert\,
      q(\theta\mid\tilde x,\tilde y, D)]\big\rangle_{\tilde x,\tilde y}.
+   \end{aligned}
 
 So the objective bounds the negative log evidence from above, as the ELBO of chapter 10 does, and
 its excess bounds the KL *from the learned predictive to the exact one* (expectation under the
