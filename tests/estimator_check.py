@@ -27,3 +27,16 @@ def same_expectation(a, b, what: str) -> None:
     gap = np.abs(a.mean(0) - b.mean(0))
     se = np.sqrt(a.var(0, ddof=1) / a.shape[0] + b.var(0, ddof=1) / b.shape[0])
     assert np.all(gap < 5 * se + 1e-6), (what, a.mean(0), b.mean(0), se)
+
+
+def same_estimator(ours, theirs, params) -> None:
+    """``ours`` and ``theirs`` (``fn(params, key) -> scalar``) agree in value and gradient on average
+    (:func:`same_expectation` over independent keys), and the gradient is not constant, so the check can fail."""
+    for a, b, what in zip(
+        value_and_grad_draws(ours, params, 1),
+        value_and_grad_draws(theirs, params, 2),
+        ("value", "gradient"),
+        strict=True,
+    ):
+        same_expectation(a, b, what)
+    assert np.std(value_and_grad_draws(ours, params, 3)[1], axis=0).max() > 0
