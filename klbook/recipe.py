@@ -71,6 +71,16 @@ Conventions.
   pooled over examples, which needs ``num_particles >= 2`` (``nan`` otherwise). When P has global
   random sites the examples are not independent, and both are the spread between particles'
   totals (``nan`` with a single particle).
+* **Point masses.** A latent of P drawn from a point mass (``dist.Delta``, a deterministic
+  encoder, say) has no density: where the dream world gives the same site a density (a
+  continuous support), its term :math:`\langle\log p(z)/q(z)\rangle` is :math:`+\infty`, and
+  scoring the point mass as ``log p = 0`` would return a finite number that is not the KL. The
+  recipe refuses such a site and names it. To train the familiar finite objective anyway (MAP
+  estimation of a global site, a deterministic autoencoder's code), say so:
+  ``point_masses=("z",)`` scores the site by :math:`-\log q(z)` alone and lists it in
+  ``KLObjective.dropped``, the infinite :math:`\langle\log p(z)\rangle` being dropped as a
+  constant, as a data site's unknown density is. A point mass against a dream site with a
+  discrete support (a probability, not a density) is an ordinary, finite term.
 * **Masks** (``handlers.mask``, ``obs_mask``) are refused with an error: a masked site would
   silently drop terms from the ledger.
 * **Model arguments.** ``kl_objective(key, real, dream, *args, model_kwargs={...})``: positional
@@ -128,7 +138,8 @@ class KLObjective:
     the estimate against the same average over these examples computed exactly (``nan`` with
     one particle)."""
     dropped: tuple[str, ...]
-    """Data sites whose unknown ``<log p(x)>`` was dropped as a constant."""
+    """Sites whose ``<log p>`` was dropped as a constant: data sites (their unknown density), and
+    the point-mass latents named in ``point_masses=`` (their infinite one)."""
 
 
 def sample_sites(model: Callable, key, *args, **kwargs) -> dict[str, dict]:
@@ -194,8 +205,18 @@ def _describe(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
     return f"batch shape {shapes[0]}, event shape {shapes[1]}"
 
 
-def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_plates: dict) -> None:
-    """Same sites, same shapes, same plates and the same subsampling in both worlds."""
+def _is_point_mass(fn) -> bool:
+    """A Delta, possibly behind Independent / expand / mask wrappers."""
+    while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, dist.Delta)
+
+
+def _check_worlds(
+    real_sites: dict, dream_sites: dict, real_plates: dict, dream_plates: dict, point_masses=frozenset()
+) -> None:
+    """Same sites, same shapes, same plates and the same subsampling in both worlds; no point mass
+    of P scored against a density of Q unless the caller named it in ``point_masses``."""
     only_real = sorted(set(real_sites) - set(dream_sites))
     only_dream = sorted(set(dream_sites) - set(real_sites))
     if only_real or only_dream:
@@ -234,6 +255,16 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
                 f"numpyro.plate({name!r}, N, subsample_size=B) with the same N and B in both, so the "
                 "dream world scores the real world's minibatch"
             )
+    not_point = sorted(
+        n
+        for n in point_masses
+        if n not in real_sites or real_sites[n]["is_observed"] or not _is_point_mass(real_sites[n]["fn"])
+    )
+    if not_point:
+        raise ValueError(
+            f"point_masses names {not_point}, which are not point-mass (dist.Delta) latents of the real "
+            "world: only a latent drawn from a point mass has an infinite term to drop"
+        )
     for name, p_site in real_sites.items():
         q_site = dream_sites[name]
         observed = p_site["is_observed"]
@@ -257,6 +288,14 @@ def _check_worlds(real_sites: dict, dream_sites: dict, real_plates: dict, dream_
             )
         if observed:
             _check_value_in_plates(name, p_site)
+        elif name not in point_masses and _is_point_mass(p_site["fn"]) and not q_site["fn"].support.is_discrete:
+            raise ValueError(
+                f"site {name!r} is a point mass (dist.Delta) in the real world but has a density in the "
+                f"dream world, so its term <log p({name})/q({name})> is infinite: a point mass has no "
+                "density to score. Give the site a spread in the real world (a Normal encoder), or, to "
+                "train the finite objective that drops the infinite constant (MAP estimation, a "
+                f"deterministic code), pass point_masses=({name!r},)"
+            )
 
 
 def _check_value_in_plates(name: str, site: dict) -> None:
@@ -321,7 +360,7 @@ class _Layout:
     shapes: dict[str, tuple[int, ...]]  # site -> batch shape
 
 
-def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, fixed=None):
+def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, fixed=None, point_masses=frozenset()):
     """One draw from P scored under both worlds.
 
     ``scales`` maps a site to the factor its log-ratio is multiplied by (``size / subsample``
@@ -354,7 +393,7 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, f
         return None
 
     dream_sites, dream_plates = _trace(dream, key_dream, args, kwargs, substitute_fn=same_draw)
-    _check_worlds(real_sites, dream_sites, real_plates, dream_plates)
+    _check_worlds(real_sites, dream_sites, real_plates, dream_plates, point_masses)
     plate_sizes.update({n: _plate_sizes(s) for n, s in dream_plates.items() if n not in plate_sizes})
     out, frames, shapes, fixed_log_p = {}, {}, {}, {}
     for name, p_site in real_sites.items():
@@ -373,6 +412,8 @@ def _one_particle(key, real, dream, args, kwargs, plate, base_measure, scales, f
                     f"has batch shape {shape}: give one log density per batch element (set the "
                     "measure's event shape to the site's)"
                 )
+        elif name in point_masses:
+            log_p = 0.0  # the point mass's infinite <log p> is dropped (point_masses=)
         else:
             log_p = p_site["fn"].log_prob(value)
             score = None if p_site["fn"].has_rsample or (fixed and name in fixed) else log_p
@@ -456,6 +497,7 @@ def kl_objective(
     data_size: int | None = None,
     base_measure: Mapping[str, Any] | None = None,
     enumerate_sites: tuple[str, ...] | list[str] = (),
+    point_masses: tuple[str, ...] | list[str] = (),
     **unexpected: Any,
 ) -> KLObjective:
     r"""Monte Carlo estimate of :math:`I[P;Q]` split into named terms (the ledger).
@@ -493,6 +535,11 @@ def kl_objective(
         enumerate_sites: discrete latent sites of P to sum out exactly, one pass per value of
             their support, instead of sampling them (see *Exact enumeration* in the module's
             conventions; chapter 8).
+        point_masses: latent sites of P drawn from a point mass (``dist.Delta``) that the
+            caller knows to have an infinite term against the dream world's density, to be
+            scored by :math:`-\log q` alone with the infinite constant dropped (listed in
+            ``dropped``): MAP estimation, a deterministic code. Without it such a site is refused
+            (see *Point masses* in the module's conventions).
 
     Returns:
         :class:`KLObjective` ``(loss, total, terms, stderr, mc_stderr, dropped)``.
@@ -505,10 +552,13 @@ def kl_objective(
             contradicts a subsampled data plate's size; a name, weight or base measure refers to
             something that does not exist; ``num_particles < 1``; or an enumerated site is
             not a per-example scalar latent of P with an enumerable support, a site lies outside
-            the data plate, or P has another non-reparameterisable latent while enumerating.
+            the data plate, or P has another non-reparameterisable latent while enumerating; a
+            latent of P is a point mass where Q has a density (its term is infinite) and is not
+            in ``point_masses``, or ``point_masses`` names a site that is not a point-mass latent
+            of P.
         TypeError: if ``key`` is not a PRNG key, a world is not callable, or a keyword argument
             meant for the models is passed directly (put it in ``model_kwargs``), or
-            ``enumerate_sites`` is not a tuple of names.
+            ``enumerate_sites`` or ``point_masses`` is not a tuple of names.
         NotImplementedError: if P has a non-reparameterisable latent that is not enumerated
             while another is (it would need a score-function term per enumerated value).
 
@@ -551,12 +601,18 @@ def kl_objective(
             )
     names, weights, base_measure = dict(names or {}), dict(weights or {}), dict(base_measure or {})
 
+    if isinstance(point_masses, str) or not isinstance(point_masses, (tuple, list)):
+        raise TypeError(f"point_masses must be a tuple of site names, e.g. ('z',); got {point_masses!r}")
+    point_masses = frozenset(point_masses)
+
     keys = jax.random.split(key, num_particles)
     # Trace the first particle outside any vmap to learn the structure (sites, plates) and check
     # the arguments. With one particle and nothing to rescale this is the whole computation: a
     # vmap over an axis of size 1 would make XLA fuse the step differently and cost ~20%
     # (benchmarks/README.md).
-    first, layout, _ = _one_particle(keys[0], real, dream, args, kwargs, data_plate, base_measure, None)
+    first, layout, _ = _one_particle(
+        keys[0], real, dream, args, kwargs, data_plate, base_measure, None, point_masses=point_masses
+    )
     plate = data_plate
     if plate is not None and plate not in layout.plates:
         if layout.plates or not isinstance(data_plate, _DefaultPlate):
@@ -604,12 +660,12 @@ def kl_objective(
     unknown_w = sorted(set(weights) - set(term_of.values()))
     if unknown_w:
         raise ValueError(f"weights refers to terms {unknown_w}; the terms are {sorted(set(term_of.values()))}")
-    dropped = tuple(s for s in structure if observed[s] and s not in base_measure)
+    dropped = tuple(s for s in structure if (observed[s] and s not in base_measure) or s in point_masses)
 
     enumerated = _check_enumerate(enumerate_sites, real, keys[0], args, kwargs, layout, plate, first)
 
     def sampled(k):  # one draw from P
-        return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales)[0]
+        return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, point_masses=point_masses)[0]
 
     def summed(k):  # every combination of the enumerated values, weighted by P
         grids = jnp.meshgrid(*[values for values in enumerated.values()], indexing="ij")
@@ -617,7 +673,9 @@ def kl_objective(
 
         def at(vals):
             fixed = {n: jnp.broadcast_to(v, layout.shapes[n]) for n, v in vals.items()}
-            out, _, log_p = _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, fixed)
+            out, _, log_p = _one_particle(
+                k, real, dream, args, kwargs, plate, base_measure, scales, fixed, point_masses
+            )
             return out, sum(log_p.values())  # [U] log p of this combination
 
         outs, log_w = jax.vmap(at)(combos)  # [V, U] per site, [V, U]

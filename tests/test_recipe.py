@@ -73,9 +73,78 @@ def test_agrees_with_trace_elbo_exactly_when_the_guide_is_deterministic():
         with numpyro.plate("data", x.shape[0]):
             numpyro.sample("z", dist.Delta(0.3 * x))
 
-    obj = kl_objective(jax.random.key(2), real, dream_vae, X)
+    # The point mass's infinite <log p(z)> is dropped on request, as NumPyro's ELBO drops it.
+    obj = kl_objective(jax.random.key(2), real, dream_vae, X, point_masses=("z",))
     elbo = Trace_ELBO().loss(jax.random.key(3), {}, dream_vae, guide, X)
     np.testing.assert_allclose(obj.total * X.shape[0], elbo, rtol=1e-5)
+    assert obj.dropped == ("x", "z")
+
+
+def _delta_code_worlds(dream_z):
+    def real(x):
+        with numpyro.plate("data", x.shape[0]):
+            data("x", x)
+            numpyro.sample("z", dist.Delta(0.3 * x))
+
+    def dream(x):
+        with numpyro.plate("data", x.shape[0]):
+            z = numpyro.sample("z", dream_z(x))
+            numpyro.sample("x", dist.Normal(0.5 * jnp.asarray(z, jnp.float32), 1.0), obs=x)
+
+    return real, dream
+
+
+def test_a_point_mass_against_a_density_is_refused_eagerly_and_under_jit():
+    """Its term is +inf; scoring the Delta as log p = 0 would return a finite number that is not the KL."""
+    real, dream = _delta_code_worlds(lambda x: dist.Normal(jnp.zeros_like(x), 1.0))
+    for run in (
+        lambda: kl_objective(jax.random.key(0), real, dream, X),
+        jax.jit(lambda: kl_objective(jax.random.key(0), real, dream, X)),
+    ):
+        with pytest.raises(ValueError, match=r"site 'z' is a point mass .* infinite.*point_masses=\('z',\)"):
+            run()
+
+    # Behind the usual wrappers too.
+    def real_event(x):
+        with numpyro.plate("data", x.shape[0]):
+            data("x", x)
+            numpyro.sample("z", dist.Delta(jnp.stack([x, x], -1)).to_event(1))
+
+    def dream_event(x):
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Normal(jnp.zeros((x.shape[0], 2)), 1.0).to_event(1))
+            numpyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(ValueError, match="point mass"):
+        kl_objective(jax.random.key(0), real_event, dream_event, X)
+
+
+def test_a_point_mass_against_a_discrete_site_is_an_ordinary_finite_term():
+    """p(z = v) = 1 and q(z = v) is a probability: the term is -log q(v), exactly."""
+    xb = (X > 0).astype(jnp.int32)
+
+    def real(x):
+        with numpyro.plate("data", x.shape[0]):
+            data("x", x)
+            numpyro.sample("z", dist.Delta(xb.astype(jnp.float32)))
+
+    def dream(x):
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("z", dist.Bernoulli(probs=0.25 * jnp.ones(x.shape[0])))
+            numpyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    obj = kl_objective(jax.random.key(0), real, dream, X)
+    expected = -jnp.mean(jnp.where(xb == 1, jnp.log(0.25), jnp.log(0.75)))
+    np.testing.assert_allclose(obj.terms["z"], expected, rtol=1e-6)
+    assert obj.dropped == ("x",)
+
+
+def test_point_masses_must_name_point_mass_latents():
+    real, dream = _delta_code_worlds(lambda x: dist.Normal(jnp.zeros_like(x), 1.0))
+    with pytest.raises(ValueError, match=r"point_masses names \['x'\]"):
+        kl_objective(jax.random.key(0), real, dream, X, point_masses=("z", "x"))
+    with pytest.raises(TypeError, match="point_masses must be a tuple"):
+        kl_objective(jax.random.key(0), real, dream, X, point_masses="z")
 
 
 def _gaussian_joint_worlds():
