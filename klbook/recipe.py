@@ -603,7 +603,7 @@ def kl_objective(
 
     if isinstance(point_masses, str) or not isinstance(point_masses, (tuple, list)):
         raise TypeError(f"point_masses must be a tuple of site names, e.g. ('z',); got {point_masses!r}")
-    point_masses = frozenset(point_masses)
+    point_set = frozenset(point_masses)
 
     keys = jax.random.split(key, num_particles)
     # Trace the first particle outside any vmap to learn the structure (sites, plates) and check
@@ -611,7 +611,7 @@ def kl_objective(
     # vmap over an axis of size 1 would make XLA fuse the step differently and cost ~20%
     # (benchmarks/README.md).
     first, layout, _ = _one_particle(
-        keys[0], real, dream, args, kwargs, data_plate, base_measure, None, point_masses=point_masses
+        keys[0], real, dream, args, kwargs, data_plate, base_measure, None, point_masses=point_set
     )
     plate = data_plate
     if plate is not None and plate not in layout.plates:
@@ -660,12 +660,12 @@ def kl_objective(
     unknown_w = sorted(set(weights) - set(term_of.values()))
     if unknown_w:
         raise ValueError(f"weights refers to terms {unknown_w}; the terms are {sorted(set(term_of.values()))}")
-    dropped = tuple(s for s in structure if (observed[s] and s not in base_measure) or s in point_masses)
+    dropped = tuple(s for s in structure if (observed[s] and s not in base_measure) or s in point_set)
 
     enumerated = _check_enumerate(enumerate_sites, real, keys[0], args, kwargs, layout, plate, first)
 
     def sampled(k):  # one draw from P
-        return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, point_masses=point_masses)[0]
+        return _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, point_masses=point_set)[0]
 
     def summed(k):  # every combination of the enumerated values, weighted by P
         grids = jnp.meshgrid(*[values for values in enumerated.values()], indexing="ij")
@@ -673,9 +673,7 @@ def kl_objective(
 
         def at(vals):
             fixed = {n: jnp.broadcast_to(v, layout.shapes[n]) for n, v in vals.items()}
-            out, _, log_p = _one_particle(
-                k, real, dream, args, kwargs, plate, base_measure, scales, fixed, point_masses
-            )
+            out, _, log_p = _one_particle(k, real, dream, args, kwargs, plate, base_measure, scales, fixed, point_set)
             return out, sum(log_p.values())  # [U] log p of this combination
 
         outs, log_w = jax.vmap(at)(combos)  # [V, U] per site, [V, U]
