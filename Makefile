@@ -204,7 +204,7 @@ test-wheel: install
 # the notebook layer does that at the current versions), at quick, two at a time; the book built
 # strictly by the lowest Jupyter Book, Sphinx theme and bibtex extension into _build/lowest-book,
 # and that site opened in Chromium by the lowest Selenium; the wheel built by the lowest `build`
-# and installed by the lowest uv. The venv is made again whenever pyproject.toml (the bounds) or
+# and installed by the lowest uv (these last three beside the notebooks: see below). The venv is made again whenever pyproject.toml (the bounds) or
 # the script changes.
 LOWEST := _build/lowest-venv
 LOWEST_STAMP := $(LOWEST)/.installed-stamp
@@ -220,18 +220,25 @@ $(LOWEST_STAMP): pyproject.toml scripts/lowest_versions.py | install
 	  $(VENV)/bin/uv pip install -q --python $(LOWEST)/bin/python $(LOWEST_INSTALL) && \
 	  touch $(LOWEST_STAMP))
 
+# After the unit tests, three streams run side by side, since only the notebooks keep a core busy
+# throughout: chapters 6 and 1 (two at a time); chapter 3 through nbval, then the wheel; the book
+# build, then its site test, whose output is kept in _build/lowest-site.log and printed at the end.
 test-lowest: $(LOWEST_STAMP) site-assets
 	$(call timed,lowest,$(LOWEST)/bin/python scripts/lowest_versions.py check && \
 	  $(call UNIT_XLA,$(LOWEST)/bin/python) $(LOWEST)/bin/python -m pytest tests -q -p no:cacheprovider $(XDIST) $(LOADFILE) \
 	    $(addprefix --ignore=,$(INTEGRATION) $(PROJECT_FILE_TESTS)) && \
-	  { KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks \
-	    --jobs $(if $(XDIST),$(JOBS),1) $(LOWEST_NOTEBOOKS) & nb=$$!; \
+	  { { rm -rf $(LOWEST_BOOK) && \
+	      $(LOWEST)/bin/jupyter-book build . --path-output $(LOWEST_BOOK) --warningiserror --nitpick --keep-going && \
+	      KLBOOK_SITE_HTML=$(LOWEST_BOOK)/_build/html $(LOWEST)/bin/python -m pytest tests/test_site.py -q -p no:cacheprovider; \
+	    } > _build/lowest-site.log 2>&1 & site=$$!; \
+	    KLBOOK_SCALE=quick $(LOWEST)/bin/python scripts/lowest_versions.py notebooks \
+	      --jobs $(if $(XDIST),$(JOBS),1) $(LOWEST_NOTEBOOKS) & nb=$$!; \
 	    KLBOOK_SCALE=quick $(LOWEST)/bin/python -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(LOWEST_NBVAL); \
-	    lax=$$?; wait $$nb && test $$lax = 0; } && \
-	  rm -rf $(LOWEST_BOOK) && \
-	  $(LOWEST)/bin/jupyter-book build . --path-output $(LOWEST_BOOK) --warningiserror --nitpick --keep-going >/dev/null && \
-	  KLBOOK_SITE_HTML=$(LOWEST_BOOK)/_build/html $(LOWEST)/bin/python -m pytest tests/test_site.py -q -p no:cacheprovider && \
-	  $(LOWEST)/bin/python -m pytest tests/test_wheel.py -q -p no:cacheprovider)
+	    lax=$$?; $(LOWEST)/bin/python -m pytest tests/test_wheel.py -q -p no:cacheprovider; wheel=$$?; \
+	    wait $$nb; nbs=$$?; wait $$site; sites=$$?; \
+	    echo "-- the lowest book build and its site test (_build/lowest-site.log):"; \
+	    if test $$sites = 0; then tail -n 2 _build/lowest-site.log; else cat _build/lowest-site.log; fi; \
+	    test $$lax = 0 && test $$wheel = 0 && test $$nbs = 0 && test $$sites = 0; })
 
 # The layers in order. The unit, notebook and seed layers keep both cores busy on their own; the
 # rest then runs two make jobs at a time, since each is mostly one busy process or waiting on an
