@@ -189,6 +189,46 @@ def test_init_mixture_finds_the_components_of_a_large_sample():
     assert np.max(np.min(d, axis=1)) < 0.05, np.min(d, axis=1)
 
 
+def test_init_mixture_starts_each_component_from_its_own_cluster():
+    """Each component starts with its k-means cluster's share, centre and covariance (as scikit-learn's
+    GaussianMixture does), not all with the whole data's spread: before this start, chapter 4's
+    eight-component fit at learning rate 0.1 slid onto a wrong maximum at some seeds."""
+    x = data.mixture_2d(jax.random.key(26), 2000).x
+    params = density.init_mixture(jax.random.key(27), x, 8)
+    q = density.density(params)
+    x64, centres = np.asarray(x, np.float64), np.asarray(params["loc"], np.float64)
+    labels = np.argmin(((x64[:, None] - centres[None]) ** 2).sum(-1), 1)  # k-means's own final assignment
+    jitter = 1e-6 * np.mean(np.var(x64, axis=0))
+    started = np.asarray(q.scale_tril @ jnp.swapaxes(q.scale_tril, -1, -2), np.float64)  # [8, 2, 2]
+    for k in range(8):
+        members = x64[labels == k]
+        assert members.shape[0] > 100  # every bump has about 250 points
+        np.testing.assert_allclose(members.mean(0), centres[k], atol=1e-5)
+        cluster_cov = np.cov(members.T, bias=True) + jitter * np.eye(2)
+        np.testing.assert_allclose(started[k], cluster_cov, rtol=1e-4, atol=1e-6)
+        assert np.all(np.diag(started[k]) < 0.1)  # a bump's own width (0.25^2), far below the ring's spread (2^2)
+    shares = np.bincount(labels, minlength=8) / x64.shape[0]
+    np.testing.assert_allclose(np.asarray(jax.nn.softmax(params["logits"])), shares, rtol=1e-5)
+
+
+def test_init_mixture_falls_back_to_the_data_spread_for_a_tiny_cluster():
+    """A cluster with fewer than D + 1 points has no full covariance: it starts isotropic with the data's
+    average per-dimension variance. A cluster of identical points starts at the jitter, still a valid start."""
+    bulk = np.asarray(jax.random.normal(jax.random.key(28), (40, 2)), np.float64)
+    x = np.concatenate([bulk, [[50.0, 50.0]], np.full((5, 2), -30.0)])  # a lone outlier, a pile of copies
+    params = density.init_mixture(jax.random.key(29), jnp.asarray(x, jnp.float32), 3)
+    q = density.density(params)
+    covs = np.asarray(q.scale_tril @ jnp.swapaxes(q.scale_tril, -1, -2), np.float64)
+    assert np.all(np.isfinite(covs)) and np.all(np.isfinite(np.asarray(params["logits"])))
+    where = {tuple(np.round(np.asarray(params["loc"][k]))): k for k in range(3)}
+    lone, pile = where[(50.0, 50.0)], where[(-30.0, -30.0)]
+    spread = np.mean(np.var(np.asarray(jnp.asarray(x, jnp.float32), np.float64), axis=0))
+    np.testing.assert_allclose(covs[lone], spread * np.eye(2), rtol=1e-5)
+    np.testing.assert_allclose(covs[pile], 1e-6 * spread * np.eye(2), rtol=1e-3)
+    shares = np.asarray(jax.nn.softmax(params["logits"]))
+    np.testing.assert_allclose(shares[[lone, pile]], [1 / 46, 5 / 46], rtol=1e-5)
+
+
 def test_fit_density_restarts_keeps_the_run_with_the_best_training_likelihood():
     truth = dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2))
     x = sample(truth, jax.random.key(21), 300)
