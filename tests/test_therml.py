@@ -352,3 +352,22 @@ def test_weight_model_pieces():
     assert therml.LinearHead(eqx.nn.Linear(K, D, key=KEY), "binomial", 4)(jnp.zeros((3, K))).event_shape == (D,)
     with pytest.raises(ValueError, match="decoder must be None"):
         therml.weight_model(KEY, D, K, C, decoder="gaussian")
+
+
+def test_optimizer_gives_the_posterior_scales_their_own_rate():
+    """therml.optimizer: Adam's first step moves each array by its learning rate (sign of the gradient)."""
+    m = therml.weight_model(jax.random.key(21), D, K, C, width=4)
+    for params in (
+        eqx.filter(m, eqx.is_inexact_array),  # one model, and two stacked (fit_stacked's layout)
+        jax.tree_util.tree_map(lambda a: jnp.stack([a, a]), eqx.filter(m, eqx.is_inexact_array)),
+    ):
+        opt = therml.optimizer(10, learning_rate=1e-3, scale_learning_rate=5e-2)
+        grads = jax.tree_util.tree_map(jnp.ones_like, params)
+        updates, _ = opt.update(grads, opt.init(params), params)
+        _close(updates.posterior.raw_scale, jnp.full_like(params.posterior.raw_scale, -5e-2), rtol=1e-4)
+        _close(updates.posterior.loc, jnp.full_like(params.posterior.loc, -1e-3), rtol=1e-4)
+        _close(updates.classifier.linear.weight, jnp.full_like(params.classifier.linear.weight, -1e-3), rtol=1e-4)
+    with pytest.raises(ValueError, match="num_steps must be a positive integer"):
+        therml.optimizer(0)
+    with pytest.raises(ValueError, match="scale_learning_rate must be a finite number > 0"):
+        therml.optimizer(10, scale_learning_rate=-1.0)
