@@ -51,10 +51,12 @@ The augmented posterior has to be a density we can sample and score. :func:`one_
 paper's implicit choice: draw from an approximate posterior :math:`s(\theta)` and take one
 (preconditioned) gradient step on the new point's log likelihood,
 :math:`\theta = \theta_0 + \epsilon\odot\nabla_{\theta_0}\log q(\tilde y\mid\tilde x,\theta_0)`;
-its density follows by the change of variables. :func:`unconditional` is the paper's baseline that
-ignores the new point (its optimal predictive is a normalised geometric mean of the likelihoods,
-narrower than the exact predictive). At test time the learned predictive costs one evaluation of a
-small density per prediction, against S likelihood evaluations for an S-sample posterior average.
+its density follows by the change of variables, which needs the step to be one-to-one
+(:func:`one_step` caps it so; :class:`OneStep` flags what it can see). :func:`unconditional` is
+the paper's baseline that ignores the new point (its optimal predictive is a normalised geometric
+mean of the likelihoods, narrower than the exact predictive). At test time the learned predictive
+costs one evaluation of a small density per prediction, against S likelihood evaluations for an
+S-sample posterior average.
 
 Closed forms for Bayesian linear regression with known noise (float64):
 :func:`regression_predictive` and :func:`regression_augmented`.
@@ -62,6 +64,7 @@ Closed forms for Bayesian linear regression with known noise (float64):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -82,6 +85,8 @@ __all__ = [
     "objective",
     "OneStep",
     "one_step",
+    "step_ratio",
+    "STEP_MARGIN",
     "unconditional",
     "linear_predictive",
     "init_linear_predictive",
@@ -270,16 +275,26 @@ class OneStep(dist.Distribution):
     with :math:`\ell(\theta) = \log q(\tilde y\mid\tilde x,\theta)` the new point's log likelihood.
     Sampling is reparameterised through ``base``; scoring a value inverts :math:`T` by Newton's
     method (``newton_steps`` iterations without gradient, then one with, so the derivatives are
-    those of the exact inverse). The change of variables needs :math:`T` one-to-one: true when
-    :math:`I + \mathrm{diag}(\epsilon)\nabla^2\ell \succ 0` everywhere, e.g. a log-concave
-    likelihood whose Hessian is bounded by L and steps below 1/L. Cost per draw: a Hessian of
-    :math:`\ell` and a d x d determinant; per score, ``newton_steps + 1`` more of each.
+    those of the exact inverse). Cost per draw: a Hessian of :math:`\ell` and a d x d determinant;
+    per score, ``newton_steps + 1`` more of each.
+
+    The change of variables is right only if :math:`T` is one-to-one; otherwise a value has several
+    preimages, Newton's method finds one, and the density it returns is too small, so the
+    variational prediction objective can fall below its floor. :func:`one_step` takes a
+    ``curvature`` bound and caps the step so that :math:`T` is a bijection (a proof there). This
+    class cannot certify a general likelihood, but it *flags* what it can see: ``log_prob`` is NaN where
+    :math:`\det J \le 0` at the recovered :math:`\theta_0` (the step folds space there) or Newton's
+    method did not invert the step (residual above ``1e-3 (1 + max|θ|)``). These checks are
+    necessary, not sufficient (a step that folds space often still inverts to a preimage with
+    :math:`\det J > 0`, and the density is then silently too small). :func:`klbook.train.fit`
+    stops with an error at a NaN loss.
 
     Args:
         base: the approximate posterior :math:`s(\theta)`, reparameterisable, event shape ``(d,)``,
             batch shape ``()``.
         log_lik: :math:`\theta \mapsto \ell(\theta)`, a scalar.
         step: the step sizes :math:`\epsilon`, ``[d]`` (positive; checked when concrete).
+        newton_steps: Newton iterations without gradient before the differentiable one.
     """
 
     arg_constraints = {}
@@ -326,8 +341,10 @@ class OneStep(dist.Distribution):
 
         theta0 = jax.lax.fori_loop(0, self.newton_steps, body, guess)
         theta0 = self._newton(theta0, theta)  # one differentiable step: the inverse's derivatives
-        _, logdet = jnp.linalg.slogdet(self._jacobian(theta0))
-        return self.base.log_prob(theta0) - logdet
+        sign, logdet = jnp.linalg.slogdet(self._jacobian(theta0))
+        residual = jnp.max(jnp.abs(jax.lax.stop_gradient(self._forward(theta0) - theta)))
+        folded = (sign <= 0) | ~(residual <= 1e-3 * (1 + jnp.max(jnp.abs(jax.lax.stop_gradient(theta)))))
+        return jnp.where(folded, jnp.nan, self.base.log_prob(theta0) - logdet)
 
     def log_prob(self, value):
         """The one-step density at ``value [..., d]``, by change of variables (the step inverted by Newton's method)."""
@@ -336,11 +353,65 @@ class OneStep(dist.Distribution):
         return jax.vmap(self._log_prob_one)(flat).reshape(value.shape[:-1])
 
 
-def one_step(base: dist.Distribution, likelihood, step, newton_steps: int = 8) -> Augmented:
-    r"""The paper's implicit augmented posterior, ``(x_new, y_new) -> OneStep(base, log q(y_new|x_new, ·), step)``."""
+#: The largest step :func:`one_step` allows, as a fraction of the invertibility limit: :math:`\rho` below.
+STEP_MARGIN = 0.9
+
+
+def step_ratio(step, x_new, curvature: float) -> jax.Array:
+    r"""The invertibility certificate of :func:`one_step`, one value per row of ``x_new [M, d]``:
+    :math:`a = L\,\tilde x^\top \mathrm{diag}(\epsilon)\,\tilde x`. Below 1 the step is a bijection
+    (see :func:`one_step`, which caps it at :data:`STEP_MARGIN`)."""
+    step, x_new = jnp.asarray(step), jnp.asarray(x_new)
+    if x_new.ndim != 2 or x_new.shape[-1:] != step.shape:
+        raise ValueError(f"x_new must be [M, d] with d = step's length {step.shape}; got shape {x_new.shape}")
+    return curvature * (jnp.square(x_new) @ step)
+
+
+def one_step(base: dist.Distribution, likelihood, step, *, curvature: float, newton_steps: int = 8) -> Augmented:
+    r"""The paper's implicit augmented posterior, ``(x_new, y_new) -> OneStep(base, log q(y_new|x_new, ·), step)``,
+    with the step capped so that it is invertible.
+
+    ``curvature`` is a bound :math:`L` on the likelihood's curvature in its linear predictor: the
+    likelihood depends on θ only through :math:`u_k = \tilde x_k^\top\theta` (one per row of
+    ``x_new``) with :math:`0 \le -\partial^2_u \log q \le L` (a generalised linear model:
+    :math:`L = 1/\sigma^2` for ``bayes.linear(sigma)``, :math:`1/4` for ``bayes.logistic``). Each
+    query then steps by :math:`\epsilon\min(1, \rho/a)` with
+    :math:`a = L\sum_k\tilde x_k^\top\mathrm{diag}(\epsilon)\tilde x_k` (:func:`step_ratio`) and
+    :math:`\rho` = :data:`STEP_MARGIN`. *Why this is a bijection:* in the coordinates
+    :math:`\phi = \mathrm{diag}(\epsilon)^{-1/2}\theta` the step is :math:`\phi_0 +
+    \nabla\tilde\ell(\phi_0)` with :math:`\tilde\ell` concave and
+    :math:`\Vert\nabla^2\tilde\ell\Vert \le \mathrm{tr}(-\nabla^2\tilde\ell) \le a \le \rho < 1`:
+    the identity plus a contraction, so one-to-one and onto, with :math:`\det J \ge (1-\rho)^d > 0`.
+    A step already below the cap is used as given.
+
+    The bound is required: without it nothing certifies the density. For a likelihood of another
+    form, build :class:`OneStep` directly, with a step you have shown to be one-to-one; it flags
+    only the failures it can see.
+
+    Raises:
+        ValueError: ``curvature`` not a positive number; ``step`` not positive (when concrete);
+            ``x_new`` None (the bound is on a linear predictor).
+    """
+    if (
+        isinstance(curvature, bool)
+        or not isinstance(curvature, (int, float, np.floating, np.integer))
+        or not (math.isfinite(curvature) and curvature > 0)
+    ):
+        raise ValueError(
+            "curvature must be a positive number bounding -d^2 log q / du^2 in the linear predictor "
+            f"(1/sigma^2 for a Gaussian, 1/4 for a logistic likelihood); got {curvature!r}"
+        )
+    step = jnp.asarray(step)
+    if isinstance(base, dist.Distribution) and len(base.event_shape) == 1 and step.shape != base.event_shape:
+        raise ValueError(f"step must have θ's shape {base.event_shape}; got {step.shape}")
+    check_positive(step, "step")
 
     def augmented(x_new, y_new):
-        return OneStep(base, lambda t: jnp.sum(likelihood(t, x_new).log_prob(y_new)), step, newton_steps)
+        if x_new is None:
+            raise ValueError("one_step needs the query inputs x_new: its curvature bound is on a linear predictor")
+        a = jnp.sum(step_ratio(step, x_new, float(curvature)))
+        eps = step * (STEP_MARGIN / jnp.maximum(a, STEP_MARGIN))
+        return OneStep(base, lambda t: jnp.sum(likelihood(t, x_new).log_prob(y_new)), eps, newton_steps)
 
     return augmented
 

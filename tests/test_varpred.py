@@ -71,6 +71,13 @@ def test_exact_predictive_matches_its_closed_form(regression):
 # ----------------------------------------------------- the implicit augmented posterior (one step)
 
 
+def uncapped(base, lik, step):
+    """OneStep with the step as given, so that the closed forms below (which use the raw step) apply. For a
+    Gaussian likelihood the step is affine, det J = 1 - x^T diag(eps) x / s^2, positive for every query
+    here (0.2 |x|^2 <= 0.8), so it is one-to-one; one_step's cap would also leave these steps alone."""
+    return lambda x_new, y_new: varpred.OneStep(base, lambda t: jnp.sum(lik(t, x_new).log_prob(y_new)), step)
+
+
 def one_step_setup(x, y):
     post = bayes.regression_posterior(x, y, NOISE, TAU)
     chol = np.linalg.cholesky(post.cov * 1.5)
@@ -105,11 +112,9 @@ def test_one_step_density_is_the_affine_gaussian_for_a_gaussian_likelihood(regre
         return dist.MultivariateNormal(mean, a @ base.covariance_matrix @ a.T).log_prob(theta)
 
     def implicit(params, theta):
-        return varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))(xq, yq).log_prob(
-            theta
-        )
+        return uncapped(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))(xq, yq).log_prob(theta)
 
-    r = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))(xq, yq)
+    r = uncapped(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))(xq, yq)
     thetas = jax.vmap(lambda k: r.sample(k))(jax.random.split(jax.random.key(2), 6))
     eps = np.log1p(np.exp(np.asarray(p["raw_step"], np.float64)))
     xq64 = np.asarray(xq, np.float64)
@@ -168,7 +173,7 @@ def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
     lik = bayes.linear(NOISE)
 
     def loss(params, key):
-        aug = varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
+        aug = uncapped(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
         pred = varpred.linear_predictive(params["pred"])
         return varpred.objective(key, pred, aug, prior, lik, x, y, x_new[:4]).loss
 
@@ -209,7 +214,7 @@ def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regressio
     xq = x_new[:1]
 
     def parts(params):
-        aug = varpred.one_step(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
+        aug = uncapped(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
         return varpred.linear_predictive(params["pred"]), aug
 
     def model(params):
@@ -230,6 +235,52 @@ def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regressio
     same_expectation(r_values, e_values, "value")
     same_expectation(r_grads, e_grads, "gradient")
     assert r_grads.std(0).max() > 0
+
+
+# A logistic query with a large input (|x|^2 = 40.96, as large as chapter 13's tumours) and a step far
+# beyond the invertibility limit: L * x^T diag(eps) x = 0.25 * 0.5 * 40.96 = 5.1.
+LOGIT_X = jnp.array([[1.0, 3.0, 3.0, 3.0, 3.6]])
+LOGIT_STEP = jnp.full(5, 0.5)
+
+
+def one_step_reference(base, step, theta0):
+    """float64 change of variables at the drawn theta0: log s(theta0) - log det(I + diag(eps) H(theta0))."""
+    xq = np.asarray(LOGIT_X[0], np.float64)
+    eps = np.asarray(step, np.float64)
+    u = np.asarray(theta0, np.float64) @ xq
+    curv = np.exp(-np.logaddexp(0, u) - np.logaddexp(0, -u))  # sigma(u)(1 - sigma(u))
+    dets = 1 - curv * ((xq * eps) @ xq)  # det(I - c diag(eps) x x^T), the matrix determinant lemma
+    return np.asarray(jax.vmap(base.log_prob)(theta0), np.float64) - np.log(np.abs(dets)), dets
+
+
+def test_one_step_with_a_curvature_bound_caps_the_step_and_is_exact_on_a_logistic_query():
+    """The cap makes the step a bijection (L x^T diag(eps) x = STEP_MARGIN): every draw's log density is the
+    change of variables at the theta0 it came from (float64 reference), with det J >= (1 - rho)."""
+    base = dist.MultivariateNormal(jnp.zeros(5), jnp.eye(5))
+    r = varpred.one_step(base, bayes.logistic, LOGIT_STEP, curvature=0.25)(LOGIT_X, jnp.array([1.0]))
+    assert float(varpred.step_ratio(r.step, LOGIT_X, 0.25)[0]) == pytest.approx(varpred.STEP_MARGIN, rel=1e-5)
+    keys = jax.random.split(jax.random.key(7), 200)
+    thetas = jax.vmap(r.sample)(keys)
+    theta0 = jax.vmap(base.sample)(keys)
+    got = np.asarray(jax.jit(r.log_prob)(thetas), np.float64)
+    ref, dets = one_step_reference(base, r.step, theta0)
+    assert np.all(dets >= 1 - varpred.STEP_MARGIN - 1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_an_uncapped_step_that_folds_space_is_wrong_and_only_partly_flagged():
+    """Why one_step requires the bound: OneStep with the raw step (L a = 5.1) is not one-to-one. Many draws
+    get a log density far from the change of variables at their own theta0; the draws that invert to a
+    preimage with det J <= 0 are flagged NaN, but most wrong ones are not (the flag is necessary only)."""
+    base = dist.MultivariateNormal(jnp.zeros(5), jnp.eye(5))
+    r = varpred.OneStep(base, lambda t: jnp.sum(bayes.logistic(t, LOGIT_X).log_prob(jnp.array([1.0]))), LOGIT_STEP)
+    keys = jax.random.split(jax.random.key(7), 200)
+    got = np.asarray(jax.jit(r.log_prob)(jax.vmap(r.sample)(keys)), np.float64)
+    ref, dets = one_step_reference(base, LOGIT_STEP, jax.vmap(base.sample)(keys))
+    assert np.sum(dets < 0) > 20  # the step folds space for many draws
+    assert np.sum(np.isnan(got)) >= 1  # some are flagged ...
+    finite = np.isfinite(got)
+    assert np.sum(np.abs(got[finite] - ref[finite]) > 0.1) > 20  # ... and many wrong values are not
 
 
 # ------------------------------------------------------------------ the optimum, trained
@@ -279,7 +330,7 @@ def test_trained_predictive_is_the_exact_posterior_predictive_on_a_conjugate_mod
         aug = (
             varpred.unconditional(base)
             if baseline
-            else varpred.one_step(base, lik, jax.nn.softplus(params["raw_step"]))
+            else varpred.one_step(base, lik, jax.nn.softplus(params["raw_step"]), curvature=1 / NOISE**2)
         )
         pred = varpred.linear_predictive(params["pred"])
         return varpred.objective(k, pred, aug, prior, lik, x, y, jnp.ones((16, 1)), num_particles=4).loss
@@ -316,13 +367,15 @@ def test_bad_inputs_are_refused_by_name_eagerly_and_under_jit(regression):
             "one scalar response",
         ),
         (
-            lambda xx, yy, xn: varpred.one_step(dist.Normal(jnp.zeros(2), 1.0), lik, jnp.ones(2))(xn[:1], yy[:1]),
+            lambda xx, yy, xn: varpred.one_step(dist.Normal(jnp.zeros(2), 1.0), lik, jnp.ones(2), curvature=1.0)(
+                xn[:1], yy[:1]
+            ),
             "batch shape \\(\\), event shape \\(d,\\)",
         ),
         (
-            lambda xx, yy, xn: varpred.one_step(base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, jnp.ones(3))(
-                xn[:1], yy[:1]
-            ),
+            lambda xx, yy, xn: varpred.one_step(
+                base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, jnp.ones(3), curvature=1.0
+            )(xn[:1], yy[:1]),
             "step must have",
         ),
     ]
@@ -335,16 +388,26 @@ def test_bad_inputs_are_refused_by_name_eagerly_and_under_jit(regression):
     with pytest.raises(ValueError, match="y must be finite"):
         varpred.objective(key, pred, aug, prior, lik, x, y.at[0].set(jnp.nan), x_new)
     with pytest.raises(ValueError, match="step must be positive"):
-        varpred.one_step(base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, -jnp.ones(2))(x_new[:1], y[:1])
+        varpred.one_step(base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)}), lik, -jnp.ones(2), curvature=1.0)
     with pytest.raises(TypeError, match="PRNG key"):
         varpred.objective(0, pred, aug, prior, lik, x, y, x_new)
+    gauss = base_of({"loc": jnp.zeros(2), "tril": jnp.eye(2)})
+    for bad in (0.0, -1.0, float("inf"), True, "1", None):
+        with pytest.raises(ValueError, match="curvature must be a positive number"):
+            varpred.one_step(gauss, lik, jnp.ones(2), curvature=bad)
+    with pytest.raises(ValueError, match="needs the query inputs x_new"):
+        varpred.one_step(gauss, lik, jnp.ones(2), curvature=1.0)(None, y[:1])
+    with pytest.raises(TypeError, match="curvature"):
+        varpred.one_step(gauss, lik, jnp.ones(2))  # pyright: ignore[reportCallIssue]  # the bound is required
+    with pytest.raises(ValueError, match="x_new must be \\[M, d\\]"):
+        varpred.step_ratio(jnp.ones(2), jnp.ones(2), 1.0)
 
 
 def test_jit_equals_eager(regression):
     x, y, x_new, prior = regression
     lik = bayes.linear(NOISE)
     p = one_step_setup(x, y)
-    aug = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))
+    aug = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]), curvature=1 / NOISE**2)
     pred = varpred.linear_predictive(p["pred"])
     run = lambda k: varpred.objective(k, pred, aug, prior, lik, x, y, x_new, num_particles=2).total
     key = jax.random.key(4)
