@@ -27,17 +27,18 @@ src, out = sys.argv[1], sys.argv[2]
 nb = nbformat.read(src, 4)
 ns = {"__name__": "__main__"}
 os.chdir(os.path.dirname(os.path.abspath(src)))
-fails, cells, t0 = [], [], time.time()
+fails, cells, t0, c0 = [], [], time.time(), time.process_time()
 for i, c in enumerate(nb.cells):
     if c.cell_type != "code" or "klbook set-up" in c.source:
         continue
-    t = time.time()
+    t, cpu = time.time(), time.process_time()
     try:
         exec(compile(c.source, f"cell{i}", "exec"), ns)
     except Exception as e:  # record and go on: the statistics of the other cells still count
         fails.append((i, type(e).__name__, str(e)[:300], traceback.format_exc()[-800:]))
-    cells.append((i, round(time.time() - t, 1)))
-res = {"seed": os.environ.get("KLBOOK_SEED", "0"), "seconds": time.time() - t0, "fails": fails, "cells": cells}
+    cells.append((i, round(time.time() - t, 1), round(time.process_time() - cpu, 1)))  # wall and CPU seconds
+res = {"seed": os.environ.get("KLBOOK_SEED", "0"), "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0,
+       "load": os.getloadavg(), "fails": fails, "cells": cells}
 
 
 def f(v):
@@ -59,7 +60,8 @@ res["bar_means"] = {k: float(np.mean(v)) for k, v in ns["err_bar"].items()}
 res["err_sweep"] = f(ns["err_sweep"])
 res["sweep_vs_sup"] = [list(map(float, P("sup", ns["wrong_sweep"][:, j]))) for j in range(ns["wrong_sweep"].shape[1])]
 res["ledger_sweep"] = {k: f(v) for k, v in ns["ledger_sweep"].items()}
-res["ledger_family"] = {k: f(v) for k, v in ns["ledger_family"].items()}
+res["ledger"] = {k: f(v) for k, v in ns["ledger"].items()}  # [SPLITS, len(CODED)], columns in CODED's order
+res["coded"] = list(ns["CODED"])
 res["agree"] = float(ns["agree"])
 with open(out, "w") as fh:
     json.dump(res, fh, indent=1)
