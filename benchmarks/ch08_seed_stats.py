@@ -60,8 +60,8 @@ res["bar_means"] = {k: float(np.mean(v)) for k, v in ns["err_bar"].items()}
 res["err_sweep"] = f(ns["err_sweep"])
 res["sweep_vs_sup"] = [list(map(float, P("sup", ns["wrong_sweep"][:, j]))) for j in range(ns["wrong_sweep"].shape[1])]
 res["ledger_sweep"] = {k: f(v) for k, v in ns["ledger_sweep"].items()}
-res["ledger"] = {k: f(v) for k, v in ns["ledger"].items()}  # [SPLITS, len(CODED)], columns in CODED's order
-res["coded"] = list(ns["CODED"])
+res["ledger"] = {k: f(v) for k, v in ns.get("ledger", {}).items()}  # [SPLITS, len(CODED)], columns in CODED's order
+res["coded"] = list(ns.get("CODED", []))
 res["agree"] = float(ns["agree"])
 with open(out, "w") as fh:
     json.dump(res, fh, indent=1)
