@@ -348,9 +348,9 @@ def optimizer(
     def labels(params):
         def label(node):
             if isinstance(node, MeanField):
-                return MeanField(
-                    *(None if v is None else w for v, w in ((node.loc, "rest"), (node.raw_scale, "scale")))
-                )
+                fields = tuple(None if v is None else w for v, w in ((node.loc, "rest"), (node.raw_scale, "scale")))
+                # a tree of optax labels in MeanField's shape, not arrays
+                return MeanField(*fields)  # pyright: ignore[reportArgumentType]
             return "rest"
 
         return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, MeanField))
