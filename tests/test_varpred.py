@@ -278,9 +278,11 @@ def test_an_uncapped_step_that_folds_space_is_wrong_and_only_partly_flagged():
     got = np.asarray(jax.jit(r.log_prob)(jax.vmap(r.sample)(keys)), np.float64)
     ref, dets = one_step_reference(base, LOGIT_STEP, jax.vmap(base.sample)(keys))
     assert np.sum(dets < 0) > 20  # the step folds space for many draws
-    assert np.sum(np.isnan(got)) >= 1  # some are flagged ...
+    # How many draws the NaN flag catches depends on where Newton's inversion lands: 2 of 200 with today's
+    # JAX, none with the lowest declared (jax 0.4.30, `make test-lowest`). What does not depend on it: many
+    # wrong values go unflagged, which is why one_step requires the curvature bound.
     finite = np.isfinite(got)
-    assert np.sum(np.abs(got[finite] - ref[finite]) > 0.1) > 20  # ... and many wrong values are not
+    assert np.sum(np.abs(got[finite] - ref[finite]) > 0.1) > 20
 
 
 # ------------------------------------------------------------------ the optimum, trained
