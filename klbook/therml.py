@@ -325,7 +325,7 @@ def weight_model(
 
 
 def optimizer(
-    num_steps: int, *, learning_rate: float = 1e-3, scale_learning_rate: float = 1e-2
+    num_steps: int, *, learning_rate: float = 1e-3, scale_learning_rate: float = 1e-2, decay: bool = True
 ) -> optax.GradientTransformation:
     r"""Adam for a model that holds :class:`MeanField` posteriors, with the posteriors' scales on their own rate.
 
@@ -334,16 +334,21 @@ def optimizer(
     moves a parameter by about its learning rate per step, so with one rate for all a scale that
     starts far from its optimum cannot reach it in a short run (from 0.05, 1500 steps at 1e-3 reach
     at most 0.21): the budget, not the objective, would set :math:`S`. Works on one model or on
-    models stacked by :func:`klbook.train.fit_stacked`.
+    models stacked by :func:`klbook.train.fit_stacked`. With ``decay=False`` both rates stay
+    constant (chapter 12 continues a trained model that way, to check that it has converged: a
+    decayed rate stops a model moving whether or not it has reached its optimum).
 
     Raises:
-        ValueError: ``num_steps`` not a positive integer, or a learning rate not positive and finite.
+        ValueError: ``num_steps`` not a positive integer, a learning rate not positive and finite,
+            or ``decay`` not a bool.
     """
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
     for name, lr in (("learning_rate", learning_rate), ("scale_learning_rate", scale_learning_rate)):
         if not (isinstance(lr, (int, float, np.floating)) and np.isfinite(lr) and lr > 0):
             raise ValueError(f"{name} must be a finite number > 0; got {lr!r}")
+    if not isinstance(decay, bool):
+        raise ValueError(f"decay must be True (cosine decay to 1%) or False (constant rates); got {decay!r}")
 
     def labels(params):
         def label(node):
@@ -356,7 +361,7 @@ def optimizer(
         return jax.tree_util.tree_map(label, params, is_leaf=lambda n: isinstance(n, MeanField))
 
     def schedule(lr):
-        return optax.cosine_decay_schedule(float(lr), int(num_steps), alpha=0.01)
+        return optax.cosine_decay_schedule(float(lr), int(num_steps), alpha=0.01) if decay else float(lr)
 
     return optax.multi_transform(
         {"rest": optax.adam(schedule(learning_rate)), "scale": optax.adam(schedule(scale_learning_rate))}, labels

@@ -367,6 +367,18 @@ def test_optimizer_gives_the_posterior_scales_their_own_rate():
         _close(updates.posterior.raw_scale, jnp.full_like(params.posterior.raw_scale, -5e-2), rtol=1e-4)
         _close(updates.posterior.loc, jnp.full_like(params.posterior.loc, -1e-3), rtol=1e-4)
         _close(updates.classifier.linear.weight, jnp.full_like(params.classifier.linear.weight, -1e-3), rtol=1e-4)
+    # decay=False: the rate after num_steps is still the peak (with decay, 1% of it)
+    params = eqx.filter(m, eqx.is_inexact_array)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    for decay, factor in ((True, 0.01), (False, 1.0)):
+        opt = therml.optimizer(2, learning_rate=1e-3, scale_learning_rate=5e-2, decay=decay)
+        state = opt.init(params)
+        for _ in range(3):
+            updates, state = opt.update(grads, state, params)
+        _close(updates.posterior.raw_scale, jnp.full_like(params.posterior.raw_scale, -5e-2 * factor), rtol=1e-4)
+        _close(updates.posterior.loc, jnp.full_like(params.posterior.loc, -1e-3 * factor), rtol=1e-4)
+    with pytest.raises(ValueError, match="decay must be True"):
+        therml.optimizer(10, decay="cosine")
     with pytest.raises(ValueError, match="num_steps must be a positive integer"):
         therml.optimizer(0)
     with pytest.raises(ValueError, match="scale_learning_rate must be a finite number > 0"):
