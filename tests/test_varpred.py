@@ -115,7 +115,7 @@ def test_one_step_density_is_the_affine_gaussian_for_a_gaussian_likelihood(regre
         return uncapped(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))(xq, yq).log_prob(theta)
 
     r = uncapped(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]))(xq, yq)
-    thetas = jax.vmap(lambda k: r.sample(k))(jax.random.split(jax.random.key(2), 6))
+    thetas = jax.jit(jax.vmap(lambda k: r.sample(k)))(jax.random.split(jax.random.key(2), 6))
     eps = np.log1p(np.exp(np.asarray(p["raw_step"], np.float64)))
     xq64 = np.asarray(xq, np.float64)
     a = np.eye(DIM) - eps[:, None] * (xq64.T @ xq64) / NOISE**2
@@ -165,9 +165,10 @@ def expected_total(p, x, y, x_new) -> float:
     return float(np.mean(totals)) / N
 
 
-def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
-    """The Monte Carlo bound with the one-step r, value and gradient (300 keys), against the exact
-    expectation in float64 (gradient by central differences), within 5 standard errors."""
+@pytest.fixture(scope="module")
+def recipe_draws(regression):
+    """The recipe's bound with the (uncapped) one-step r at one query, value and gradient under 300 keys:
+    compiled once, shared by the float64 closed-form check and the NumPyro check below."""
     x, y, x_new, prior = regression
     p = one_step_setup(x, y)
     lik = bayes.linear(NOISE)
@@ -175,10 +176,17 @@ def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
     def loss(params, key):
         aug = uncapped(base_of(params["base"]), lik, jax.nn.softplus(params["raw_step"]))
         pred = varpred.linear_predictive(params["pred"])
-        return varpred.objective(key, pred, aug, prior, lik, x, y, x_new[:4]).loss
+        return varpred.objective(key, pred, aug, prior, lik, x, y, x_new[:1]).loss
 
-    values, grads = value_and_grad_draws(loss, p, 30)
-    ref = expected_total(p, x, y, x_new[:4])
+    return p, value_and_grad_draws(loss, p, 31)
+
+
+def test_bound_value_and_gradient_against_a_float64_closed_form(regression, recipe_draws):
+    """The Monte Carlo bound with the one-step r, value and gradient (300 keys), against the exact
+    expectation in float64 (gradient by central differences), within 5 standard errors."""
+    x, y, x_new, _ = regression
+    p, (values, grads) = recipe_draws
+    ref = expected_total(p, x, y, x_new[:1])
     assert abs(values.mean() - ref) < 5 * values.std(ddof=1) / np.sqrt(len(values)) + 1e-6
     leaves, tree = jax.tree.flatten(p)
     flat = np.concatenate([np.asarray(a, np.float64).ravel() for a in leaves])
@@ -193,7 +201,7 @@ def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
     h = 1e-5
     ref_grad = np.array(
         [
-            (expected_total(at(flat + h * e), x, y, x_new[:4]) - expected_total(at(flat - h * e), x, y, x_new[:4]))
+            (expected_total(at(flat + h * e), x, y, x_new[:1]) - expected_total(at(flat - h * e), x, y, x_new[:1]))
             / (2 * h)
             for e in np.eye(flat.size)
         ]
@@ -203,7 +211,7 @@ def test_bound_value_and_gradient_against_a_float64_closed_form(regression):
     assert se.max() > 0
 
 
-def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regression):
+def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regression, recipe_draws):
     """The bound is the ELBO of the model theta -> (D, y_new) with y_new latent and the guide
     y_new ~ predictive, theta ~ r(theta | y_new): Trace_ELBO().loss / N, value and gradient."""
     from numpyro.infer import Trace_ELBO
@@ -228,9 +236,9 @@ def test_objective_is_numpyros_negative_elbo_with_the_new_point_latent(regressio
         y_new = numpyro.sample("y_new", pred(xq))
         numpyro.sample("theta", aug(xq, y_new))
 
-    recipe = lambda params, k: varpred.objective(k, *parts(params), prior, lik, x, y, xq).loss
     elbo = lambda params, k: Trace_ELBO().loss(k, {}, model, guide, params) / N
-    r_values, r_grads = value_and_grad_draws(recipe, p, 31)
+    p_shared, (r_values, r_grads) = recipe_draws  # the recipe at the same parameters and query (fixture above)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), p_shared, p))
     e_values, e_grads = value_and_grad_draws(elbo, p, 32)
     same_expectation(r_values, e_values, "value")
     same_expectation(r_grads, e_grads, "gradient")
@@ -253,30 +261,34 @@ def one_step_reference(base, step, theta0):
     return np.asarray(jax.vmap(base.log_prob)(theta0), np.float64) - np.log(np.abs(dets)), dets
 
 
-def test_one_step_with_a_curvature_bound_caps_the_step_and_is_exact_on_a_logistic_query():
+@pytest.fixture(scope="module")
+def logit_draws():
+    """200 base draws theta0 and their keys for the logistic query (sampling compiled once, not op by op)."""
+    base = dist.MultivariateNormal(jnp.zeros(5), jnp.eye(5))
+    keys = jax.random.split(jax.random.key(7), 200)
+    return base, keys, jax.jit(jax.vmap(base.sample))(keys)
+
+
+def test_one_step_with_a_curvature_bound_caps_the_step_and_is_exact_on_a_logistic_query(logit_draws):
     """The cap makes the step a bijection (L x^T diag(eps) x = STEP_MARGIN): every draw's log density is the
     change of variables at the theta0 it came from (float64 reference), with det J >= (1 - rho)."""
-    base = dist.MultivariateNormal(jnp.zeros(5), jnp.eye(5))
+    base, keys, theta0 = logit_draws
     r = varpred.one_step(base, bayes.logistic, LOGIT_STEP, curvature=0.25)(LOGIT_X, jnp.array([1.0]))
     assert float(varpred.step_ratio(r.step, LOGIT_X, 0.25)[0]) == pytest.approx(varpred.STEP_MARGIN, rel=1e-5)
-    keys = jax.random.split(jax.random.key(7), 200)
-    thetas = jax.vmap(r.sample)(keys)
-    theta0 = jax.vmap(base.sample)(keys)
-    got = np.asarray(jax.jit(r.log_prob)(thetas), np.float64)
+    got = jax.jit(lambda ks: r.log_prob(jax.vmap(r.sample)(ks)))(keys)  # the same keys as theta0
     ref, dets = one_step_reference(base, r.step, theta0)
     assert np.all(dets >= 1 - varpred.STEP_MARGIN - 1e-6)
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_an_uncapped_step_that_folds_space_is_wrong_and_only_partly_flagged():
+def test_an_uncapped_step_that_folds_space_is_wrong_and_only_partly_flagged(logit_draws):
     """Why one_step requires the bound: OneStep with the raw step (L a = 5.1) is not one-to-one. Many draws
     get a log density far from the change of variables at their own theta0; the draws that invert to a
     preimage with det J <= 0 are flagged NaN, but most wrong ones are not (the flag is necessary only)."""
-    base = dist.MultivariateNormal(jnp.zeros(5), jnp.eye(5))
+    base, keys, theta0 = logit_draws
     r = varpred.OneStep(base, lambda t: jnp.sum(bayes.logistic(t, LOGIT_X).log_prob(jnp.array([1.0]))), LOGIT_STEP)
-    keys = jax.random.split(jax.random.key(7), 200)
-    got = np.asarray(jax.jit(r.log_prob)(jax.vmap(r.sample)(keys)), np.float64)
-    ref, dets = one_step_reference(base, LOGIT_STEP, jax.vmap(base.sample)(keys))
+    got = np.asarray(jax.jit(lambda ks: r.log_prob(jax.vmap(r.sample)(ks)))(keys), np.float64)
+    ref, dets = one_step_reference(base, LOGIT_STEP, theta0)
     assert np.sum(dets < 0) > 20  # the step folds space for many draws
     # How many draws the NaN flag catches depends on where Newton's inversion lands: 2 of 200 with today's
     # JAX, none with the lowest declared (jax 0.4.30, `make test-lowest`). What does not depend on it: many
@@ -406,10 +418,14 @@ def test_bad_inputs_are_refused_by_name_eagerly_and_under_jit(regression):
 
 
 def test_jit_equals_eager(regression):
+    """The objective's eager path (its checks on concrete values, then one compiled program) and its path
+    under an outer jax.jit agree. The augmented posterior is the cheap r = s: what differs between the two
+    paths is the objective's own code, and compiling the one-step r twice would only cost time (it runs
+    under jit in the closed-form, NumPyro and trained checks)."""
     x, y, x_new, prior = regression
     lik = bayes.linear(NOISE)
     p = one_step_setup(x, y)
-    aug = varpred.one_step(base_of(p["base"]), lik, jax.nn.softplus(p["raw_step"]), curvature=1 / NOISE**2)
+    aug = varpred.unconditional(base_of(p["base"]))
     pred = varpred.linear_predictive(p["pred"])
     run = lambda k: varpred.objective(k, pred, aug, prior, lik, x, y, x_new, num_particles=2).total
     key = jax.random.key(4)
@@ -436,15 +452,17 @@ def test_sampled_held_out_of_repeated_draws_is_the_plug_in_and_logistic_predicti
     x_new = jax.random.normal(key, (12, DIM))
     theta = jnp.array([1.5, -2.0])
     y_new = (x_new @ theta > 0).astype(jnp.float32)
-    mean, se = varpred.sampled_held_out(bayes.logistic, jnp.stack([theta] * 5), x_new, y_new)
+    # compiled as one program each (op-by-op dispatch of these small calls costs seconds)
+    mean, se = jax.jit(varpred.sampled_held_out, static_argnums=0)(bayes.logistic, jnp.stack([theta] * 5), x_new, y_new)
     lp = np.asarray(bayes.logistic(theta, x_new).log_prob(y_new), np.float64)
     assert float(mean) == pytest.approx(lp.mean(), rel=1e-5) and float(se) == pytest.approx(
         lp.std(ddof=1) / np.sqrt(12), rel=1e-4
     )
     tiny = {"loc": theta, "tril": jnp.eye(DIM) * -30.0}
-    p0 = varpred.logistic_predictive(tiny)(x_new).probs
+    probs = jax.jit(lambda prm: varpred.logistic_predictive(prm)(x_new).probs)
+    p0 = probs(tiny)
     np.testing.assert_allclose(np.asarray(p0), np.asarray(jax.nn.sigmoid(x_new @ theta)), rtol=1e-5, atol=1e-6)
-    wide = varpred.logistic_predictive({"loc": theta, "tril": jnp.eye(DIM) * inv_softplus(2.0)})(x_new).probs
+    wide = probs({"loc": theta, "tril": jnp.eye(DIM) * jnp.float32(inv_softplus(2.0))})
     assert np.all(np.abs(np.asarray(wide) - 0.5) < np.abs(np.asarray(p0) - 0.5))
     with pytest.raises(ValueError, match="y_new must be"):
         varpred.sampled_held_out(bayes.logistic, jnp.stack([theta] * 5), x_new, y_new[:, None])
