@@ -52,7 +52,8 @@ paper's implicit choice: draw from an approximate posterior :math:`s(\theta)` an
 (preconditioned) gradient step on the new point's log likelihood,
 :math:`\theta = \theta_0 + \epsilon\odot\nabla_{\theta_0}\log q(\tilde y\mid\tilde x,\theta_0)`;
 its density follows by the change of variables, which needs the step to be one-to-one
-(:func:`one_step` caps it so; :class:`OneStep` flags what it can see). :func:`unconditional` is
+(:func:`one_step` caps it so, a safeguard of this book's that the paper does not have; :class:`OneStep`
+flags what it can see). :func:`unconditional` is
 the paper's baseline that ignores the new point (its optimal predictive is a normalised geometric
 mean of the likelihoods, narrower than the exact predictive). At test time the learned predictive
 costs one evaluation of a small density per prediction, against S likelihood evaluations for an
@@ -369,7 +370,7 @@ def step_ratio(step, x_new, curvature: float) -> jax.Array:
 
 def one_step(base: dist.Distribution, likelihood, step, *, curvature: float, newton_steps: int = 8) -> Augmented:
     r"""The paper's implicit augmented posterior, ``(x_new, y_new) -> OneStep(base, log q(y_new|x_new, ·), step)``,
-    with the step capped so that it is invertible.
+    with the step capped so that it is invertible (the cap and its certificate are this book's addition).
 
     ``curvature`` is a bound :math:`L` on the likelihood's curvature in its linear predictor: the
     likelihood depends on θ only through :math:`u_k = \tilde x_k^\top\theta` (one per row of
