@@ -20,8 +20,8 @@ with four terms, each a site of the recipe (:mod:`klbook.recipe`), in nats per e
 * ``"rate"`` :math:`R = \langle \log p(z\mid x,\theta)/q(z)\rangle_P` (the code's site ``z``);
 * ``"weights_rate"`` :math:`S = \langle \log p(\theta\mid\mathcal D)/q(\theta)\rangle_P / N` (the
   weights' site ``theta``, a global site, so the recipe divides its KL by :math:`N`). The letter
-  is thermodynamics' symbol for entropy (in the paper's analogy :math:`\sigma` is its
-  temperature); the book keeps "rate" in its name because it is the same kind of KL as
+  is thermodynamics' symbol for entropy, and its multiplier :math:`\sigma` below acts as a
+  temperature; the book keeps "rate" in its name because it is the same kind of KL as
   :math:`R`, paid once for the whole data set instead of per example.
 
 :math:`H` is the data's own entropy, which nothing here trains (the recipe drops it). The book's
