@@ -1,29 +1,30 @@
 r"""Variational Bayes is the recipe with a global code (chapter 10).
 
-The real world holds a data set :math:`D = \{(x_i, y_i)\}_{i=1}^N` from a process outside our
-control and augments it with *one* draw of the parameters, :math:`\theta \sim p(\theta\mid D)`, a
-distribution we choose and train (the post's notation: this :math:`p(\theta\mid D)` is the
+The real world holds a data set :math:`\mathcal D = \{(x_i, y_i)\}_{i=1}^N` from a process outside
+our control and augments it with *one* draw of the parameters, :math:`\theta \sim p(\theta\mid\mathcal D)`,
+a distribution we choose and train (the post's notation: this :math:`p(\theta\mid\mathcal D)` is the
 *variational* posterior, which most texts call :math:`q`). The dream world is exchangeable data,
 a prior and an i.i.d. likelihood, :math:`q(\theta)\prod_i p(x_i)\, q(y_i\mid x_i, \theta)`.
-With :math:`\mathcal D`, :math:`\mathcal R` and :math:`H` the *totals* over the whole data set (nats),
+With :math:`D` the distortion per example and the rate :math:`R` and :math:`H` *totals* over the
+whole data set (nats), as in chapter 10,
 
-.. math:: I[P;Q] = \underbrace{\left\langle -\log q(D\mid\theta)\right\rangle_{p(\theta\mid D)}}
-      _{\text{distortion } \mathcal D}
-   + \underbrace{\left\langle \log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}
-      _{\text{rate } \mathcal R}
-   + \underbrace{\langle\log p(D)\rangle}_{-H} ,
+.. math:: I[P;Q] = \underbrace{\left\langle -\log q(\mathcal D\mid\theta)\right\rangle_{p(\theta\mid\mathcal D)}}
+      _{\text{distortion } ND}
+   + \underbrace{\left\langle \log\frac{p(\theta\mid\mathcal D)}{q(\theta)}\right\rangle_{p(\theta\mid\mathcal D)}}
+      _{\text{rate } R}
+   + \underbrace{\langle\log p(\mathcal D)\rangle}_{-H} ,
 
-so :math:`I = \mathcal D + \mathcal R - H`: the negative ELBO, :math:`\mathcal D + \mathcal R`,
-plus the data's own log density, :math:`\langle\log p(D)\rangle = -H`, which nothing here trains
-and which is dropped. The ledger reports every term **per example** of the full data set (nats
-divided by N): ``distortion`` :math:`= \mathcal D/N`, ``rate`` :math:`= \mathcal R/N`, and
-``total`` their sum, the negative ELBO per example. The inputs :math:`x_i` are data in both
-worlds, with the same unknown density :math:`p(x_i)`, so their terms cancel (the ``inputs``
-term is 0). The minimum of :math:`(\mathcal D + \mathcal R)/N` over all :math:`p(\theta\mid D)`
-is :math:`-\log q(D)/N`, the negative log evidence per example, reached at the exact posterior
-:math:`q(\theta\mid D) \propto q(\theta)\, q(D\mid\theta)`. A weight :math:`\beta` on the
-distortion, as the post writes it (``loss`` :math:`= (\beta\mathcal D + \mathcal R)/N`), moves
-the minimiser to the *tempered* posterior :math:`\propto q(\theta)\, q(D\mid\theta)^\beta`.
+so :math:`I = ND + R - H`: the negative ELBO, :math:`ND + R`, plus the data's own log density,
+:math:`\langle\log p(\mathcal D)\rangle = -H`, which nothing here trains and which is dropped. The
+ledger reports every term **per example** of the full data set (nats divided by N):
+``distortion`` :math:`= D`, ``rate`` :math:`= R/N`, and ``total`` their sum, the negative ELBO
+per example. The inputs :math:`x_i` are data in both worlds, with the same unknown density
+:math:`p(x_i)`, so their terms cancel (the ``inputs`` term is 0). The minimum of
+:math:`D + R/N` over all :math:`p(\theta\mid\mathcal D)` is :math:`-\log q(\mathcal D)/N`, the
+negative log evidence per example, reached at the exact posterior
+:math:`q(\theta\mid\mathcal D) \propto q(\theta)\, q(\mathcal D\mid\theta)`. A weight :math:`\beta`
+on the distortion, as the post writes it (``loss`` :math:`= \beta D + R/N`), moves the minimiser
+to the *tempered* posterior :math:`\propto q(\theta)\, q(\mathcal D\mid\theta)^\beta`.
 
 Arguments come in the book's order: the key first where there is randomness, then inputs ``x``
 (``None`` for a model without inputs, such as :func:`coin`, passed explicitly) and responses
@@ -146,10 +147,10 @@ def objective(
     data_size: int | None = None,
     subsample_size: int | None = None,
 ) -> KLObjective:
-    r"""The ledger, nats per example of the full data set: ``distortion`` (:math:`\mathcal D/N`),
-    ``rate`` (KL/N), ``inputs`` (0).
+    r"""The ledger, nats per example of the full data set: ``distortion`` (:math:`D`),
+    ``rate`` (KL/N, :math:`R/N`), ``inputs`` (0).
 
-    ``loss`` is ``beta * distortion + rate``, :math:`(\beta\mathcal D + \mathcal R)/N` with the module's totals.
+    ``loss`` is ``beta * distortion + rate``, :math:`\beta D + R/N` with the module's total rate :math:`R`.
     Pass ``data_size=N`` when ``y`` is a batch drawn outside
     the model, or ``subsample_size=B`` to let NumPyro draw the batch from the full ``y``.
     ``x [N, d]`` (``None`` for a model without inputs, such as :func:`coin`: pass it explicitly) and
@@ -332,7 +333,7 @@ def coin_posterior(heads: int, tails: int, a: float = 1.0, b: float = 1.0, beta:
 
 
 def coin_log_evidence(heads: int, tails: int, a: float = 1.0, b: float = 1.0) -> float:
-    r""":math:`\log q(D) = \log B(a + h, b + t) - \log B(a, b)` for one ordered sequence of flips."""
+    r""":math:`\log q(\mathcal D) = \log B(a + h, b + t) - \log B(a, b)` for one ordered sequence of flips."""
     return float(betaln(a + heads, b + tails) - betaln(a, b))
 
 
@@ -359,7 +360,7 @@ def regression_posterior(x, y, noise: float, prior_scale: float, beta: float = 1
 
 
 def regression_log_evidence(x, y, noise: float, prior_scale: float) -> float:
-    r""":math:`\log q(D) = \log\mathcal N(y; 0, \sigma^2 I + \tau^2 X X^\top)` (Bishop 2006, eq. 3.86)."""
+    r""":math:`\log q(\mathcal D) = \log\mathcal N(y; 0, \sigma^2 I + \tau^2 X X^\top)` (Bishop 2006, eq. 3.86)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     c = noise**2 * np.eye(len(y)) + prior_scale**2 * x @ x.T
     _, logdet = np.linalg.slogdet(c)

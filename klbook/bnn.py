@@ -3,13 +3,13 @@ r"""Bayes by Backprop: variational Bayes over the weights of a neural network (c
 The worlds are chapter 10's (:func:`klbook.bayes.real_world`, :func:`klbook.bayes.dream_world`)
 with a network's weights as the global code :math:`\theta` and a conditional likelihood
 :math:`q(y\mid x, \theta)` read off the network's output by a head. The real world augments the
-data with one draw :math:`\theta\sim p(\theta\mid D)`, a mean-field Gaussian; the dream world is a
+data with one draw :math:`\theta\sim p(\theta\mid\mathcal D)`, a mean-field Gaussian; the dream world is a
 prior :math:`q(\theta)` times :math:`\prod_i q(y_i\mid x_i,\theta)`. Per example of the data set,
 
-.. math:: \frac1N I[P;Q] ={}& \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)\rangle_{p(\theta\mid D)}}
-      _{\text{distortion}} \\
-   &+ \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid D)}{q(\theta)}\right\rangle_{p(\theta\mid D)}}
-      _{\text{rate}}
+.. math:: \frac1N I[P;Q] ={}& \underbrace{\frac1N\sum_i\langle -\log q(y_i\mid x_i,\theta)
+      \rangle_{p(\theta\mid\mathcal D)}}_{\text{distortion}} \\
+   &+ \frac1N \underbrace{\left\langle\log\frac{p(\theta\mid\mathcal D)}{q(\theta)}
+      \right\rangle_{p(\theta\mid\mathcal D)}}_{\text{rate}}
    + \text{const},
 
 minimised on minibatches with the rate divided by the *full* N (Blundell et al. 2015, "Bayes
@@ -226,12 +226,13 @@ def objective(
 ) -> KLObjective:
     r"""Bayes by Backprop's ledger through the recipe: ``distortion`` and ``rate`` (KL/N), nats per example.
 
-    One weight draw :math:`\theta\sim p(\theta\mid D)` = ``bayes.gaussian(params)`` per particle,
+    One weight draw :math:`\theta\sim p(\theta\mid\mathcal D)` = ``bayes.gaussian(params)`` per particle,
     shared by the batch ``x [B, in]``, ``y [B]``. ``data_size=N`` (required, a positive integer:
     the size of the whole data set) makes the rate KL/N at every B. ``loss`` is
-    :math:`\beta D + R` (:func:`klbook.bayes.objective`). With ``analytic_rate`` (default) the
-    rate is the closed-form KL/N where :func:`klbook.kl` has one (its standard errors 0), else
-    the recipe's sampled log ratio; ``analytic_rate=False`` always samples it.
+    :math:`\beta D + R/N` with the total rate :math:`R` (:func:`klbook.bayes.objective`). With
+    ``analytic_rate`` (default) the rate is the closed-form KL/N where :func:`klbook.kl` has one
+    (its standard errors 0), else the recipe's sampled log ratio; ``analytic_rate=False`` always
+    samples it.
 
     Raises:
         TypeError, ValueError: ``data_size`` not a positive integer; ``x`` not ``[B, in_size]``
@@ -286,7 +287,7 @@ def outputs(key, params: dict, net: Network, x, num_samples: int) -> jax.Array:
 
 
 def _closed_rate(params, prior) -> jax.Array | None:
-    """KL(p(θ|D) ‖ q(θ)) in closed form where :func:`klbook.kl` has one, else ``None``."""
+    """KL(p(θ|𝒟) ‖ q(θ)) in closed form where :func:`klbook.kl` has one, else ``None``."""
     try:
         return kl(bayes.gaussian(params), prior)
     except NoClosedFormError:
