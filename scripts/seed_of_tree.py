@@ -9,7 +9,8 @@ being tested: the notebooks, the package, the tests, the scripts, the Makefile a
 ``pyproject.toml`` (file names and bytes, in sorted order). Every change to any of them gives a
 new seed, and the same checkout always gives the same one, so a failure replays with
 ``make test-seeds SEEDS=<seed>``. Prose-only files (``*.md``) do not move it. Seeds 0-24 were
-used to publish and to derive the tolerances, so the result is never below 25.
+used to publish and to derive the tolerances, and 25-34 in the sweep before the derived seed became
+the default, so the result is never below 35.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ TESTED = (
     "Makefile",
     "pyproject.toml",
 )
-FIRST_FRESH = 25  # seeds 0-24 published the outputs and measured the tolerances
+FIRST_FRESH = 35  # seeds 0-24 published the outputs and measured the tolerances; 25-34 were swept
 SPAN = 1_000_000
 
 
@@ -53,7 +54,7 @@ def tested_files(root: Path = ROOT) -> list[Path]:
 
 
 def seed_of(files: list[Path], root: Path = ROOT) -> int:
-    """A seed in ``[25, 25 + 10**6)`` from the names and bytes of ``files``."""
+    """A seed in ``[35, 35 + 10**6)`` from the names and bytes of ``files``."""
     h = hashlib.sha256()
     for path in files:
         h.update(path.relative_to(root).as_posix().encode() + b"\0")
