@@ -64,6 +64,7 @@ from klbook.train import Devices, _check_positive_int, _split_for, fit, init_sta
 
 __all__ = [
     "MIN_SCALE",
+    "floored_scale",
     "POST_NAMES",
     "M2_NAMES",
     "CodeModel",
@@ -136,12 +137,14 @@ def _check_codes(z, latent_dim: int) -> jax.Array:
 MIN_SCALE = 1e-4
 
 
-def _floored_scale(log_scales) -> jax.Array:
+def floored_scale(log_scales) -> jax.Array:
     r""":math:`\max(e^{s}, \sigma_{\min})` in value, with the gradient of :math:`e^{s}` everywhere.
 
     Above the floor this is ``exp(log_scales)`` bit for bit (the added term is exactly zero); below
     it the value stays at :data:`MIN_SCALE`, and the gradient is still ``exp``'s own, so a component
     pushed to the floor can grow back rather than freeze (a plain ``maximum`` would pass no gradient).
+    The class components of :class:`TiedCodeModel` and :class:`MixtureCodeModel` use it; a model
+    written outside the package that should match them (chapter 8's control heads) calls it too.
     """
     scale = jnp.exp(log_scales)
     return scale + jax.lax.stop_gradient(jnp.maximum(scale, MIN_SCALE) - scale)
@@ -213,7 +216,7 @@ class _Mixture(eqx.Module):
         """:math:`q(z\\mid y)` for every class, repeated for ``n`` examples: batch ``(n, C)``, event ``(K,)``."""
         m = self._mixture()
         shape = (n, m.num_classes, m.latent_dim)
-        scale = _floored_scale(m.log_scales)  # never below MIN_SCALE
+        scale = floored_scale(m.log_scales)  # never below MIN_SCALE
         return dist.Normal(jnp.broadcast_to(m.locs, shape), jnp.broadcast_to(scale, shape)).to_event(1)
 
     def prior(self, n: int) -> dist.Distribution:

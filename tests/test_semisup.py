@@ -593,6 +593,10 @@ def test_component_scales_have_a_floor_that_is_exact_above_it_and_passes_gradien
     # below it the value stays at the floor and the gradient still flows: a component there can grow back
     g = np.asarray(jax.grad(floored)(jnp.full((C, K), -30.0)))
     assert np.all(np.isfinite(g)) and np.all(g != 0.0)
+    # the public transform (chapter 8's control heads call it): the floor in value, exp's gradient everywhere
+    v = jnp.array([-30.0, 0.0, 1.5])
+    np.testing.assert_array_equal(ss.floored_scale(v), [np.float32(ss.MIN_SCALE), 1.0, jnp.exp(1.5)])
+    np.testing.assert_array_equal(jax.grad(lambda u: jnp.sum(ss.floored_scale(u)))(v), jnp.exp(v))
 
 
 @pytest.mark.parametrize("which", ["code_model", "mixture_code_model", "tied_code_model", "m2"])
