@@ -1,49 +1,51 @@
 r"""Variational prediction: learn the posterior predictive itself (chapter 13).
 
 Alemi & Poole (2023), *Variational Prediction*. Bayesian prediction averages the likelihood of a
-new point over the posterior, :math:`q(\tilde y\mid\tilde x, D) = \int d\theta\, q(\theta\mid D)
+new point over the posterior, :math:`q(\tilde y\mid\tilde x, \mathcal D) = \int d\theta\, q(\theta\mid \mathcal D)
 \, q(\tilde y\mid \tilde x, \theta)`, an integral paid again at every prediction. Variational
 prediction trains a distribution over the new point directly, with the help of an *augmented
 posterior* over the weights given the data *and* the new point.
 
 Notation (the post's, as in chapter 10: p is the world we sample from and train, q the model; the
 paper writes the model as p and the learned distributions as q and r). With the data set
-:math:`D = \{(x_i, y_i)\}_{i=1}^N` and a query input :math:`\tilde x` (``x_new``):
+:math:`\mathcal D = \{(x_i, y_i)\}_{i=1}^N` and a query input :math:`\tilde x` (``x_new``):
 
 * real world P: the data (density unknown), the learned predictive :math:`\tilde y \sim
-  p(\tilde y\mid\tilde x, D)` (``predictive``, the paper's :math:`q(x\mid D)`), then weights from
-  the augmented posterior :math:`\theta\sim p(\theta\mid \tilde x, \tilde y, D)` (``augmented``,
-  the paper's :math:`r(\theta\mid x, D)`);
+  p(\tilde y\mid\tilde x, \mathcal D)` (``predictive``, the paper's :math:`q(x\mid \mathcal D)`), then weights from
+  the augmented posterior :math:`\theta\sim p(\theta\mid \tilde x, \tilde y, \mathcal D)` (``augmented``,
+  the paper's :math:`r(\theta\mid x, \mathcal D)`);
 * dream world Q: the Bayesian model, :math:`\theta\sim q(\theta)`, :math:`y_i\sim q(y_i\mid
   x_i,\theta)` and the new point :math:`\tilde y \sim q(\tilde y\mid\tilde x, \theta)`.
 
 The inputs are data in both worlds and cancel, so they are not sites. The recipe's KL is
 
 .. math:: \begin{aligned}
-   I[P;Q] ={}& \underbrace{\langle -\log q(D\mid\theta)\rangle}_{\text{distortion}}
-   + \underbrace{\left\langle\log\frac{p(\theta\mid\tilde x,\tilde y, D)}{q(\theta)}\right\rangle}
+   I[P;Q] ={}& \underbrace{\langle -\log q(\mathcal D\mid\theta)\rangle}_{\text{distortion}}
+   + \underbrace{\left\langle\log\frac{p(\theta\mid\tilde x,\tilde y, \mathcal D)}{q(\theta)}\right\rangle}
      _{\text{rate}} \\
-   &+ \underbrace{\left\langle\log\frac{p(\tilde y\mid\tilde x, D)}{q(\tilde y\mid\tilde x,\theta)}
-     \right\rangle}_{\text{prediction}} - H(D).
+   &+ \underbrace{\left\langle\log\frac{p(\tilde y\mid\tilde x, \mathcal D)}{q(\tilde y\mid\tilde x,\theta)}
+     \right\rangle}_{\text{prediction}} - H(\mathcal D).
    \end{aligned}
 
 Forgetting :math:`\theta` can only lower a KL (monotonicity, chapter 2), and what remains is a KL
-between :math:`p(D)\,p(\tilde y\mid\tilde x, D)` and :math:`q(D)\,q(\tilde y\mid\tilde x, D)`;
-the chain rule makes the difference exact:
+between :math:`p(\mathcal D)\,p(\tilde y\mid\tilde x, \mathcal D)` and
+:math:`q(\mathcal D)\,q(\tilde y\mid\tilde x, \mathcal D)`;
+the chain rule makes the difference exact (in chapter 10's letters: :math:`N` times the distortion
+:math:`D` per example, the weights' rate :math:`R` and the new point's prediction term :math:`P`):
 
 .. math:: \begin{aligned}
-   \mathcal D + \mathcal R + \mathcal P ={}& -\log q(D)
-   + \big\langle \mathrm{KL}[p(\tilde y\mid\tilde x, D)\,\Vert\, q(\tilde y\mid\tilde x, D)]
+   ND + R + P ={}& -\log q(\mathcal D)
+   + \big\langle \mathrm{KL}[p(\tilde y\mid\tilde x, \mathcal D)\,\Vert\, q(\tilde y\mid\tilde x, \mathcal D)]
      \big\rangle_{\tilde x} \\
-   &+ \big\langle \mathrm{KL}[p(\theta\mid\tilde x,\tilde y, D)\,\Vert\,
-     q(\theta\mid\tilde x,\tilde y, D)]\big\rangle_{\tilde x,\tilde y}.
+   &+ \big\langle \mathrm{KL}[p(\theta\mid\tilde x,\tilde y, \mathcal D)\,\Vert\,
+     q(\theta\mid\tilde x,\tilde y, \mathcal D)]\big\rangle_{\tilde x,\tilde y}.
    \end{aligned}
 
 So the objective bounds the negative log evidence from above, as the ELBO of chapter 10 does, and
 its excess bounds the KL *from the learned predictive to the exact one* (expectation under the
 learned predictive). Both KLs vanish, and the bound is tight with zero variance, exactly when the
 predictive is the exact posterior predictive and the augmented posterior is the exact posterior
-given :math:`D \cup \{(\tilde x, \tilde y)\}`. The ledger reports nats per example of :math:`D`
+given :math:`\mathcal D \cup \{(\tilde x, \tilde y)\}`. The ledger reports nats per example of :math:`\mathcal D`
 (the totals over :math:`N`, as :mod:`klbook.bayes` does): ``distortion``, ``rate`` and
 ``prediction``, averaged over the query inputs.
 
@@ -171,13 +173,13 @@ def objective(
     num_queries: int | None = None,
     num_particles: int = 1,
 ) -> KLObjective:
-    r"""The variational prediction bound, nats per example of D, averaged over the query inputs.
+    r"""The variational prediction bound, nats per example of the data set, averaged over the query inputs.
 
-    .. math:: \frac1N\Big\langle \log\frac{p(\tilde y\mid\tilde x, D)\,p(\theta\mid\tilde x,
-       \tilde y, D)}{q(\theta)\,q(D\mid\theta)\,q(\tilde y\mid\tilde x,\theta)}\Big\rangle
-       \;\ge\; -\frac{\log q(D)}{N}
+    .. math:: \frac1N\Big\langle \log\frac{p(\tilde y\mid\tilde x, \mathcal D)\,p(\theta\mid\tilde x,
+       \tilde y, \mathcal D)}{q(\theta)\,q(\mathcal D\mid\theta)\,q(\tilde y\mid\tilde x,\theta)}\Big\rangle
+       \;\ge\; -\frac{\log q(\mathcal D)}{N}
 
-    (the module's derivation; ``total`` exceeds :math:`-\log q(D)/N` by the predictive's KL to the
+    (the module's derivation; ``total`` exceeds :math:`-\log q(\mathcal D)/N` by the predictive's KL to the
     exact predictive plus the augmented posterior's, both over N).
 
     Args:
