@@ -14,6 +14,8 @@ computes |re-run - stored| / allowed, where allowed is the declared ``abs + rel 
 would fail; the report lists those, every cell error, and each number whose worst ratio over the seeds is above
 ``--near`` (0.6), with the seed and the values. A ratio near 1 under a handful of seeds says the tolerance rests on
 too few seeds: re-derive it (the book's rule is about 4 x sqrt(2) x the sd over seeds) before a derived seed finds it.
+``report --rule`` also lists every measured number whose allowance is below that rule's, the sd taken over the
+executed copies and the stored value (with a handful of seeds the sd is itself uncertain by about 1/sqrt(2 n)).
 Tolerances are the stored notebook's (as declared now), so old runs can be re-checked against re-derived
 tolerances; cells are matched by position, so the notebook's cells must not have moved since the sweep ran.
 """
@@ -62,7 +64,8 @@ def run(out: Path, jobs: list[str]) -> None:
 
 
 def _ratios(stored: str, rerun: str, spec: dict[str, float]):
-    """(stored token, re-run token, ratio) per number, or None when the text around the numbers differs."""
+    """(stored token, re-run token, ratio, stored, re-run, allowed) per number, or None when the text around the
+    numbers differs."""
     b1, n1 = contract._split(stored)
     b2, n2 = contract._split(rerun)
     if b1 != b2 or len(n1) != len(n2):
@@ -71,11 +74,11 @@ def _ratios(stored: str, rerun: str, spec: dict[str, float]):
     out = []
     for s_tok, v_tok in zip(n1, n2, strict=True):
         s, v = contract._value(s_tok), contract._value(v_tok)
-        if s == v or (math.isnan(s) and math.isnan(v)):
-            out.append((s_tok, v_tok, 0.0))
-            continue
         allowed = a + r * abs(s)
-        out.append((s_tok, v_tok, abs(v - s) / allowed if allowed > 0 else math.inf))
+        if s == v or (math.isnan(s) and math.isnan(v)):
+            out.append((s_tok, v_tok, 0.0, s, v, allowed))
+            continue
+        out.append((s_tok, v_tok, abs(v - s) / allowed if allowed > 0 else math.inf, s, v, allowed))
     return out
 
 
@@ -92,13 +95,14 @@ def _merged(outputs):
 
 
 def compare(ref, run_nb):
-    """(cell, what, values, ratio) for every measured number and cell error of one executed copy."""
+    """(cell, what, values, ratio, (stored, re-run, allowed)) for every measured number and cell error of one
+    executed copy (the last element None for errors and mismatched text)."""
     rows = []
     for i, (rc, tc) in enumerate(zip(ref.cells, run_nb.cells, strict=False)):
         if rc.cell_type != "code" or tc.cell_type != "code":
             continue
         rows += [
-            (i, "ERROR", f"{o['ename']}: {o['evalue'][:300]}", math.inf)
+            (i, "ERROR", f"{o['ename']}: {o['evalue'][:300]}", math.inf, None)
             for o in tc.outputs
             if o.get("output_type") == "error"
         ]
@@ -115,9 +119,9 @@ def compare(ref, run_nb):
                 continue
             rr = _ratios(stored_glue[name]["data"][contract.GLUE], o["data"][contract.GLUE], g_spec)
             rows += (
-                [(i, f"glue {name}", "text differs", math.inf)]
+                [(i, f"glue {name}", "text differs", math.inf, None)]
                 if rr is None
-                else [(i, f"glue {name}", f"{v} vs {s}", q) for s, v, q in rr]
+                else [(i, f"glue {name}", f"{t[1]} vs {t[0]}", t[2], t[3:]) for t in rr]
             )
         if spec is None:
             continue
@@ -130,31 +134,37 @@ def compare(ref, run_nb):
             for c in (tc, rc)
         ]
         if len(plain[0]) != len(plain[1]):
-            rows.append((i, "printed", f"{len(plain[0])} outputs vs {len(plain[1])}", math.inf))
+            rows.append((i, "printed", f"{len(plain[0])} outputs vs {len(plain[1])}", math.inf, None))
             continue
         for k, (t, r) in enumerate(zip(*plain, strict=True)):
             for where in contract._texts(t):
                 if where in contract._texts(r):
                     rr = _ratios(contract._get(r, where), contract._get(t, where), spec)
                     rows += (
-                        [(i, f"printed[{k}]", "text differs", math.inf)]
+                        [(i, f"printed[{k}]", "text differs", math.inf, None)]
                         if rr is None
-                        else [(i, f"printed[{k}] #{j}", f"{v} vs {s}", q) for j, (s, v, q) in enumerate(rr)]
+                        else [(i, f"printed[{k}] #{j}", f"{t[1]} vs {t[0]}", t[2], t[3:]) for j, t in enumerate(rr)]
                     )
     return rows
 
 
-def report(out: Path, names: list[str], near: float) -> None:
+def report(out: Path, names: list[str], near: float, rule: bool = False) -> None:
+    """Failures and near misses per notebook; with ``rule``, also every measured number whose declared allowance is
+    below the book's rule, 4 sqrt(2) x its sd over the seeds (the stored seed 0 counted among them)."""
+    import statistics
+
     import nbformat
 
     dirs = [out / n for n in names] or sorted(d for d in out.iterdir() if (ROOT / "book" / f"{d.name}.ipynb").exists())
     for d in dirs:
         ref = nbformat.read(ROOT / "book" / f"{d.name}.ipynb", as_version=4)
         copies = sorted(d.glob("seed*.ipynb"), key=lambda p: int(p.stem[4:]))
-        worst, fails = {}, []
+        worst, fails, values = {}, [], {}
         for path in copies:
             seed = path.stem[4:]
-            for i, what, val, q in compare(ref, nbformat.read(path, as_version=4)):
+            for i, what, val, q, x in compare(ref, nbformat.read(path, as_version=4)):
+                if x is not None:
+                    values.setdefault((i, what), (x[0], x[2], []))[2].append(x[1])
                 if q > 1:
                     fails.append(f"   FAIL seed {seed}, cell {i}, {what}: {val} (ratio {q:.2f})")
                 if q > worst.get((i, what), (-1,))[0]:
@@ -164,6 +174,13 @@ def report(out: Path, names: list[str], near: float) -> None:
         for (i, what), (q, seed, val) in sorted(worst.items()):
             if near <= q <= 1:
                 print(f"   near: cell {i}, {what}: worst ratio {q:.2f} at seed {seed} ({val})")
+        for (i, what), (stored, allowed, vs) in sorted(values.items()) if rule else ():
+            sd = statistics.stdev([stored, *vs]) if vs else 0.0
+            if 4 * math.sqrt(2) * sd > allowed:
+                print(
+                    f"   rule: cell {i}, {what}: allowed {allowed:.3g} < 4 sqrt(2) sd = {4 * math.sqrt(2) * sd:.3g} "
+                    f"(sd {sd:.3g} over {len(vs) + 1} values; stored {stored:.4g})"
+                )
 
 
 def main() -> None:
@@ -176,11 +193,12 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("names", nargs="*")
     p.add_argument("--near", type=float, default=0.6)
+    p.add_argument("--rule", action="store_true", help="also list allowances below 4 sqrt(2) x the sd over seeds")
     args = parser.parse_args()
     if args.command == "run":
         run(args.out, args.jobs)
     else:
-        report(args.out, args.names, args.near)
+        report(args.out, args.names, args.near, args.rule)
 
 
 if __name__ == "__main__":
