@@ -121,7 +121,7 @@ def compare(ref, run_nb):
             rows += (
                 [(i, f"glue {name}", "text differs", math.inf, None)]
                 if rr is None
-                else [(i, f"glue {name}", f"{t[1]} vs {t[0]}", t[2], t[3:]) for t in rr]
+                else [(i, f"glue {name}", f"{x[1]} vs {x[0]}", x[2], x[3:]) for x in rr]
             )
         if spec is None:
             continue
@@ -143,7 +143,7 @@ def compare(ref, run_nb):
                     rows += (
                         [(i, f"printed[{k}]", "text differs", math.inf, None)]
                         if rr is None
-                        else [(i, f"printed[{k}] #{j}", f"{t[1]} vs {t[0]}", t[2], t[3:]) for j, t in enumerate(rr)]
+                        else [(i, f"printed[{k}] #{j}", f"{x[1]} vs {x[0]}", x[2], x[3:]) for j, x in enumerate(rr)]
                     )
     return rows
 
