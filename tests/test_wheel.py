@@ -156,6 +156,12 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def _print_times(title: str, times: dict[str, float]) -> None:
+    print(f"\n{title}:")
+    for step, seconds in times.items():
+        print(f"  {seconds:7.1f} s  {step}")
+
+
 def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
     chapter = _chapter() or _stand_in(tmp_path)
     times: dict[str, float] = {}
@@ -222,9 +228,7 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
         where = _run([str(python), "-c", importer], env=env, cwd=tmp_path)
         times["import klbook"] = time.perf_counter() - start
         assert Path(where.stdout.strip()).resolve().is_relative_to(venv.resolve()), where.stdout
-        print("\nfresh-wheel test (KLBOOK_WHEEL_EXECUTE=0: no chapter run):")
-        for step, seconds in times.items():
-            print(f"  {seconds:7.1f} s  {step}")
+        _print_times("fresh-wheel test (KLBOOK_WHEEL_EXECUTE=0: no chapter run)", times)
         return
 
     workdir = tmp_path / "reader"
@@ -276,6 +280,4 @@ def test_chapter_runs_from_a_fresh_wheel_install(tmp_path):
             indent=2,
         )
     )
-    print("\nfresh-wheel test:")
-    for step, seconds in times.items():
-        print(f"  {seconds:7.1f} s  {step}")
+    _print_times("fresh-wheel test", times)

@@ -1,0 +1,33 @@
+"""scripts/run_notebooks.py names the cell that failed, and says so plainly when a cell ran past its time limit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import run_notebooks  # noqa: E402
+
+
+def _notebook(tmp_path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# a title")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_failing_assert_is_reported_with_its_cell_and_message(tmp_path):
+    result = run_notebooks.run_one(_notebook(tmp_path, "x = 1", "assert x == 2, 'x is not two'", "y = 3"), timeout=60)
+    assert result["passed"] is False
+    assert result["failing_cell"] == 2  # the index in the notebook's cells, markdown included
+    assert "AssertionError" in result["error"] and "x is not two" in result["error"]
+
+
+def test_a_cell_past_the_time_limit_is_named_as_a_timeout(tmp_path):
+    result = run_notebooks.run_one(_notebook(tmp_path, "x = 1", "import time; time.sleep(30)", "y = 3"), timeout=2)
+    assert result["passed"] is False
+    assert result["failing_cell"] == 2
+    assert result["error"] == "timed out: the cell ran past 2 s"
