@@ -175,7 +175,12 @@ def report(out: Path, names: list[str], near: float, rule: bool = False) -> None
             if near <= q <= 1:
                 print(f"   near: cell {i}, {what}: worst ratio {q:.2f} at seed {seed} ({val})")
         for (i, what), (stored, allowed, vs) in sorted(values.items()) if rule else ():
-            sd = statistics.stdev([stored, *vs]) if vs else 0.0
+            finite = [v for v in (stored, *vs) if math.isfinite(v)]   # an infinite value (printed "inf") has no sd
+            if len(finite) < len(vs) + 1:
+                if any(v != stored for v in vs):
+                    print(f"   rule: cell {i}, {what}: non-finite values, not all equal to the stored {stored}")
+                continue
+            sd = statistics.stdev(finite) if vs else 0.0
             if 4 * math.sqrt(2) * sd > allowed:
                 print(
                     f"   rule: cell {i}, {what}: allowed {allowed:.3g} < 4 sqrt(2) sd = {4 * math.sqrt(2) * sd:.3g} "

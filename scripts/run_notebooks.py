@@ -55,7 +55,7 @@ def _write(path: Path, record: dict) -> None:
 def run_one(path: Path, timeout: int) -> dict:
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     started: list[int] = []  # the index in nb.cells of each cell as it starts: the last one is the one that failed
@@ -75,9 +75,13 @@ def run_one(path: Path, timeout: int) -> dict:
         failing = started[-1] if started else None
         result = {"passed": False, "failing_cell": failing, "error": f"timed out: the cell ran past {timeout} s"}
     except CellExecutionError as err:
+        # the exception's name and message, not the last line of IPython's (coloured) traceback
         failing = started[-1] if started else None
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        result = {"passed": False, "failing_cell": failing, "error": (lines[-1] if lines else type(err).__name__)[:500]}
+        result = {"passed": False, "failing_cell": failing, "error": f"{err.ename}: {err.evalue}"[:500]}
+    except DeadKernelError as err:
+        # a kernel that died (killed for memory, say) fails its notebook; the next one gets a new kernel
+        failing = started[-1] if started else None
+        result = {"passed": False, "failing_cell": failing, "error": f"the kernel died: {err}"[:500]}
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
