@@ -177,7 +177,7 @@ def report(out: Path, names: list[str], near: float, rule: bool = False) -> None
         for (i, what), (stored, allowed, vs) in sorted(values.items()) if rule else ():
             finite = [v for v in (stored, *vs) if math.isfinite(v)]   # an infinite value (printed "inf") has no sd
             if len(finite) < len(vs) + 1:
-                if any(v != stored for v in vs):
+                if any(repr(v) != repr(stored) for v in vs):   # repr: nan equals nan, inf equals inf
                     print(f"   rule: cell {i}, {what}: non-finite values, not all equal to the stored {stored}")
                 continue
             sd = statistics.stdev(finite) if vs else 0.0

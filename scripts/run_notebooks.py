@@ -6,8 +6,9 @@
 Each notebook runs with nbclient in its own directory at the scale ``klbook.book.scale()``
 picks there (``full`` on a GPU, ``quick`` on a CPU, or ``KLBOOK_SCALE``). Nothing is written
 back into the notebooks: this checks that every assert holds at that scale on that device. The
-record (JSON) has, per notebook, the seconds, pass/fail and, on failure, the failing cell and
-the error's last line, and for the run the device, the jax/jaxlib/numpyro versions, the scale,
+record (JSON) has, per notebook, the seconds, pass/fail and, on failure, the failing cell (its
+index in the notebook's cells) and the exception's name and message, or that the kernel died or
+the cell ran past its time limit, and for the run the device, the jax/jaxlib/numpyro versions, the scale,
 the seed, the machine and the date. The *Execution status* page of the book shows every record
 under ``book/runs/``. The record is written atomically and also after each notebook, so an
 interrupted run keeps what it measured.

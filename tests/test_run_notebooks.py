@@ -1,4 +1,4 @@
-"""scripts/run_notebooks.py names the cell that failed, and says so plainly when a cell ran past its time limit."""
+"""scripts/run_notebooks.py names the failing cell and why: an exception, a dead kernel, a cell past its time limit."""
 
 from __future__ import annotations
 
