@@ -19,7 +19,9 @@ so :math:`I = ND + R - H`: the negative ELBO, :math:`ND + R`, plus the data's ow
 ledger reports every term **per example** of the full data set (nats divided by N):
 ``distortion`` :math:`= D`, ``rate`` :math:`= R/N`, and ``total`` their sum, the negative ELBO
 per example. The inputs :math:`x_i` are data in both worlds, with the same unknown density
-:math:`p(x_i)`, so their terms cancel (the ``inputs`` term is 0). The minimum of
+:math:`p(x_i)`, so their terms cancel (the ``inputs`` term is 0): with inputs, read
+:math:`q(\mathcal D\mid\theta)` as :math:`\prod_i q(y_i\mid x_i,\theta)`, :math:`p(\mathcal D)` as
+:math:`p(y_{1:N}\mid x_{1:N})` and :math:`H` as the responses' entropy given the inputs. The minimum of
 :math:`D + R/N` over all :math:`p(\theta\mid\mathcal D)` is :math:`-\log q(\mathcal D)/N`, the
 negative log evidence per example, reached at the exact posterior
 :math:`q(\theta\mid\mathcal D) \propto q(\theta)\, q(\mathcal D\mid\theta)`. A weight :math:`\beta`

@@ -5,7 +5,8 @@
 
 Each notebook runs with nbclient in its own directory at the scale ``klbook.book.scale()``
 picks there (``full`` on a GPU, ``quick`` on a CPU, or ``KLBOOK_SCALE``). Nothing is written
-back into the notebooks: this checks that every assert holds at that scale on that device. The
+back into the notebooks (``--keep DIR`` writes each executed copy, outputs included, to DIR): this checks
+that every assert holds at that scale on that device. The
 record (JSON) has, per notebook, the seconds, pass/fail and, on failure, the failing cell (its
 index in the notebook's cells) and the exception's name and message, or that the kernel died or
 the cell ran past its time limit, and for the run the device, the jax/jaxlib/numpyro versions, the scale,
@@ -53,7 +54,7 @@ def _write(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_one(path: Path, timeout: int) -> dict:
+def run_one(path: Path, timeout: int, keep: Path | None = None) -> dict:
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
@@ -68,22 +69,28 @@ def run_one(path: Path, timeout: int) -> dict:
         on_cell_start=lambda cell, cell_index: started.append(cell_index),
     )
     start = time.perf_counter()
-    result = {"passed": True}
+    error = None
     try:
         client.execute()
     except CellTimeoutError:
         # a cell that runs past the limit raised nothing itself: say so, rather than quote the timeout's banner
-        failing = started[-1] if started else None
-        result = {"passed": False, "failing_cell": failing, "error": f"timed out: the cell ran past {timeout} s"}
+        error = f"timed out: the cell ran past {timeout} s"
     except CellExecutionError as err:
         # the exception's name and message, not the last line of IPython's (coloured) traceback
-        failing = started[-1] if started else None
-        result = {"passed": False, "failing_cell": failing, "error": f"{err.ename}: {err.evalue}"[:500]}
+        error = f"{err.ename}: {err.evalue}"[:500]
     except DeadKernelError as err:
         # a kernel that died (killed for memory, say) fails its notebook; the next one gets a new kernel
-        failing = started[-1] if started else None
-        result = {"passed": False, "failing_cell": failing, "error": f"the kernel died: {err}"[:500]}
+        error = f"the kernel died: {err}"[:500]
+    result: dict = {"passed": error is None}
+    if error is not None:
+        result.update(failing_cell=started[-1] if started else None, error=error)
     result["seconds"] = round(time.perf_counter() - start, 1)
+    if keep is not None:  # the executed notebook, its outputs up to the failing cell included, written atomically
+        keep.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=keep)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            nbformat.write(nb, fh)
+        os.replace(tmp, keep / path.name)
     return result
 
 
@@ -93,6 +100,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--record", type=Path, required=True, help="where to write the JSON record")
     parser.add_argument("--label", default=None, help="a name for the run (default: the device)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    parser.add_argument("--keep", type=Path, default=None, help="a folder for the executed notebooks, outputs included")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -116,7 +124,7 @@ def main(argv: list[str]) -> int:
     for path in paths:
         rel = path.resolve().relative_to(ROOT).as_posix()
         print(f"running {rel} ...", flush=True)
-        result = run_one(path.resolve(), args.timeout)
+        result = run_one(path.resolve(), args.timeout, args.keep)
         record["notebooks"][rel] = result
         status = "ok" if result["passed"] else f"FAILED at cell {result['failing_cell']}: {result['error']}"
         print(f"  {result['seconds']:.1f} s  {status}", flush=True)

@@ -26,6 +26,16 @@ def test_a_failing_assert_is_reported_with_its_cell_and_message(tmp_path):
     assert result["error"] == "AssertionError: x is not two"  # the name and message, no traceback colours
 
 
+def test_keep_writes_the_executed_notebook_with_its_outputs_up_to_the_failure(tmp_path):
+    keep = tmp_path / "executed"
+    result = run_notebooks.run_one(_notebook(tmp_path, "print(6 * 7)", "assert False", "print('never')"), 60, keep)
+    assert result["passed"] is False
+    cells = nbformat.read(keep / "nb.ipynb", as_version=4).cells
+    assert cells[1].outputs[0]["text"] == "42\n"  # the executed copy, not the input
+    assert cells[2].outputs[0]["ename"] == "AssertionError" and cells[3].outputs == []
+    assert nbformat.read(tmp_path / "nb.ipynb", as_version=4).cells[1].outputs == []  # the input is left as it was
+
+
 def test_a_kernel_that_dies_fails_its_notebook_with_a_plain_message(tmp_path):
     result = run_notebooks.run_one(_notebook(tmp_path, "x = 1", "import os; os._exit(1)", "y = 3"), timeout=60)
     assert result["passed"] is False
